@@ -1,0 +1,64 @@
+"""The fan-out seam: how an event reaches the member connections on every node.
+
+Guarantees of every ``Broker`` (checked by ``tests/broker/test_contract.py``):
+
+* At-most-once: an envelope may be lost (e.g. while Redis is away) but is never
+  delivered twice. History plus ``seq``-gap ``sync`` is how clients recover.
+* Order: envelopes from one publisher arrive in the order published.
+* ``publish`` never blocks and never awaits the network; the publishing node's own
+  handler receives its envelopes too (through the broker, so every node takes the
+  same path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import msgspec
+
+EnvelopeKind = Literal["conversation", "users"]
+
+
+class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One event to deliver, with its frames already encoded (JSON, once).
+
+    ``kind="conversation"``: deliver ``frame`` to every connection of every member of
+    ``conversation_id`` — except ``exclude_user``'s — and ``sender_frame`` (when set)
+    to ``sender_id``'s connections instead of ``frame``. ``members`` (when set) is the
+    new member list of a conversation whose membership changed; nodes refresh their
+    index from it before delivering. ``also_users`` get ``frame`` too (e.g. a member
+    just removed, who must learn of it).
+
+    ``kind="users"``: deliver ``frame`` to every connection of ``user_ids``; with
+    ``close_code`` set, close those connections with that code instead.
+    """
+
+    kind: EnvelopeKind
+    frame: msgspec.Raw = msgspec.Raw(b"null")
+    conversation_id: str | None = None
+    sender_id: str | None = None
+    sender_frame: msgspec.Raw | None = None
+    exclude_user: str | None = None
+    members: list[str] | None = None
+    also_users: list[str] | None = None
+    user_ids: list[str] | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+
+
+Handler = Callable[[Envelope], None]
+
+
+class Broker(Protocol):
+    async def start(self, handler: Handler) -> None:
+        """Begin delivering envelopes (from every node) to ``handler``."""
+
+    async def close(self) -> None: ...
+
+    def publish(self, envelope: Envelope) -> None:
+        """Queue an envelope for every node (this one included). Never blocks."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the broker cannot deliver to other nodes."""

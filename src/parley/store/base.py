@@ -1,0 +1,201 @@
+"""The storage seam: records and the ``Store`` protocol every backend implements.
+
+Guarantees every backend must give (checked by ``tests/store/test_contract.py``, which
+runs against each backend):
+
+* ``append_message`` returns only after the message is durably committed.
+* ``(sender_id, local_id)`` is unique: appending the same pair again returns the original
+  record with ``created=False`` and writes nothing.
+* ``seq`` is per conversation, starts at 1 and has no gaps; commit order is ``seq`` order.
+* Receipt cursors (read / delivered up to a ``seq``) never go backwards, and
+  ``delivered_seq >= read_seq`` always holds.
+* A direct conversation between the same two users exists at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+ConversationKind = Literal["direct", "group"]
+ReceiptKind = Literal["read", "delivered"]
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises for a caller's request it refuses."""
+
+
+class NotFoundError(StoreError):
+    """The conversation, message or attachment does not exist (or is not visible)."""
+
+
+class ForbiddenError(StoreError):
+    """The user is not a member of the conversation (or does not own the attachment)."""
+
+
+class AttachmentRecord(msgspec.Struct, frozen=True):
+    """Metadata of a stored attachment; its bytes live beside it in the store."""
+
+    id: str  # "att_…"
+    type: str  # image | video | audio | file
+    filename: str  # sanitised
+    size: int  # decoded size in bytes
+    content_type: str  # sniffed
+    uploader_id: str
+    created_at: float  # unix seconds
+
+
+class NewAttachment(msgspec.Struct, frozen=True):
+    """An attachment of a message being appended.
+
+    ``data`` holds the bytes of an inline (base64) attachment, stored in the same
+    transaction as the message. ``data is None`` refers to an earlier upload by
+    ``meta.id``; the store checks that it exists and that the sender uploaded it, and
+    ignores the rest of ``meta``.
+    """
+
+    meta: AttachmentRecord
+    data: bytes | None
+
+
+class NewMessage(msgspec.Struct, frozen=True):
+    conversation_id: str
+    sender_id: str
+    local_id: str
+    content: str
+    sent_at: float  # unix seconds, from the server's clock
+    reply_to: str | None = None
+    attachments: Sequence[NewAttachment] = ()
+
+
+class MessageRecord(msgspec.Struct, frozen=True):
+    id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    local_id: str | None
+    content: str
+    sent_at: float
+    reply_to: str | None
+    attachments: list[AttachmentRecord]
+
+
+class Conversation(msgspec.Struct, frozen=True):
+    id: str
+    kind: ConversationKind
+    title: str | None
+    member_ids: list[str]  # sorted
+    created_at: float
+    last_seq: int
+
+
+class ConversationSummary(msgspec.Struct, frozen=True):
+    conversation: Conversation
+    last_message: MessageRecord | None
+    unread_count: int  # messages from others after the user's read cursor
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    """A member's receipt cursors in one conversation."""
+
+    user_id: str
+    read_seq: int
+    delivered_seq: int
+
+
+class Store(Protocol):
+    """Durable chat state. All methods are coroutines safe to call concurrently."""
+
+    async def start(self) -> None:
+        """Open connections and apply pending schema migrations."""
+
+    async def close(self) -> None:
+        """Finish every write already submitted, then release resources."""
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests (used by ``/readyz``)."""
+
+    # -- users ---------------------------------------------------------------
+    async def set_user_active(self, user_id: str, active: bool) -> None: ...
+
+    async def is_user_active(self, user_id: str) -> bool:
+        """Users are active unless deactivated; unknown users are active."""
+
+    # -- conversations -------------------------------------------------------
+    async def create_conversation(
+        self,
+        member_ids: Sequence[str],
+        *,
+        kind: ConversationKind,
+        title: str | None,
+        created_at: float,
+    ) -> tuple[Conversation, bool]:
+        """Create a conversation; ``(conversation, created)``.
+
+        For ``kind="direct"`` (exactly two distinct members) an existing direct
+        conversation between the same two users is returned with ``created=False``.
+        """
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
+        """The user's conversations, most recently active first."""
+
+    async def user_conversations(self, user_id: str) -> dict[str, int]:
+        """``{conversation_id: last_seq}`` for every conversation the user belongs to."""
+
+    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
+        """Add members (already-members are ignored). Raises ``NotFoundError``."""
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+        """Remove a member. Raises ``NotFoundError`` (conversation or membership)."""
+
+    # -- messages ------------------------------------------------------------
+    async def append_message(self, message: NewMessage) -> tuple[MessageRecord, bool]:
+        """Commit a message; ``(record, created)``. Returns after the commit is durable.
+
+        Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
+        this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a
+        member, attachment uploaded by someone else). A duplicate ``(sender_id,
+        local_id)`` returns the original record with ``created=False``.
+        """
+
+    async def get_messages(
+        self,
+        conversation_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[MessageRecord], bool]:
+        """A page of history in ascending ``seq``; ``(messages, has_more)``.
+
+        With ``after_seq`` the page starts right after it (oldest first, for sync);
+        otherwise it is the newest ``limit`` messages below ``before_seq`` (or the
+        newest overall). ``has_more`` says whether more exist in the paging direction.
+        """
+
+    # -- receipts ------------------------------------------------------------
+    async def advance_cursor(
+        self,
+        conversation_id: str,
+        user_id: str,
+        message_ids: Sequence[str],
+        kind: ReceiptKind,
+    ) -> list[str]:
+        """Move the user's ``kind`` cursor up to the highest ``seq`` among ``message_ids``.
+
+        Returns the ids that belong to the conversation (the others are ignored). A
+        ``read`` receipt also advances the delivered cursor. Never moves backwards.
+        """
+
+    async def get_cursors(self, conversation_id: str) -> list[Cursor]:
+        """The receipt cursors of every current member."""
+
+    # -- attachments ---------------------------------------------------------
+    async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
+        """Store an uploaded attachment not yet linked to a message."""
+
+    async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None: ...
