@@ -24,7 +24,7 @@ from types import TracebackType
 
 from parley.auth import mint_token
 
-SECRET = "test-secret-not-for-production"
+SECRET = "test-secret-not-for-production-0123456789"
 
 
 def free_port() -> int:
@@ -77,7 +77,7 @@ class ParleyServer:
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.wait_ready(timeout)

@@ -1,0 +1,912 @@
+"""``parley bench``: an open-loop load generator for Parley and for the peers in ``bench/``.
+
+It creates rooms, opens one WebSocket per simulated user, and sends chat messages on a
+fixed timetable: message *i* is due at ``start + i / rate`` whatever happened to the ones
+before it, and every latency is measured from that *scheduled* time. A server that falls
+behind therefore shows its queueing delay in the numbers instead of silently slowing the
+generator down (no coordinated omission).
+
+Each message's content is JSON ``{"t": scheduled_monotonic, "n": number, "c": sender_index,
+"p": padding}``: the receiver needs nothing but the frame to compute its latency, and
+``time.monotonic`` is shared by all processes of one host.
+
+Measured, from full log-bucket histograms:
+
+- *delivery latency*: scheduled send → receipt at each member other than the sender;
+- *ack latency*: scheduled send → the sender's own echo (for Parley, the ``chat_message``
+  carrying its ``local_id``, sent only after the commit);
+- *broadcast latency*: scheduled send → receipt by the last member of the room;
+- *send lag*: scheduled → actual send; with the generator's own CPU share it shows
+  whether the generator kept up.
+
+Wire dialects (``--protocol``): ``parley`` (the real protocol, rooms made with
+``POST /api/conversations``), ``raw`` and ``channels`` (the same JSON frames plus a
+``{"action": "join", "room": …}`` frame answered by ``{"type": "joined"}``), and
+``socketio`` (Engine.IO 4 / Socket.IO 5 over a WebSocket, ``join`` with an ack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import resource
+import secrets
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import msgspec
+
+PROTOCOLS = ("parley", "raw", "socketio", "channels")
+_DEFAULT_PATHS = {"parley": "/ws", "raw": "/ws", "channels": "/ws/", "socketio": "/socket.io/"}
+
+
+# ---------------------------------------------------------------------------------------
+# Histogram
+
+
+class Histogram:
+    """Counts of microsecond values in log-linear buckets (HDR-like).
+
+    Values below 128 µs are exact; above, each power of two is split in 64 buckets, so a
+    reported percentile is within 0.8% of the true one. ``max`` is exact. Histograms of
+    the same shape merge by adding counts.
+    """
+
+    _SIZE = 64 * 40
+
+    __slots__ = ("count", "counts", "max", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * self._SIZE
+        self.count = 0
+        self.total = 0
+        self.max = 0
+
+    def record(self, value_us: int) -> None:
+        if value_us < 128:
+            index = value_us if value_us > 0 else 0
+        else:
+            shift = value_us.bit_length() - 7
+            index = min((shift << 6) + (value_us >> shift), self._SIZE - 1)
+        self.counts[index] += 1
+        self.count += 1
+        self.total += value_us
+        if value_us > self.max:
+            self.max = value_us
+
+    def merge(self, other: Histogram) -> None:
+        counts = self.counts
+        for i, c in enumerate(other.counts):
+            if c:
+                counts[i] += c
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
+    @staticmethod
+    def _value(index: int) -> float:
+        if index < 128:
+            return float(index)
+        shift = (index >> 6) - 1
+        mantissa = index - (shift << 6)
+        return ((mantissa << shift) + ((mantissa + 1) << shift) - 1) / 2
+
+    def percentile(self, q: float) -> float:
+        """The value at quantile ``q`` (0 to 1) in µs; 0 when empty."""
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return min(self._value(i), float(self.max))
+        return float(self.max)
+
+    def summary_ms(self) -> dict[str, float]:
+        ms = 1000.0
+        return {
+            "count": self.count,
+            "p50": round(self.percentile(0.50) / ms, 3),
+            "p95": round(self.percentile(0.95) / ms, 3),
+            "p99": round(self.percentile(0.99) / ms, 3),
+            "max": round(self.max / ms, 3),
+            "mean": round(self.total / self.count / ms, 3) if self.count else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Frames
+
+
+class _Payload(msgspec.Struct):
+    t: float
+    n: int
+    c: int
+
+
+class _Message(msgspec.Struct):
+    content: str = ""
+    local_id: str | None = None
+
+
+class _Error(msgspec.Struct):
+    code: str = "UNKNOWN"
+    local_id: str | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+    message: _Message | None = None
+    error: _Error | None = None
+
+
+class _SioBody(msgspec.Struct):
+    message: _Message | None = None
+    error: _Error | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_decode_payload = msgspec.json.Decoder(_Payload).decode
+_decode_sio = msgspec.json.Decoder(tuple[str, _SioBody]).decode
+_encode = msgspec.json.encode
+
+
+class SetupError(Exception):
+    """A room or connection could not be set up; the run is abandoned."""
+
+
+@dataclass(slots=True)
+class Conn:
+    """One simulated user: its socket, its room and whether it sends."""
+
+    index: int
+    user_id: str
+    room: int
+    token: str | None = None
+    ws: aiohttp.ClientWebSocketResponse | None = None  # None while disconnected
+    session: aiohttp.ClientSession | None = None
+    sender: bool = False
+    closing: bool = False
+
+
+# ---------------------------------------------------------------------------------------
+# Dialects: how each system is joined, and its frames
+
+
+class Dialect:
+    """The wire differences between systems. Subclasses override what differs."""
+
+    name = "raw"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.room_keys: list[str] = []  # filled by setup_rooms, indexed by room number
+
+    def ws_url(self, conn: Conn) -> str:
+        return self.url
+
+    async def setup_rooms(self, session: aiohttp.ClientSession, rooms: list[list[Conn]]) -> None:
+        self.room_keys = [f"r{i}" for i in range(len(rooms))]
+
+    async def handshake(self, conn: Conn, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_str(_encode({"action": "join", "room": self.room_keys[conn.room]}).decode())
+        await _expect(ws, lambda text: '"joined"' in text)
+
+    def send_frame(self, room: int, content: str, local_id: str) -> bytes:
+        return _encode(
+            {
+                "action": "send_message",
+                "conversation_id": self.room_keys[room],
+                "content": content,
+                "local_id": local_id,
+            }
+        )
+
+    def parse(self, text: str) -> _Event | str | None:
+        """The event in a frame; a str is a reply to send at once; None: nothing to do."""
+        return _decode_event(text)
+
+
+class ParleyDialect(Dialect):
+    name = "parley"
+
+    def ws_url(self, conn: Conn) -> str:
+        return _with_query(self.url, token=conn.token or "")
+
+    async def setup_rooms(self, session: aiohttp.ClientSession, rooms: list[list[Conn]]) -> None:
+        api = _http_base(self.url) + "/api/conversations"
+        keys: list[str] = [""] * len(rooms)
+        limit = asyncio.Semaphore(16)
+
+        async def create(i: int, members: list[Conn]) -> None:
+            owner = members[0]
+            body = {"member_ids": [m.user_id for m in members[1:]], "title": f"bench {i}"}
+            async with limit:
+                async with session.post(
+                    api, json=body, headers={"Authorization": f"Bearer {owner.token}"}
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status not in (200, 201):
+                        raise SetupError(f"POST {api} → {resp.status}: {text[:200]}")
+                    keys[i] = str(json.loads(text)["id"])
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, members in enumerate(rooms):
+                    group.create_task(create(i, members))
+        except* SetupError as failed:
+            raise failed.exceptions[0] from None
+        self.room_keys = keys
+
+    async def handshake(self, conn: Conn, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await _expect(ws, lambda text: '"connection.established"' in text)
+
+
+class SocketIODialect(Dialect):
+    name = "socketio"
+
+    def ws_url(self, conn: Conn) -> str:
+        return _with_query(self.url, EIO="4", transport="websocket")
+
+    async def handshake(self, conn: Conn, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await _expect(ws, lambda text: text.startswith("0{"))  # Engine.IO open
+        await ws.send_str("40")  # Socket.IO connect to "/"
+        await _expect(ws, lambda text: text.startswith("40"))
+        room = json.dumps(self.room_keys[conn.room])
+        await ws.send_str(f'420["join",{room}]')
+        await _expect(ws, lambda text: text.startswith("430"))
+
+    def send_frame(self, room: int, content: str, local_id: str) -> bytes:
+        body = {"conversation_id": self.room_keys[room], "content": content, "local_id": local_id}
+        return b'42["send_message",' + _encode(body) + b"]"
+
+    def parse(self, text: str) -> _Event | str | None:
+        if text.startswith("42"):
+            name, body = _decode_sio(text[2:])
+            return _Event(type=name, message=body.message, error=body.error)
+        if text == "2":  # Engine.IO ping → pong
+            return "3"
+        return None
+
+
+def make_dialect(protocol: str, url: str) -> Dialect:
+    cls = {"parley": ParleyDialect, "socketio": SocketIODialect}.get(protocol, Dialect)
+    dialect = cls(url)
+    dialect.name = protocol
+    return dialect
+
+
+async def _expect(
+    ws: aiohttp.ClientWebSocketResponse, match: Callable[[str], bool], within: float = 30.0
+) -> None:
+    """Read frames until one matches; raise ``SetupError`` on close, error or timeout."""
+    async with asyncio.timeout(within):
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                if match(msg.data):
+                    return
+                if msg.data.startswith('{"type":"error"') or msg.data.startswith("44"):
+                    raise SetupError(f"handshake refused: {msg.data[:200]}")
+            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                raise SetupError(f"closed during handshake ({ws.close_code})")
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                raise SetupError(f"error during handshake: {msg.data!r}")
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def _http_base(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration and results
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    url: str
+    protocol: str = "parley"
+    secret: str | None = None
+    token_command: str | None = None
+    connections: int = 10
+    room_size: int = 10
+    rate: float = 100.0
+    message_size: int = 100
+    duration: float = 10.0
+    warmup: float = 2.0
+    drain: float = 5.0
+    senders: int = 0  # 0: one per room
+    mode: str = "run"
+    hold: float = 0.0
+    connect_concurrency: int = 200
+    source_ips: tuple[str, ...] = ()
+    user_prefix: str = ""
+    progress: bool = True
+
+
+@dataclass(slots=True)
+class Stats:
+    delivery: Histogram = field(default_factory=Histogram)
+    ack: Histogram = field(default_factory=Histogram)
+    broadcast: Histogram = field(default_factory=Histogram)
+    send_lag: Histogram = field(default_factory=Histogram)
+    connect: Histogram = field(default_factory=Histogram)
+    sent: int = 0  # in the measured window
+    delivered: int = 0  # receipts (not the sender's echo) inside the measured window
+    acked: int = 0  # echoes inside the measured window
+    errors: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    """One benchmark run. ``await run()`` returns the result dictionary."""
+
+    def __init__(self, config: Config, log: Callable[[str], None]) -> None:
+        self.config = config
+        self.log = log
+        self.dialect = make_dialect(config.protocol, config.url)
+        self.stats = Stats()
+        self.interval = Histogram()  # delivery latencies since the last progress line
+        self.conns: list[Conn] = []
+        self.rooms: list[list[Conn]] = []
+        self.sessions: list[aiohttp.ClientSession] = []
+        self.readers: set[asyncio.Task[None]] = set()
+        # message number → deliveries still expected (members + the sender's echo)
+        self.pending: dict[int, int] = {}
+        self.next_n = 0
+        self.measure_from = math.inf  # scheduled times in [measure_from, measure_to)
+        self.measure_to = math.inf
+        self.counts = [0, 0, 0]  # sent, delivered, acked since start, for progress
+        self.pad = ""
+        self.sending = True  # False once every sender has passed the end of the window
+        self.drained = asyncio.Event()  # set when nothing is pending after sending ends
+
+    # -- setup ----------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        cfg = self.config
+        _raise_nofile_limit()
+        prefix = cfg.user_prefix or f"bench{secrets.token_hex(3)}-"
+        size = max(1, cfg.room_size)
+        self.conns = [Conn(i, f"{prefix}{i}", i // size) for i in range(cfg.connections)]
+        nrooms = math.ceil(cfg.connections / size) if cfg.connections else 0
+        self.rooms = [[] for _ in range(nrooms)]
+        for conn in self.conns:
+            self.rooms[conn.room].append(conn)
+        self.sessions = [self._session(ip) for ip in cfg.source_ips or ("",)]
+        try:
+            await self._tokens()
+            if cfg.mode == "run":
+                await self.dialect.setup_rooms(self.sessions[0], self.rooms)
+            connect_s = await self._connect_all()
+            self.log(f"all {len(self.conns)} connections established in {connect_s:.2f}s")
+            gc.freeze()  # the long-lived setup objects need no more collection passes
+            if cfg.mode == "connect":
+                if cfg.hold > 0:
+                    await asyncio.sleep(cfg.hold)
+                return self._result(connect_s, 0.0, 0.0)
+            wall, cpu = await self._load()
+            return self._result(connect_s, wall, cpu)
+        finally:
+            await self._close_all()
+
+    def _session(self, source_ip: str) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0, local_addr=(source_ip, 0) if source_ip else None, force_close=False
+        )
+        return aiohttp.ClientSession(connector=connector)
+
+    async def _tokens(self) -> None:
+        cfg = self.config
+        if cfg.protocol != "parley":
+            return
+        if cfg.secret is not None:
+            from parley.auth import mint_token
+
+            ttl = cfg.warmup + cfg.duration + cfg.drain + cfg.hold + 3600
+            for conn in self.conns:
+                conn.token = mint_token(cfg.secret, conn.user_id, ttl=ttl)
+            return
+        if cfg.token_command is None:
+            raise SetupError("parley needs --secret or --token-command")
+        command = cfg.token_command
+        limit = asyncio.Semaphore(16)
+
+        async def fetch(conn: Conn) -> None:
+            async with limit:
+                proc = await asyncio.create_subprocess_shell(
+                    f"{command} {shlex.quote(conn.user_id)}",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await proc.communicate()
+            if proc.returncode != 0 or not out.strip():
+                raise SetupError(f"token command failed for {conn.user_id} ({proc.returncode})")
+            conn.token = out.decode().strip()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for conn in self.conns:
+                    group.create_task(fetch(conn))
+        except* SetupError as failed:
+            raise failed.exceptions[0] from None
+
+    async def _connect_all(self) -> float:
+        limit = asyncio.Semaphore(max(1, self.config.connect_concurrency))
+
+        async def one(conn: Conn) -> None:
+            async with limit:
+                await self._connect(conn)
+
+        started = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for conn in self.conns:
+                    group.create_task(one(conn))
+        except* SetupError as failed:
+            raise failed.exceptions[0] from None
+        return time.monotonic() - started
+
+    async def _connect(self, conn: Conn) -> None:
+        session = self.sessions[conn.index % len(self.sessions)]
+        started = time.monotonic()
+        try:
+            ws = await session.ws_connect(
+                self.dialect.ws_url(conn), autoping=True, max_msg_size=0, compress=0
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SetupError(f"connect {conn.user_id}: {exc}") from exc
+        try:
+            await self.dialect.handshake(conn, ws)
+        except BaseException:
+            await ws.close()
+            raise
+        self.stats.connect.record(int((time.monotonic() - started) * 1e6))
+        conn.ws = ws
+        conn.session = session
+        task = asyncio.create_task(self._read(conn, ws))
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
+
+    async def _reconnect(self, conn: Conn) -> None:
+        delay = 0.1
+        while not conn.closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect(conn)
+                self.stats.reconnects += 1
+                return
+            except (SetupError, TimeoutError) as exc:
+                self.stats.errors[f"reconnect: {str(exc)[:60]}"] += 1
+                delay = min(delay * 2, 5.0)
+
+    async def _close_all(self) -> None:
+        for conn in self.conns:
+            conn.closing = True
+        closers = [c.ws.close() for c in self.conns if c.ws is not None]
+        for chunk in range(0, len(closers), 500):
+            await asyncio.gather(*closers[chunk : chunk + 500], return_exceptions=True)
+        for task in list(self.readers):
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        for session in self.sessions:
+            await session.close()
+
+    # -- receiving ------------------------------------------------------------------
+    async def _read(self, conn: Conn, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read one socket until it closes; time every chat_message it gets."""
+        receive = ws.receive
+        parse = self.dialect.parse
+        text_type = aiohttp.WSMsgType.TEXT
+        while True:
+            msg = await receive()
+            if msg.type is not text_type:
+                break
+            now = time.monotonic()
+            try:
+                event = parse(msg.data)
+            except (msgspec.DecodeError, ValueError):
+                self.stats.errors["undecodable frame"] += 1
+                continue
+            if event is None:
+                continue
+            if isinstance(event, str):
+                await ws.send_str(event)
+                continue
+            if event.type == "chat_message" and event.message is not None:
+                self._on_chat(conn, event.message, now)
+            elif event.type == "error":
+                self.stats.errors[f"error {event.error.code if event.error else '?'}"] += 1
+        conn.ws = None
+        if conn.closing:
+            return
+        self.stats.errors[f"closed {ws.close_code}"] += 1
+        task = asyncio.create_task(self._reconnect(conn))
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
+
+    def _on_chat(self, conn: Conn, message: _Message, now: float) -> None:
+        try:
+            payload = _decode_payload(message.content)
+        except msgspec.DecodeError:
+            return  # not one of ours
+        latency = int((now - payload.t) * 1e6)
+        measured = self.measure_from <= payload.t < self.measure_to
+        in_window = self.measure_from <= now < self.measure_to
+        stats = self.stats
+        if payload.c == conn.index:
+            self.counts[2] += 1
+            if self.dialect.name == "parley" and message.local_id is None:
+                stats.errors["echo without local_id"] += 1
+            if measured:
+                stats.ack.record(latency)
+            if in_window:
+                stats.acked += 1
+        else:
+            self.counts[1] += 1
+            self.interval.record(latency)
+            if measured:
+                stats.delivery.record(latency)
+            if in_window:
+                stats.delivered += 1
+        left = self.pending.get(payload.n)
+        if left is None:
+            return
+        if left > 1:
+            self.pending[payload.n] = left - 1
+            return
+        del self.pending[payload.n]
+        if measured:
+            stats.broadcast.record(latency)
+        if not self.pending and not self.sending:
+            self.drained.set()
+
+    # -- sending --------------------------------------------------------------------
+    async def _load(self) -> tuple[float, float]:
+        """Run warm-up and measurement, then drain; return measured wall and CPU seconds."""
+        cfg = self.config
+        senders = self._pick_senders()
+        overhead = len('{"t":,"n":,"c":,"p":""}') + 30
+        self.pad = "x" * max(0, cfg.message_size - overhead)
+        start = time.monotonic() + 0.2
+        self.measure_from = start + cfg.warmup
+        self.measure_to = self.measure_from + cfg.duration
+        period = len(senders) / cfg.rate if cfg.rate > 0 else math.inf
+        tasks = [
+            asyncio.create_task(self._send_loop(c, start + k / cfg.rate, period))
+            for k, c in enumerate(senders)
+        ]
+        progress = asyncio.create_task(self._progress(start))
+        cpu0 = wall0 = 0.0
+        await asyncio.sleep(max(0.0, self.measure_from - time.monotonic()))
+        cpu0, wall0 = _cpu_seconds(), time.monotonic()
+        await asyncio.sleep(max(0.0, self.measure_to - time.monotonic()))
+        cpu1, wall1 = _cpu_seconds(), time.monotonic()
+        await asyncio.gather(*tasks)
+        self.sending = False
+        if self.pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.drain):
+                    await self.drained.wait()
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+        return wall1 - wall0, cpu1 - cpu0
+
+    def _pick_senders(self) -> list[Conn]:
+        """Senders spread over the rooms round-robin, then over each room's members."""
+        wanted = self.config.senders or len(self.rooms)
+        chosen: list[Conn] = []
+        depth = 0
+        while len(chosen) < wanted and depth < self.config.room_size:
+            for room in self.rooms:
+                if depth < len(room) and len(chosen) < wanted:
+                    chosen.append(room[depth])
+            depth += 1
+        for conn in chosen:
+            conn.sender = True
+        return chosen
+
+    async def _send_loop(self, conn: Conn, first: float, period: float) -> None:
+        due = first
+        end = self.measure_to
+        burst = 0
+        while due < end:
+            now = time.monotonic()
+            if due > now:
+                burst = 0
+                await asyncio.sleep(due - now)
+                now = time.monotonic()
+            await self._send(conn, due, now)
+            due += period
+            burst += 1
+            if burst % 64 == 0:  # far behind: let the readers run between bursts
+                await asyncio.sleep(0)
+
+    async def _send(self, conn: Conn, due: float, now: float) -> None:
+        n = self.next_n
+        self.next_n = n + 1
+        if self.measure_from <= due < self.measure_to:
+            self.stats.sent += 1
+            self.stats.send_lag.record(int((now - due) * 1e6))
+        self.counts[0] += 1
+        ws = conn.ws
+        if ws is None or ws.closed:
+            self.stats.errors["send while disconnected"] += 1
+            return
+        content = f'{{"t":{due!r},"n":{n},"c":{conn.index},"p":"{self.pad}"}}'
+        frame = self.dialect.send_frame(conn.room, content, f"b{n}")
+        self.pending[n] = len(self.rooms[conn.room])
+        # Returns at once unless the kernel pushes back; a paused socket delays this
+        # sender's next messages, which the send-lag histogram then records.
+        try:
+            await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError) as exc:
+            self.stats.errors[f"send: {type(exc).__name__}"] += 1
+
+    # -- reporting ------------------------------------------------------------------
+    async def _progress(self, start: float) -> None:
+        last = list(self.counts)
+        last_cpu, last_t = _cpu_seconds(), time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now, cpu = time.monotonic(), _cpu_seconds()
+            dt = now - last_t
+            rates = [(c - p) / dt for c, p in zip(self.counts, last, strict=True)]
+            phase = (
+                "warmup"
+                if now < self.measure_from
+                else "measure"
+                if now < self.measure_to
+                else "drain"
+            )
+            interval, self.interval = self.interval, Histogram()
+            if self.config.progress:
+                self.log(
+                    f"{now - start:6.1f}s {phase:<7} sent/s {rates[0]:8.0f}  "
+                    f"delivered/s {rates[1]:9.0f}  acks/s {rates[2]:8.0f}  "
+                    f"p50 {interval.percentile(0.5) / 1000:7.1f}ms  "
+                    f"p99 {interval.percentile(0.99) / 1000:7.1f}ms  "
+                    f"pending {len(self.pending):6d}  errors {sum(self.stats.errors.values())}  "
+                    f"reconnects {self.stats.reconnects}  cpu {100 * (cpu - last_cpu) / dt:3.0f}%"
+                )
+            last, last_cpu, last_t = list(self.counts), cpu, now
+
+    def _result(self, connect_s: float, wall: float, cpu: float) -> dict[str, Any]:
+        cfg = self.config
+        s = self.stats
+        established = s.connect.count
+        lost = sum(self.pending.values())  # deliveries never received, whole run
+        return {
+            "protocol": cfg.protocol,
+            "url": cfg.url,
+            "mode": cfg.mode,
+            "config": {
+                "connections": cfg.connections,
+                "room_size": cfg.room_size,
+                "rooms": len(self.rooms),
+                "senders": sum(1 for c in self.conns if c.sender),
+                "rate": cfg.rate,
+                "message_size": cfg.message_size,
+                "duration": cfg.duration,
+                "warmup": cfg.warmup,
+            },
+            "connections": {
+                "established": established,
+                "seconds": round(connect_s, 3),
+                "per_second": round(established / connect_s, 1) if connect_s > 0 else 0.0,
+                "latency_ms": s.connect.summary_ms(),
+            },
+            "sent": s.sent,
+            "sent_per_s": round(s.sent / wall, 1) if wall else 0.0,
+            "delivered": s.delivered,
+            "delivered_per_s": round(s.delivered / wall, 1) if wall else 0.0,
+            "acked": s.acked,
+            "acked_per_s": round(s.acked / wall, 1) if wall else 0.0,
+            "delivery_latency_ms": s.delivery.summary_ms(),
+            "ack_latency_ms": s.ack.summary_ms(),
+            "broadcast_latency_ms": s.broadcast.summary_ms(),
+            "send_lag_ms": s.send_lag.summary_ms(),
+            "lost": lost,
+            "errors": sum(s.errors.values()),
+            "error_kinds": dict(s.errors.most_common(10)),
+            "reconnects": s.reconnects,
+            "generator_cpu": round(cpu / wall, 3) if wall else 0.0,
+        }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human-readable summary of a result dictionary."""
+    cfg = result["config"]
+    conn = result["connections"]
+    lines = [
+        f"{result['protocol']} {result['url']}  mode={result['mode']}",
+        f"connections {conn['established']}/{cfg['connections']} in {conn['seconds']}s "
+        f"({conn['per_second']}/s, p99 {conn['latency_ms']['p99']} ms)",
+    ]
+    if result["mode"] == "run":
+        lines.append(
+            f"rooms {cfg['rooms']} of {cfg['room_size']}, senders {cfg['senders']}, "
+            f"rate {cfg['rate']}/s, {cfg['message_size']} B, "
+            f"{cfg['duration']}s after {cfg['warmup']}s warm-up"
+        )
+        lines.append("")
+        lines.append(
+            f"{'':<12}{'count':>10}{'per s':>11}{'p50 ms':>10}{'p95 ms':>10}"
+            f"{'p99 ms':>10}{'max ms':>10}"
+        )
+        rows = [
+            ("delivery", "delivered", "delivered_per_s", "delivery_latency_ms"),
+            ("ack", "acked", "acked_per_s", "ack_latency_ms"),
+            ("broadcast", None, None, "broadcast_latency_ms"),
+            ("send lag", "sent", "sent_per_s", "send_lag_ms"),
+        ]
+        for label, count_key, rate_key, hist_key in rows:
+            h = result[hist_key]
+            count = result[count_key] if count_key else h["count"]
+            rate = f"{result[rate_key]:.0f}" if rate_key else ""
+            lines.append(
+                f"{label:<12}{count:>10}{rate:>11}{h['p50']:>10.1f}{h['p95']:>10.1f}"
+                f"{h['p99']:>10.1f}{h['max']:>10.1f}"
+            )
+        lines.append("")
+        cpu = result["generator_cpu"]
+        note = "  (saturated: numbers bound by the generator)" if cpu > 0.9 else ""
+        lines.append(
+            f"lost {result['lost']}  errors {result['errors']}  "
+            f"reconnects {result['reconnects']}  generator CPU {100 * cpu:.0f}%{note}"
+        )
+    else:
+        lines.append(f"errors {result['errors']}")
+    for kind, count in result["error_kinds"].items():
+        lines.append(f"  {count} x {kind}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parley bench",
+        description="Open-loop load generator for a Parley deployment (or a bench/ peer).",
+    )
+    p.add_argument("--url", help="WebSocket URL (default ws://127.0.0.1:8000/ws)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="parley")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--secret", default=os.environ.get("PARLEY_SECRET"), help="JWT secret")
+    auth.add_argument(
+        "--token-command", help="shell command printing a token for the user id appended to it"
+    )
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--room-size", type=int, default=10)
+    p.add_argument("--rate", type=float, default=100.0, help="messages/s sent, all senders")
+    p.add_argument("--message-size", type=int, default=100, help="content bytes")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--drain", type=float, default=5.0, help="max seconds to await stragglers")
+    p.add_argument("--senders", type=int, default=0, help="sending connections (0: 1 per room)")
+    p.add_argument(
+        "--mode",
+        choices=("run", "connect"),
+        default="run",
+        help="connect: only open the connections (rate, then hold them idle)",
+    )
+    p.add_argument("--hold", type=float, default=0.0, help="connect mode: seconds to stay idle")
+    p.add_argument("--connect-concurrency", type=int, default=200)
+    p.add_argument(
+        "--source-ips", default="", help="comma-separated local addresses, e.g. 127.0.0.2,…"
+    )
+    p.add_argument("--user-prefix", default="", help="user ids are PREFIX0, PREFIX1, …")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH", help="write JSON (to PATH or stdout)"
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    url = args.url or f"ws://127.0.0.1:8000{_DEFAULT_PATHS[args.protocol]}"
+    return Config(
+        url=url,
+        protocol=args.protocol,
+        secret=args.secret if args.token_command is None else None,
+        token_command=args.token_command,
+        connections=args.connections,
+        room_size=args.room_size,
+        rate=args.rate,
+        message_size=args.message_size,
+        duration=args.duration,
+        warmup=args.warmup,
+        drain=args.drain,
+        senders=args.senders,
+        mode=args.mode,
+        hold=args.hold,
+        connect_concurrency=args.connect_concurrency,
+        source_ips=tuple(ip for ip in args.source_ips.split(",") if ip),
+        user_prefix=args.user_prefix,
+        progress=not args.quiet,
+    )
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``parley bench`` with ``argv``; 0 on success, 1 when setup failed."""
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    if config.protocol == "parley" and not (config.secret or config.token_command):
+        print(
+            "parley bench: --secret (or PARLEY_SECRET) or --token-command needed", file=sys.stderr
+        )
+        return 2
+    if config.mode == "run" and (config.rate <= 0 or config.room_size < 1):
+        print("parley bench: --rate and --room-size must be positive", file=sys.stderr)
+        return 2
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = _run_loop(lambda: Bench(config, log).run())
+    except SetupError as exc:
+        log(f"parley bench: setup failed: {exc}")
+        return 1
+    if args.json is None:
+        print(format_table(result))
+    else:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,771 @@
+"""The SDK's state: the seed's Redux store shape, changed only by a pure reducer.
+
+``reduce(state, action)`` returns a new state and never mutates its arguments;
+containers that an action does not touch are shared between the old and the new state.
+Action creators build the seed's actions (``{"type": "chat/…", "payload": …}``).
+
+Rules the reducer keeps (tested in ``tests/client/test_state.py``):
+
+* ``messages.byId`` holds a message once. Its key is the server id; an own message that
+  the server has not acknowledged yet is keyed by its ``local_id`` until the ack (the
+  ``chat_message`` echo carrying that ``local_id``) re-keys it. ``messages.byLocalId``
+  maps every own ``local_id`` to the message's current key.
+* ``messages.byConversation[cid]`` lists the keys of the conversation's messages that
+  have a ``seq``, in ascending ``seq`` order, followed by the own messages still waiting
+  for their ack, in send order.
+* A message id seen again (live fan-out, ``sync``, replay) changes nothing but may move
+  its status forward.
+* Status moves forward only: ``sending < sent < delivered < read``. ``failed`` is reached
+  from ``sending`` only and left by an ack, a receipt or ``chat/retryMessage``.
+* ``conversations.byId[cid]["synced_seq"]`` is the highest ``seq`` such that every
+  message ``1..synced_seq`` is held (or was skipped by ``chat/historySkipped``);
+  ``last_seq`` is the highest ``seq`` known to exist on the server. A conversation has a
+  gap to fill with ``sync`` while ``synced_seq < last_seq``.
+* ``messageQueue`` lists the ``send_message`` actions not acknowledged yet, in send
+  order; an entry leaves only on its ack or when the message fails for good.
+* Receipts are per-user cursors (read / delivered up to a ``seq``), as on the server. An
+  own message becomes ``delivered`` (``read``) once every other member's cursor reaches
+  its ``seq``; while a conversation's member list is unknown, the members that sent
+  receipts stand in for it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, NotRequired, TypedDict
+
+from parley.codes import MessageStatus
+
+ConnectionStatus = Literal["disconnected", "connecting", "connected"]
+ReceiptKind = Literal["read", "delivered"]
+
+_RANK = {
+    MessageStatus.SENDING: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.READ: 3,
+}
+
+
+# -- the store shape -----------------------------------------------------------------
+class QueuedMessage(TypedDict):
+    """A ``send_message`` action as sent on the wire (and kept in the offline queue)."""
+
+    action: Literal["send_message"]
+    conversation_id: str
+    content: str
+    local_id: str
+    reply_to: NotRequired[str]
+    attachments: NotRequired[list[dict[str, Any]]]
+
+
+class MessageRecord(TypedDict):
+    id: str | None  # server id; None until the ack of an own message
+    local_id: str | None  # set on own messages only
+    conversation_id: str
+    seq: int | None  # None until the ack of an own message
+    sender_id: str | None  # None for an own message queued before the first connection
+    content: str
+    sent_at: str | None  # server time, ISO 8601; None until the ack
+    status: MessageStatus
+    reply_to: str | None
+    attachments: tuple[Mapping[str, Any], ...]
+    error: Mapping[str, Any] | None  # the server's last error for a failed own message
+
+
+class Receipt(TypedDict):
+    read_seq: int
+    delivered_seq: int
+
+
+class ConversationRecord(TypedDict):
+    id: str
+    title: str | None
+    kind: str | None  # "direct" | "group"; None until the server has told
+    member_ids: tuple[str, ...] | None  # None until the server has told
+    active: bool  # False once the user is no longer a member
+    last_seq: int
+    synced_seq: int
+    receipts: Mapping[str, Receipt]  # by user id
+    delivered_upto: int  # own messages up to this seq are marked delivered
+    read_upto: int  # … and read
+
+
+class ConnectionState(TypedDict):
+    status: ConnectionStatus
+    lastConnected: str | None  # server timestamp of the last connection.established
+    error: str | None  # why the last connection ended or failed
+    clientId: str | None
+    userId: str | None  # set by the first connection.established
+
+
+class ConversationsState(TypedDict):
+    byId: Mapping[str, ConversationRecord]
+    allIds: tuple[str, ...]
+
+
+class MessagesState(TypedDict):
+    byId: Mapping[str, MessageRecord]
+    byConversation: Mapping[str, tuple[str, ...]]
+    byLocalId: Mapping[str, str]
+
+
+class TypingState(TypedDict):
+    byConversation: Mapping[str, Mapping[str, str]]  # cid -> {user_id: timestamp}
+
+
+class ChatState(TypedDict):
+    connection: ConnectionState
+    conversations: ConversationsState
+    messages: MessagesState
+    typing: TypingState
+    messageQueue: tuple[QueuedMessage, ...]
+
+
+class Action(TypedDict):
+    type: str
+    payload: NotRequired[Any]
+
+
+def initial_state() -> ChatState:
+    return {
+        "connection": {
+            "status": "disconnected",
+            "lastConnected": None,
+            "error": None,
+            "clientId": None,
+            "userId": None,
+        },
+        "conversations": {"byId": {}, "allIds": ()},
+        "messages": {"byId": {}, "byConversation": {}, "byLocalId": {}},
+        "typing": {"byConversation": {}},
+        "messageQueue": (),
+    }
+
+
+# -- action creators (the seed's chatActions, and the ones it leaves to us) -----------
+CONNECT = "chat/connect"
+CONNECTION_ESTABLISHED = "chat/connectionEstablished"
+DISCONNECTED = "chat/disconnected"
+SEND_MESSAGE = "chat/sendMessage"
+MESSAGE_RECEIVED = "chat/messageReceived"
+UPDATE_MESSAGE_STATUS = "chat/updateMessageStatus"
+MESSAGE_FAILED = "chat/messageFailed"
+RETRY_MESSAGE = "chat/retryMessage"
+QUEUE_LOADED = "chat/queueLoaded"
+RECEIPT_RECEIVED = "chat/receiptReceived"
+TYPING_RECEIVED = "chat/typingReceived"
+CONVERSATION_UPDATED = "chat/conversationUpdated"
+SYNC_COMPLETED = "chat/syncCompleted"
+HISTORY_SKIPPED = "chat/historySkipped"
+
+
+def connect() -> Action:
+    return {"type": CONNECT}
+
+
+def connection_established(data: Mapping[str, Any]) -> Action:
+    """``data`` is the ``connection.established`` event's ``data``."""
+    return {"type": CONNECTION_ESTABLISHED, "payload": data}
+
+
+def disconnected(code: int | None = None, reason: str | None = None) -> Action:
+    return {"type": DISCONNECTED, "payload": {"code": code, "reason": reason}}
+
+
+def send_message(message: QueuedMessage) -> Action:
+    return {"type": SEND_MESSAGE, "payload": message}
+
+
+def message_received(message: Mapping[str, Any]) -> Action:
+    """``message`` is a ``chat_message`` event's ``message``."""
+    return {"type": MESSAGE_RECEIVED, "payload": message}
+
+
+def update_message_status(message_id: str, status: MessageStatus | str) -> Action:
+    """``message_id`` is a server id or an own ``local_id``."""
+    return {"type": UPDATE_MESSAGE_STATUS, "payload": {"messageId": message_id, "status": status}}
+
+
+def message_failed(local_id: str, error: Mapping[str, Any]) -> Action:
+    return {"type": MESSAGE_FAILED, "payload": {"local_id": local_id, "error": error}}
+
+
+def retry_message(local_id: str) -> Action:
+    return {"type": RETRY_MESSAGE, "payload": {"local_id": local_id}}
+
+
+def queue_loaded(entries: Sequence[QueuedMessage]) -> Action:
+    return {"type": QUEUE_LOADED, "payload": list(entries)}
+
+
+def receipt_received(kind: ReceiptKind, data: Mapping[str, Any]) -> Action:
+    """``data`` is a ``messages_read`` / ``messages_delivered`` event's ``data``."""
+    return {"type": RECEIPT_RECEIVED, "payload": {"kind": kind, **data}}
+
+
+def typing_received(data: Mapping[str, Any]) -> Action:
+    return {"type": TYPING_RECEIVED, "payload": data}
+
+
+def conversation_updated(conversation: Mapping[str, Any]) -> Action:
+    """``conversation`` is a ``conversation.created`` / ``.updated`` event's ``data``."""
+    return {"type": CONVERSATION_UPDATED, "payload": conversation}
+
+
+def sync_completed(data: Mapping[str, Any]) -> Action:
+    return {"type": SYNC_COMPLETED, "payload": data}
+
+
+def history_skipped(conversation_id: str, seq: int) -> Action:
+    """Treat ``1..seq`` of a conversation as held: the client does not want history."""
+    return {"type": HISTORY_SKIPPED, "payload": {"conversation_id": conversation_id, "seq": seq}}
+
+
+# -- selectors -------------------------------------------------------------------------
+def find_message(state: ChatState, message_id: str) -> MessageRecord | None:
+    """The message with server id or own ``local_id`` ``message_id``."""
+    msgs = state["messages"]
+    rec = msgs["byId"].get(message_id)
+    if rec is None:
+        key = msgs["byLocalId"].get(message_id)
+        rec = msgs["byId"].get(key) if key is not None else None
+    return rec
+
+
+def conversation_messages(state: ChatState, conversation_id: str) -> list[MessageRecord]:
+    """The conversation's messages, in ``seq`` order, then own pending ones."""
+    by_id = state["messages"]["byId"]
+    keys = state["messages"]["byConversation"].get(conversation_id, ())
+    return [by_id[k] for k in keys]
+
+
+def messages_between(
+    state: ChatState, conversation_id: str, after_seq: int, upto_seq: int
+) -> list[MessageRecord]:
+    """The held messages with ``after_seq < seq <= upto_seq``, in ``seq`` order."""
+    by_id = state["messages"]["byId"]
+    keys = state["messages"]["byConversation"].get(conversation_id, ())
+    end = _seq_count(keys, by_id)
+    lo = bisect.bisect_right(keys, after_seq, 0, end, key=lambda k: _seq_of(by_id, k))
+    hi = bisect.bisect_right(keys, upto_seq, lo, end, key=lambda k: _seq_of(by_id, k))
+    return [by_id[k] for k in keys[lo:hi]]
+
+
+def gaps(state: ChatState) -> dict[str, int]:
+    """``{cid: synced_seq}`` of the active conversations missing messages."""
+    return {
+        cid: conv["synced_seq"]
+        for cid, conv in state["conversations"]["byId"].items()
+        if conv["active"] and conv["synced_seq"] < conv["last_seq"]
+    }
+
+
+def sync_cursors(state: ChatState) -> dict[str, int]:
+    """``{cid: synced_seq}`` of every active conversation: the ``sync`` cursors."""
+    return {
+        cid: conv["synced_seq"]
+        for cid, conv in state["conversations"]["byId"].items()
+        if conv["active"]
+    }
+
+
+# -- the reducer -----------------------------------------------------------------------
+def reduce(state: ChatState, action: Action) -> ChatState:
+    """The next state after ``action``; ``state`` is left unchanged."""
+    return reduce_with_changes(state, action)[0]
+
+
+def reduce_with_changes(state: ChatState, action: Action) -> tuple[ChatState, tuple[str, ...]]:
+    """Like ``reduce``, also returning the ``byId`` keys whose status changed."""
+    handler = _HANDLERS.get(action["type"])
+    if handler is None:
+        return state, ()
+    return handler(state, action.get("payload"))
+
+
+def status_advanced(current: MessageStatus, new: MessageStatus) -> MessageStatus:
+    """The status after ``new`` is reported for a message in ``current`` (forward only)."""
+    if new is MessageStatus.FAILED:
+        return new if current in (MessageStatus.SENDING, MessageStatus.FAILED) else current
+    if current is MessageStatus.FAILED:
+        return new if new is not MessageStatus.SENDING else current
+    return new if _RANK[new] > _RANK[current] else current
+
+
+def _status(value: object, default: MessageStatus = MessageStatus.SENT) -> MessageStatus:
+    try:
+        return MessageStatus(str(value))
+    except ValueError:
+        return default
+
+
+def _seq_of(by_id: Mapping[str, MessageRecord], key: str) -> int:
+    seq = by_id[key]["seq"]
+    return seq if seq is not None else 1 << 62
+
+
+def _seq_count(keys: Sequence[str], by_id: Mapping[str, MessageRecord]) -> int:
+    """How many leading keys have a seq (the rest are own pending messages)."""
+    end = len(keys)
+    while end and by_id[keys[end - 1]]["seq"] is None:
+        end -= 1
+    return end
+
+
+def _new_conversation(cid: str) -> ConversationRecord:
+    return {
+        "id": cid,
+        "title": None,
+        "kind": None,
+        "member_ids": None,
+        "active": True,
+        "last_seq": 0,
+        "synced_seq": 0,
+        "receipts": {},
+        "delivered_upto": 0,
+        "read_upto": 0,
+    }
+
+
+def _with_conversations(state: ChatState, updated: Mapping[str, ConversationRecord]) -> ChatState:
+    if not updated:
+        return state
+    convs = state["conversations"]
+    by_id = {**convs["byId"], **updated}
+    new_ids = [cid for cid in updated if cid not in convs["byId"]]
+    all_ids = convs["allIds"] + tuple(new_ids) if new_ids else convs["allIds"]
+    return {**state, "conversations": {"byId": by_id, "allIds": all_ids}}
+
+
+def _advance_synced(
+    conv: ConversationRecord, keys: Sequence[str], by_id: Mapping[str, MessageRecord]
+) -> ConversationRecord:
+    synced = conv["synced_seq"]
+    end = _seq_count(keys, by_id)
+    i = bisect.bisect_right(keys, synced, 0, end, key=lambda k: _seq_of(by_id, k))
+    while i < end and by_id[keys[i]]["seq"] == synced + 1:
+        synced += 1
+        i += 1
+    if synced == conv["synced_seq"]:
+        return conv
+    return {**conv, "synced_seq": synced, "last_seq": max(conv["last_seq"], synced)}
+
+
+def _on_connect(state: ChatState, _payload: object) -> tuple[ChatState, tuple[str, ...]]:
+    conn: ConnectionState = {**state["connection"], "status": "connecting"}
+    return {**state, "connection": conn}, ()
+
+
+def _on_connection_established(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    user_id = str(data["user_id"]) if data.get("user_id") is not None else None
+    conn: ConnectionState = {
+        "status": "connected",
+        "lastConnected": data.get("timestamp"),
+        "error": None,
+        "clientId": data.get("client_id"),
+        "userId": user_id,
+    }
+    active = [str(c) for c in data.get("active_conversations") or ()]
+    seqs = data.get("conversations") or {}
+    updated: dict[str, ConversationRecord] = {}
+    by_id = state["conversations"]["byId"]
+    for cid in active:
+        conv = by_id.get(cid) or _new_conversation(cid)
+        info = seqs.get(cid) or {}
+        last = max(conv["last_seq"], int(info.get("last_seq") or 0))
+        if last != conv["last_seq"] or not conv["active"] or cid not in by_id:
+            updated[cid] = {**conv, "last_seq": last, "active": True}
+    active_set = set(active)
+    for cid, conv in by_id.items():
+        if conv["active"] and cid not in active_set:
+            updated[cid] = {**conv, "active": False}
+    state = {**state, "connection": conn}
+    # Pending own messages queued before the user id was known.
+    msgs = state["messages"]
+    if user_id is not None and msgs["byLocalId"]:
+        by_msg = dict(msgs["byId"])
+        for key in msgs["byLocalId"].values():
+            rec = by_msg.get(key)
+            if rec is not None and rec["sender_id"] is None:
+                by_msg[key] = {**rec, "sender_id": user_id}
+        state = {**state, "messages": {**msgs, "byId": by_msg}}
+    return _with_conversations(state, updated), ()
+
+
+def _on_disconnected(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    code, reason = payload.get("code"), payload.get("reason")
+    error = None if code is None and not reason else f"{code}: {reason or ''}".rstrip(": ")
+    conn: ConnectionState = {**state["connection"], "status": "disconnected", "error": error}
+    return {**state, "connection": conn, "typing": {"byConversation": {}}}, ()
+
+
+def _pending_record(state: ChatState, entry: QueuedMessage) -> MessageRecord:
+    return {
+        "id": None,
+        "local_id": entry["local_id"],
+        "conversation_id": entry["conversation_id"],
+        "seq": None,
+        "sender_id": state["connection"]["userId"],
+        "content": entry["content"],
+        "sent_at": None,
+        "status": MessageStatus.SENDING,
+        "reply_to": entry.get("reply_to"),
+        "attachments": tuple(entry.get("attachments") or ()),
+        "error": None,
+    }
+
+
+def _add_pending(state: ChatState, entries: Iterable[QueuedMessage]) -> ChatState:
+    msgs = state["messages"]
+    by_id = dict(msgs["byId"])
+    by_conv = dict(msgs["byConversation"])
+    by_local = dict(msgs["byLocalId"])
+    queue = list(state["messageQueue"])
+    convs: dict[str, ConversationRecord] = {}
+    for entry in entries:
+        lid = entry["local_id"]
+        if lid in by_local:
+            continue
+        cid = entry["conversation_id"]
+        by_id[lid] = _pending_record(state, entry)
+        by_conv[cid] = (*by_conv.get(cid, ()), lid)
+        by_local[lid] = lid
+        queue.append(entry)
+        if cid not in state["conversations"]["byId"] and cid not in convs:
+            convs[cid] = _new_conversation(cid)
+    state = {
+        **state,
+        "messages": {"byId": by_id, "byConversation": by_conv, "byLocalId": by_local},
+        "messageQueue": tuple(queue),
+    }
+    return _with_conversations(state, convs)
+
+
+def _on_send_message(state: ChatState, entry: QueuedMessage) -> tuple[ChatState, tuple[str, ...]]:
+    return _add_pending(state, [entry]), ()
+
+
+def _on_queue_loaded(
+    state: ChatState, entries: Sequence[QueuedMessage]
+) -> tuple[ChatState, tuple[str, ...]]:
+    return _add_pending(state, entries), ()
+
+
+def _own_status_floor(conv: ConversationRecord, seq: int) -> MessageStatus:
+    if seq <= conv["read_upto"]:
+        return MessageStatus.READ
+    if seq <= conv["delivered_upto"]:
+        return MessageStatus.DELIVERED
+    return MessageStatus.SENT
+
+
+def _on_message_received(
+    state: ChatState, m: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    mid = str(m["id"])
+    cid = str(m["conversation_id"])
+    seq = int(m["seq"])
+    lid = m.get("local_id")
+    lid = str(lid) if lid is not None else None
+    msgs = state["messages"]
+    by_id = msgs["byId"]
+    pending_key = msgs["byLocalId"].get(lid) if lid is not None else None
+    pending = by_id.get(pending_key) if pending_key is not None and pending_key == lid else None
+    conv = state["conversations"]["byId"].get(cid) or _new_conversation(cid)
+    reported = _status(m.get("status"))
+    self_id = state["connection"]["userId"]
+    sender = str(m["sender_id"]) if m.get("sender_id") is not None else None
+    if sender is not None and sender == self_id:
+        reported = status_advanced(reported, _own_status_floor(conv, seq))
+
+    existing = by_id.get(mid)
+    if existing is not None and pending is None:
+        # A duplicate: only the status may move.
+        status = status_advanced(existing["status"], reported)
+        if status is existing["status"]:
+            return state, ()
+        moved: MessageRecord = {**existing, "status": status, "error": None}
+        return {**state, "messages": {**msgs, "byId": {**by_id, mid: moved}}}, (mid,)
+
+    new_by_id: dict[str, MessageRecord] = dict(by_id)
+    keys = list(msgs["byConversation"].get(cid, ()))
+    by_local = msgs["byLocalId"]
+    queue = state["messageQueue"]
+    changed: tuple[str, ...] = ()
+    if pending is not None and lid is not None:
+        # The ack of an own message: re-key it from local_id to the server id.
+        del new_by_id[lid]
+        keys.remove(lid)
+        queue = tuple(e for e in queue if e["local_id"] != lid)
+        base_status = pending["status"]
+        changed = (mid,)
+    else:
+        base_status = MessageStatus.SENDING
+    if lid is not None:
+        by_local = {**by_local, lid: mid}
+    record: MessageRecord = {
+        "id": mid,
+        "local_id": lid,
+        "conversation_id": cid,
+        "seq": seq,
+        "sender_id": sender,
+        "content": str(m.get("content", "")),
+        "sent_at": m.get("sent_at"),
+        "status": status_advanced(base_status, reported) if pending is not None else reported,
+        "reply_to": str(m["reply_to"]) if m.get("reply_to") is not None else None,
+        "attachments": tuple(m.get("attachments") or ()),
+        "error": None,
+    }
+    if existing is not None:
+        # Acked through a message already held (e.g. seen in sync before the echo).
+        record = {**record, "status": status_advanced(existing["status"], record["status"])}
+    else:
+        new_by_id[mid] = record
+        end = _seq_count(keys, new_by_id) if keys else 0
+        pos = bisect.bisect_right(keys, seq, 0, end, key=lambda k: _seq_of(new_by_id, k))
+        keys.insert(pos, mid)
+    new_by_id[mid] = record
+    new_keys = tuple(keys)
+    conv = {**conv, "last_seq": max(conv["last_seq"], seq)}
+    conv = _advance_synced(conv, new_keys, new_by_id)
+    state = {
+        **state,
+        "messages": {
+            "byId": new_by_id,
+            "byConversation": {**msgs["byConversation"], cid: new_keys},
+            "byLocalId": by_local,
+        },
+        "messageQueue": queue,
+    }
+    return _with_conversations(state, {cid: conv}), changed
+
+
+def _set_status(
+    state: ChatState, key: str, status: MessageStatus, error: Mapping[str, Any] | None = None
+) -> tuple[ChatState, tuple[str, ...]]:
+    msgs = state["messages"]
+    rec = msgs["byId"][key]
+    new_status = status_advanced(rec["status"], status)
+    new_error = error if new_status is MessageStatus.FAILED else None
+    if new_status is rec["status"] and new_error == rec["error"]:
+        return state, ()
+    updated: MessageRecord = {**rec, "status": new_status, "error": new_error}
+    return {**state, "messages": {**msgs, "byId": {**msgs["byId"], key: updated}}}, (key,)
+
+
+def _key_of(state: ChatState, message_id: str) -> str | None:
+    msgs = state["messages"]
+    if message_id in msgs["byId"]:
+        return message_id
+    return msgs["byLocalId"].get(message_id)
+
+
+def _on_update_message_status(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    key = _key_of(state, str(payload["messageId"]))
+    if key is None:
+        return state, ()
+    return _set_status(state, key, _status(payload["status"]))
+
+
+def _on_message_failed(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    lid = str(payload["local_id"])
+    key = _key_of(state, lid)
+    if key is None:
+        return state, ()
+    state = {
+        **state,
+        "messageQueue": tuple(e for e in state["messageQueue"] if e["local_id"] != lid),
+    }
+    return _set_status(state, key, MessageStatus.FAILED, payload.get("error") or {})
+
+
+def _on_retry_message(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    lid = str(payload["local_id"])
+    msgs = state["messages"]
+    rec = msgs["byId"].get(lid)
+    if rec is None or rec["status"] is not MessageStatus.FAILED:
+        return state, ()
+    entry: QueuedMessage = {
+        "action": "send_message",
+        "conversation_id": rec["conversation_id"],
+        "content": rec["content"],
+        "local_id": lid,
+    }
+    if rec["reply_to"] is not None:
+        entry["reply_to"] = rec["reply_to"]
+    if rec["attachments"]:
+        entry["attachments"] = [dict(a) for a in rec["attachments"]]
+    resent: MessageRecord = {**rec, "status": MessageStatus.SENDING, "error": None}
+    return {
+        **state,
+        "messages": {**msgs, "byId": {**msgs["byId"], lid: resent}},
+        "messageQueue": (*state["messageQueue"], entry),
+    }, (lid,)
+
+
+def _on_receipt_received(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    cid = str(payload["conversation_id"])
+    user = str(payload["user_id"])
+    kind = payload["kind"]
+    msgs = state["messages"]
+    by_id = msgs["byId"]
+    seqs = [
+        seq
+        for mid in payload.get("message_ids") or ()
+        if (rec := by_id.get(str(mid))) is not None
+        and rec["conversation_id"] == cid
+        and (seq := rec["seq"]) is not None
+    ]
+    conv = state["conversations"]["byId"].get(cid)
+    if not seqs or conv is None:
+        return state, ()
+    upto = max(seqs)
+    old = conv["receipts"].get(user) or {"read_seq": 0, "delivered_seq": 0}
+    if kind == "read":
+        receipt: Receipt = {
+            "read_seq": max(old["read_seq"], upto),
+            "delivered_seq": max(old["delivered_seq"], upto),
+        }
+    else:
+        receipt = {"read_seq": old["read_seq"], "delivered_seq": max(old["delivered_seq"], upto)}
+    if receipt == old:
+        return state, ()
+    receipts = {**conv["receipts"], user: receipt}
+    conv = {**conv, "receipts": receipts}
+    self_id = state["connection"]["userId"]
+    if conv["member_ids"] is not None:
+        others = [u for u in conv["member_ids"] if u != self_id]
+    else:
+        others = [u for u in receipts if u != self_id]
+    empty: Receipt = {"read_seq": 0, "delivered_seq": 0}
+    read_upto = min((receipts.get(u, empty)["read_seq"] for u in others), default=0)
+    deliv_upto = min((receipts.get(u, empty)["delivered_seq"] for u in others), default=0)
+    read_upto = max(read_upto, conv["read_upto"])
+    deliv_upto = max(deliv_upto, read_upto, conv["delivered_upto"])
+    ranges = ((conv["read_upto"], read_upto), (conv["delivered_upto"], deliv_upto))
+    conv = {**conv, "read_upto": read_upto, "delivered_upto": deliv_upto}
+    state = _with_conversations(state, {cid: conv})
+    if self_id is None:
+        return state, ()
+    new_by_id: dict[str, MessageRecord] | None = None
+    changed: list[str] = []
+    for lo, hi in ranges:
+        if hi <= lo:
+            continue
+        for rec in messages_between(state, cid, lo, hi):
+            mid, seq = rec["id"], rec["seq"]
+            if rec["sender_id"] != self_id or mid is None or seq is None:
+                continue
+            if new_by_id is not None:
+                rec = new_by_id[mid]
+            status = status_advanced(rec["status"], _own_status_floor(conv, seq))
+            if status is not rec["status"]:
+                if new_by_id is None:
+                    new_by_id = dict(by_id)
+                new_by_id[mid] = {**rec, "status": status}
+                changed.append(mid)
+    if new_by_id is None:
+        return state, ()
+    return {**state, "messages": {**msgs, "byId": new_by_id}}, tuple(changed)
+
+
+def _on_typing_received(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    cid, user = str(data["conversation_id"]), str(data["user_id"])
+    if user == state["connection"]["userId"]:
+        return state, ()
+    by_conv = state["typing"]["byConversation"]
+    users = dict(by_conv.get(cid, {}))
+    if data.get("is_typing"):
+        users[user] = str(data.get("timestamp") or "")
+    elif user in users:
+        del users[user]
+    else:
+        return state, ()
+    new_by_conv = {**by_conv, cid: users}
+    if not users:
+        del new_by_conv[cid]
+    return {**state, "typing": {"byConversation": new_by_conv}}, ()
+
+
+def _on_conversation_updated(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    cid = str(data["id"])
+    conv = state["conversations"]["byId"].get(cid) or _new_conversation(cid)
+    members = data.get("member_ids")
+    member_ids = tuple(str(u) for u in members) if members is not None else conv["member_ids"]
+    self_id = state["connection"]["userId"]
+    active = conv["active"]
+    if member_ids is not None and self_id is not None:
+        active = self_id in member_ids
+    new: ConversationRecord = {
+        **conv,
+        "title": data.get("title", conv["title"]),
+        "kind": data.get("kind", conv["kind"]),
+        "member_ids": member_ids,
+        "active": active,
+        "last_seq": max(conv["last_seq"], int(data.get("last_seq") or 0)),
+    }
+    return _with_conversations(state, {cid: new}), ()
+
+
+def _on_sync_completed(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    updated: dict[str, ConversationRecord] = {}
+    by_id = state["conversations"]["byId"]
+    for cid, info in (data.get("conversations") or {}).items():
+        conv = by_id.get(str(cid)) or _new_conversation(str(cid))
+        last = max(conv["last_seq"], int((info or {}).get("last_seq") or 0))
+        if last != conv["last_seq"] or str(cid) not in by_id:
+            updated[str(cid)] = {**conv, "last_seq": last}
+    return _with_conversations(state, updated), ()
+
+
+def _on_history_skipped(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    cid, seq = str(payload["conversation_id"]), int(payload["seq"])
+    conv = state["conversations"]["byId"].get(cid) or _new_conversation(cid)
+    if seq <= conv["synced_seq"]:
+        return state, ()
+    conv = {**conv, "synced_seq": seq, "last_seq": max(conv["last_seq"], seq)}
+    keys = state["messages"]["byConversation"].get(cid, ())
+    conv = _advance_synced(conv, keys, state["messages"]["byId"])
+    return _with_conversations(state, {cid: conv}), ()
+
+
+_Handler = Callable[[ChatState, Any], tuple[ChatState, tuple[str, ...]]]
+
+_HANDLERS: dict[str, _Handler] = {
+    CONNECT: _on_connect,
+    CONNECTION_ESTABLISHED: _on_connection_established,
+    DISCONNECTED: _on_disconnected,
+    SEND_MESSAGE: _on_send_message,
+    QUEUE_LOADED: _on_queue_loaded,
+    MESSAGE_RECEIVED: _on_message_received,
+    UPDATE_MESSAGE_STATUS: _on_update_message_status,
+    MESSAGE_FAILED: _on_message_failed,
+    RETRY_MESSAGE: _on_retry_message,
+    RECEIPT_RECEIVED: _on_receipt_received,
+    TYPING_RECEIVED: _on_typing_received,
+    CONVERSATION_UPDATED: _on_conversation_updated,
+    SYNC_COMPLETED: _on_sync_completed,
+    HISTORY_SKIPPED: _on_history_skipped,
+}

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one server instance (own registry: no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "parley_connections", "Open WebSocket connections on this node", registry=r
+        )
+        self.connections_total = Counter(
+            "parley_connections_opened", "WebSocket connections accepted", registry=r
+        )
+        self.refused = Counter(
+            "parley_connections_refused", "WebSocket connections refused", ["reason"], registry=r
+        )
+        self.closed = Counter(
+            "parley_connections_closed_by_server",
+            "Connections closed by the server",
+            ["code"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "parley_messages", "Messages committed (acked) by this node", registry=r
+        )
+        self.duplicates = Counter(
+            "parley_message_duplicates", "Resends answered with the original message", registry=r
+        )
+        self.deliveries = Counter(
+            "parley_deliveries", "Frames written to connections by fan-out", registry=r
+        )
+        self.errors = Counter("parley_errors", "Error events sent", ["code"], registry=r)
+        self.ack_latency = Histogram(
+            "parley_ack_seconds",
+            "send_message received → ack written (includes the commit)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )

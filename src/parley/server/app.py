@@ -1,0 +1,157 @@
+"""Assemble the aiohttp application and run it (``parley serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+from parley.auth import TokenVerifier
+from parley.broker import open_broker
+from parley.broker.base import Broker
+from parley.config import Settings, parse_list
+from parley.metrics import Metrics
+from parley.server.rest import Rest, error_middleware
+from parley.server.ws import WebSocketEndpoint, ws_frame
+from parley.service import ChatService
+from parley.store import open_store
+from parley.store.base import Store
+
+log = logging.getLogger("parley")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+SERVICE_KEY = web.AppKey("service", ChatService)
+ENDPOINT_KEY = web.AppKey("endpoint", WebSocketEndpoint)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log without query strings: tokens travel in ``?token=`` and never get logged."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+        )
+
+
+def make_verifier(settings: Settings) -> TokenVerifier:
+    algorithms = tuple(parse_list(settings.jwt_algorithms)) or ("HS256",)
+    if "none" in (a.lower() for a in algorithms):
+        raise SystemExit("parley: the 'none' JWT algorithm is never accepted")
+    key = settings.secret or ""
+    if settings.jwt_public_key_file:
+        key = Path(settings.jwt_public_key_file).read_text()
+    return TokenVerifier(
+        key=key, algorithms=algorithms, audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
+
+
+def build_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    broker: Broker | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The whole server as an aiohttp application; backends start with the app."""
+    metrics = Metrics()
+    store = store or open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    broker = broker or open_broker(settings.redis)
+    service = ChatService(settings, store, broker, metrics=metrics, clock=clock, framer=ws_frame)
+    verifier = make_verifier(settings)
+    endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
+    rest = Rest(settings, service, verifier)
+
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.max_attachment_bytes + 1024 * 1024
+    )
+    app[SERVICE_KEY] = service
+    app[ENDPOINT_KEY] = endpoint
+    app.router.add_get("/ws", endpoint.handle)
+    app.router.add_routes(rest.routes())
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    if settings.demo:
+        index = STATIC_DIR / "index.html"
+
+        async def index_page(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(index)
+
+        app.router.add_get("/", index_page)
+
+    async def startup(app: web.Application) -> None:
+        await store.start()
+        await service.start()
+
+    async def shutdown(app: web.Application) -> None:
+        await endpoint.shutdown()
+
+    async def cleanup(app: web.Application) -> None:
+        await service.drain()
+        await broker.close()
+        await store.close()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    app.on_cleanup.append(cleanup)
+    return app
+
+
+async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain: refuse new connections, close the open ones
+    with 1001, finish every pending commit, exit 0."""
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+    await site.start()
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    url = f"http://{settings.host}:{port}"
+    print(f"Parley listening on {url} (WebSocket {url.replace('http', 'ws', 1)}/ws)", flush=True)
+    if settings.demo:
+        print(f"Demo chat page: {url}/", flush=True)
+    if ready is not None:
+        ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing connections with 1001 and finishing commits")
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings))
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(serve(settings))

@@ -1,0 +1,286 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parley import __version__
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
+    return {
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        },
+        "400": _err("invalid request"),
+        "401": _err("missing or invalid token"),
+        "403": _err("not a member"),
+        "404": _err("not found"),
+    }
+
+
+def _id_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def document() -> dict[str, Any]:
+    conv_id = _id_param("id")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Parley REST API", "version": __version__},
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+                "Conversation": {
+                    "type": "object",
+                    "required": ["id", "kind", "member_ids", "created_at", "last_seq"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "title": {"type": ["string", "null"]},
+                        "kind": {"enum": ["direct", "group"]},
+                        "member_ids": {"type": "array", "items": {"type": "string"}},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "last_seq": {"type": "integer"},
+                        "last_message": {
+                            "oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]
+                        },
+                        "unread_count": {"type": "integer"},
+                    },
+                },
+                "ConversationList": {
+                    "type": "object",
+                    "properties": {
+                        "conversations": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Conversation"},
+                        }
+                    },
+                },
+                "Attachment": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "type": {"enum": ["image", "video", "audio", "file"]},
+                        "url": {"type": "string"},
+                        "filename": {"type": "string"},
+                        "size": {"type": "integer"},
+                        "content_type": {"type": "string"},
+                    },
+                },
+                "Message": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "conversation_id",
+                        "seq",
+                        "sender_id",
+                        "content",
+                        "sent_at",
+                        "status",
+                    ],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "local_id": {"type": "string"},
+                        "conversation_id": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "sender_id": {"type": "string"},
+                        "content": {"type": "string"},
+                        "sent_at": {"type": "string", "format": "date-time"},
+                        "status": {"enum": ["sent", "delivered", "read"]},
+                        "reply_to": {"type": ["string", "null"]},
+                        "attachments": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Attachment"},
+                        },
+                    },
+                },
+                "MessagePage": {
+                    "type": "object",
+                    "properties": {
+                        "messages": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Message"},
+                        },
+                        "has_more": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/conversations": {
+                "post": {
+                    "summary": "Create a conversation (a direct one is returned, not duplicated)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["member_ids"],
+                                    "properties": {
+                                        "member_ids": {
+                                            "type": "array",
+                                            "items": {"type": "string"},
+                                        },
+                                        "title": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": _ok("the conversation", "Conversation", "201"),
+                },
+                "get": {
+                    "summary": "The caller's conversations with last_message and unread_count",
+                    "responses": _ok("conversations", "ConversationList"),
+                },
+            },
+            "/api/conversations/{id}": {
+                "get": {
+                    "parameters": [conv_id],
+                    "responses": _ok("the conversation", "Conversation"),
+                }
+            },
+            "/api/conversations/{id}/members": {
+                "post": {
+                    "parameters": [conv_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["member_ids"],
+                                    "properties": {
+                                        "member_ids": {"type": "array", "items": {"type": "string"}}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": _ok("the updated conversation", "Conversation"),
+                }
+            },
+            "/api/conversations/{id}/members/{user_id}": {
+                "delete": {
+                    "parameters": [conv_id, _id_param("user_id")],
+                    "responses": _ok("the updated conversation", "Conversation"),
+                }
+            },
+            "/api/conversations/{id}/messages": {
+                "get": {
+                    "parameters": [
+                        conv_id,
+                        {"name": "before_seq", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "after_seq", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        },
+                    ],
+                    "responses": _ok("a page of history, ascending seq", "MessagePage"),
+                }
+            },
+            "/api/attachments": {
+                "post": {
+                    "summary": "Upload an attachment (multipart: file, type)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"},
+                                        "type": {"enum": ["image", "video", "audio", "file"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_ok("the attachment", "Attachment", "201"),
+                        "413": _err("too large"),
+                    },
+                }
+            },
+            "/attachments/{id}/{filename}": {
+                "get": {
+                    "summary": "Download by signed URL (no Authorization header needed)",
+                    "security": [],
+                    "parameters": [
+                        _id_param("id"),
+                        _id_param("filename"),
+                        {
+                            "name": "exp",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        },
+                        {
+                            "name": "sig",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "the bytes"},
+                        "403": _err("bad or expired signature"),
+                    },
+                }
+            },
+            "/api/admin/users/{user_id}/deactivate": {
+                "post": {
+                    "summary": "Deactivate a user (admin token); closes its sockets with 4004",
+                    "parameters": [_id_param("user_id")],
+                    "responses": {"200": {"description": "done"}, "403": _err("not an admin")},
+                }
+            },
+            "/api/admin/users/{user_id}/activate": {
+                "post": {
+                    "parameters": [_id_param("user_id")],
+                    "responses": {"200": {"description": "done"}, "403": _err("not an admin")},
+                }
+            },
+            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {"security": [], "responses": {"200": {"description": "Prometheus text"}}}
+            },
+        },
+    }

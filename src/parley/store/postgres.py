@@ -1,0 +1,852 @@
+"""PostgreSQL backend of ``Store`` (``store.base``), on asyncpg, for many nodes at once.
+
+How the guarantees hold when several nodes write the same conversation:
+
+* ``seq``: a message batch takes the row lock of each conversation it writes (in
+  ascending id order, so two batches never deadlock), bumps ``last_seq`` by the number
+  of its messages and inserts them, all in one transaction. The next writer of that
+  conversation waits on the lock until this transaction commits, so ``seq`` has no gaps
+  and commit order is ``seq`` order. ``UNIQUE (conversation_id, seq)`` backs it up.
+* Idempotency: ``UNIQUE (sender_id, local_id)``. A pair already stored is answered from
+  the table before any lock is taken; a pair another node inserts between that check and
+  our insert makes the insert fail, the transaction (and its ``seq`` bump) roll back and
+  the batch is tried again, when the check finds it.
+* Group commit: ``append_message`` queues the message; writer tasks each take whatever
+  is queued (up to ``batch_max``) and commit it in one transaction, so a burst costs one
+  WAL flush instead of one per message. Each message is validated on its own first, so
+  one bad message never fails its neighbours.
+* Migrations are numbered, recorded in ``schema_migrations`` and applied under a
+  transaction-scoped advisory lock, so nodes starting together apply each one once.
+
+Ids are ``bigint`` identity columns, strings on the wire. Timestamps are unix seconds
+in ``double precision`` columns, so they read back exactly as written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
+
+import asyncpg  # type: ignore[import-untyped]
+
+from parley.store.base import (
+    AttachmentRecord,
+    Conversation,
+    ConversationKind,
+    ConversationSummary,
+    Cursor,
+    ForbiddenError,
+    MessageRecord,
+    NewMessage,
+    NotFoundError,
+    ReceiptKind,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+AppendResult = tuple[MessageRecord, bool]
+
+# pg_advisory_xact_lock key guarding migrations: "parley" in ASCII.
+MIGRATION_LOCK_KEY = 0x7061726C6579
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE users (
+            id text PRIMARY KEY,
+            active boolean NOT NULL DEFAULT true
+        );
+        CREATE TABLE conversations (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind text NOT NULL CHECK (kind IN ('direct', 'group')),
+            title text,
+            created_at double precision NOT NULL,
+            last_activity double precision NOT NULL,
+            last_seq bigint NOT NULL DEFAULT 0,
+            -- the sorted member pair of a direct conversation; NULL for groups
+            direct_a text,
+            direct_b text,
+            UNIQUE (direct_a, direct_b)
+        );
+        CREATE TABLE members (
+            conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
+            user_id text NOT NULL,
+            PRIMARY KEY (conversation_id, user_id)
+        );
+        CREATE INDEX members_by_user ON members (user_id);
+        CREATE TABLE messages (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
+            seq bigint NOT NULL,
+            sender_id text NOT NULL,
+            local_id text NOT NULL,
+            content text NOT NULL,
+            sent_at double precision NOT NULL,
+            reply_to bigint REFERENCES messages,
+            UNIQUE (conversation_id, seq),
+            UNIQUE (sender_id, local_id)
+        );
+        CREATE TABLE attachments (
+            id text PRIMARY KEY,
+            type text NOT NULL,
+            filename text NOT NULL,
+            size bigint NOT NULL,
+            content_type text NOT NULL,
+            uploader_id text NOT NULL,
+            created_at double precision NOT NULL,
+            data bytea NOT NULL
+        );
+        CREATE TABLE message_attachments (
+            message_id bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
+            position int NOT NULL,
+            attachment_id text NOT NULL REFERENCES attachments,
+            PRIMARY KEY (message_id, position)
+        );
+        -- kept apart from members so that leaving and rejoining never moves a cursor back
+        CREATE TABLE cursors (
+            conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
+            user_id text NOT NULL,
+            read_seq bigint NOT NULL DEFAULT 0,
+            delivered_seq bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (conversation_id, user_id),
+            CHECK (delivered_seq >= read_seq)
+        );
+        """,
+    ),
+]
+
+_MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
+_ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
+
+# Errors after which a whole batch is simply tried again: another node inserted one of
+# its (sender_id, local_id) pairs first, or PostgreSQL chose it as a deadlock victim.
+_RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+_BATCH_ATTEMPTS = 5
+
+
+class _Connection(Protocol):
+    """The part of ``asyncpg.Connection`` this module uses, typed."""
+
+    async def fetch(self, query: str, *args: object) -> list[Row]: ...
+    async def fetchrow(self, query: str, *args: object) -> Row | None: ...
+    async def fetchval(self, query: str, *args: object) -> Any: ...
+    async def execute(self, query: str, *args: object) -> str: ...
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[object]: ...
+
+
+def _int_id(value: str | None) -> int | None:
+    """The bigint behind a wire id, or None when it cannot name a row."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
+def _attachment(row: Row) -> AttachmentRecord:
+    return AttachmentRecord(
+        id=row["id"],
+        type=row["type"],
+        filename=row["filename"],
+        size=int(row["size"]),
+        content_type=row["content_type"],
+        uploader_id=row["uploader_id"],
+        created_at=float(row["created_at"]),
+    )
+
+
+def _message(row: Row, attachments: list[AttachmentRecord]) -> MessageRecord:
+    reply_to = row["reply_to"]
+    return MessageRecord(
+        id=str(row["id"]),
+        conversation_id=str(row["conversation_id"]),
+        seq=int(row["seq"]),
+        sender_id=row["sender_id"],
+        local_id=row["local_id"],
+        content=row["content"],
+        sent_at=float(row["sent_at"]),
+        reply_to=None if reply_to is None else str(reply_to),
+        attachments=attachments,
+    )
+
+
+def _conversation(row: Row, member_ids: Iterable[str]) -> Conversation:
+    return Conversation(
+        id=str(row["id"]),
+        kind=row["kind"],
+        title=row["title"],
+        member_ids=sorted(member_ids),  # in Python: the database collation may differ
+        created_at=float(row["created_at"]),
+        last_seq=int(row["last_seq"]),
+    )
+
+
+async def _attachments_of(
+    conn: _Connection, message_ids: list[int]
+) -> dict[int, list[AttachmentRecord]]:
+    """``{message_id: [AttachmentRecord, …]}`` in position order, for messages that have any."""
+    out: dict[int, list[AttachmentRecord]] = {}
+    if not message_ids:
+        return out
+    rows = await conn.fetch(
+        f"""SELECT ma.message_id, {", ".join("a." + c for c in _ATTACHMENT_COLUMNS.split(", "))}
+            FROM message_attachments ma JOIN attachments a ON a.id = ma.attachment_id
+            WHERE ma.message_id = ANY($1::bigint[])
+            ORDER BY ma.message_id, ma.position""",
+        message_ids,
+    )
+    for row in rows:
+        out.setdefault(int(row["message_id"]), []).append(_attachment(row))
+    return out
+
+
+async def _messages(conn: _Connection, rows: list[Row]) -> list[MessageRecord]:
+    atts = await _attachments_of(conn, [int(r["id"]) for r in rows])
+    return [_message(r, atts.get(int(r["id"]), [])) for r in rows]
+
+
+class _Pending:
+    __slots__ = ("future", "message")
+
+    def __init__(self, message: NewMessage, future: asyncio.Future[AppendResult]) -> None:
+        self.message = message
+        self.future = future
+
+
+class PostgresStore:
+    """``Store`` on PostgreSQL. Safe to run on many nodes against one database.
+
+    ``batch_max`` bounds the messages committed per transaction and ``writers`` the
+    transactions in flight at once; ``batch_max=1`` turns group commit off.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        writers: int = 2,
+        batch_max: int = 256,
+    ) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._writers = writers
+        self._batch_max = batch_max
+        self._pool: Any = None  # asyncpg.Pool, set by start()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=1, max_size=self._pool_size, command_timeout=60
+        )
+        try:
+            async with self._acquire() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"parley-pg-writer-{i}")
+            for i in range(self._writers)
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._tasks:
+            await self._queue.join()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        async with self._acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[_Connection]:
+        if self._pool is None:
+            raise RuntimeError("PostgresStore is not started")
+        async with self._pool.acquire() as conn:
+            yield cast(_Connection, conn)
+
+    @staticmethod
+    async def _migrate(conn: _Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version int PRIMARY KEY,
+                       applied_at timestamptz NOT NULL DEFAULT now()
+                   )"""
+            )
+            done = {
+                int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")
+            }
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                log.info("applying schema migration %d", version)
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+    # -- users ---------------------------------------------------------------
+    async def set_user_active(self, user_id: str, active: bool) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                """INSERT INTO users (id, active) VALUES ($1, $2)
+                   ON CONFLICT (id) DO UPDATE SET active = EXCLUDED.active""",
+                user_id,
+                active,
+            )
+
+    async def is_user_active(self, user_id: str) -> bool:
+        async with self._acquire() as conn:
+            active = await conn.fetchval("SELECT active FROM users WHERE id = $1", user_id)
+        return active is None or bool(active)
+
+    # -- conversations -------------------------------------------------------
+    async def create_conversation(
+        self,
+        member_ids: Sequence[str],
+        *,
+        kind: ConversationKind,
+        title: str | None,
+        created_at: float,
+    ) -> tuple[Conversation, bool]:
+        members = sorted(set(member_ids))
+        pair: tuple[str | None, str | None] = (None, None)
+        if kind == "direct":
+            if len(members) != 2:
+                raise ValueError("a direct conversation has exactly two distinct members")
+            pair = (members[0], members[1])
+        async with self._acquire() as conn, conn.transaction():
+            # A concurrent insert of the same pair waits here for the other transaction,
+            # then does nothing; the SELECT below (a new snapshot) then sees its row.
+            row = await conn.fetchrow(
+                """INSERT INTO conversations
+                       (kind, title, created_at, last_activity, direct_a, direct_b)
+                   VALUES ($1, $2, $3, $3, $4, $5)
+                   ON CONFLICT (direct_a, direct_b) DO NOTHING
+                   RETURNING id, kind, title, created_at, last_seq""",
+                kind,
+                title,
+                created_at,
+                *pair,
+            )
+            if row is None:
+                existing = await conn.fetchval(
+                    "SELECT id FROM conversations WHERE direct_a = $1 AND direct_b = $2", *pair
+                )
+                conversation = await self._conversation(conn, int(existing))
+                assert conversation is not None
+                return conversation, False
+            await conn.execute(
+                """INSERT INTO members (conversation_id, user_id)
+                   SELECT $1, unnest($2::text[])""",
+                row["id"],
+                members,
+            )
+        return _conversation(row, members), True
+
+    @staticmethod
+    async def _conversation(conn: _Connection, conversation_id: int) -> Conversation | None:
+        row = await conn.fetchrow(
+            """SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
+                      ARRAY(SELECT user_id FROM members m WHERE m.conversation_id = c.id)
+                          AS member_ids
+               FROM conversations c WHERE c.id = $1""",
+            conversation_id,
+        )
+        return None if row is None else _conversation(row, row["member_ids"])
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return None
+        async with self._acquire() as conn:
+            return await self._conversation(conn, cid)
+
+    async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
+                          ARRAY(SELECT user_id FROM members m2 WHERE m2.conversation_id = c.id)
+                              AS member_ids,
+                          (SELECT count(*) FROM messages u
+                            WHERE u.conversation_id = c.id
+                              AND u.seq > COALESCE(r.read_seq, 0)
+                              AND u.sender_id <> $1) AS unread_count,
+                          lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id,
+                          lm.local_id AS lm_local_id, lm.content AS lm_content,
+                          lm.sent_at AS lm_sent_at, lm.reply_to AS lm_reply_to
+                   FROM members m
+                   JOIN conversations c ON c.id = m.conversation_id
+                   LEFT JOIN cursors r ON r.conversation_id = c.id AND r.user_id = $1
+                   LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
+                   WHERE m.user_id = $1
+                   ORDER BY c.last_activity DESC, c.id DESC""",
+                user_id,
+            )
+            last_ids = [int(r["lm_id"]) for r in rows if r["lm_id"] is not None]
+            atts = await _attachments_of(conn, last_ids)
+        out: list[ConversationSummary] = []
+        for r in rows:
+            last: MessageRecord | None = None
+            if r["lm_id"] is not None:
+                last = _message(
+                    {
+                        "id": r["lm_id"],
+                        "conversation_id": r["id"],
+                        "seq": r["lm_seq"],
+                        "sender_id": r["lm_sender_id"],
+                        "local_id": r["lm_local_id"],
+                        "content": r["lm_content"],
+                        "sent_at": r["lm_sent_at"],
+                        "reply_to": r["lm_reply_to"],
+                    },
+                    atts.get(int(r["lm_id"]), []),
+                )
+            out.append(
+                ConversationSummary(
+                    conversation=_conversation(r, r["member_ids"]),
+                    last_message=last,
+                    unread_count=int(r["unread_count"]),
+                )
+            )
+        return out
+
+    async def user_conversations(self, user_id: str) -> dict[str, int]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT c.id, c.last_seq FROM members m
+                   JOIN conversations c ON c.id = m.conversation_id
+                   WHERE m.user_id = $1""",
+                user_id,
+            )
+        return {str(r["id"]): int(r["last_seq"]) for r in rows}
+
+    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        async with self._acquire() as conn, conn.transaction():
+            exists = await conn.fetchval("SELECT 1 FROM conversations WHERE id = $1", cid)
+            if exists is None:
+                raise NotFoundError("conversation not found")
+            await conn.execute(
+                """INSERT INTO members (conversation_id, user_id)
+                   SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING""",
+                cid,
+                sorted(set(user_ids)),
+            )
+            conversation = await self._conversation(conn, cid)
+        assert conversation is not None
+        return conversation
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        async with self._acquire() as conn, conn.transaction():
+            removed = await conn.fetchval(
+                "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING 1",
+                cid,
+                user_id,
+            )
+            if removed is None:
+                raise NotFoundError("conversation or membership not found")
+            conversation = await self._conversation(conn, cid)
+        assert conversation is not None
+        return conversation
+
+    # -- messages ------------------------------------------------------------
+    async def append_message(self, message: NewMessage) -> AppendResult:
+        if self._closing or not self._tasks:
+            raise RuntimeError("PostgresStore is not running")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(message, future))
+        # Shielded: a caller that stops waiting does not pull the message out of a batch.
+        return await asyncio.shield(future)
+
+    async def _writer(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:  # the database failed: every message of the batch fails
+                log.warning("message batch of %d failed: %r", len(batch), exc)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        # One (sender_id, local_id) twice in the batch: the later copies get the result
+        # of the first, marked not created.
+        firsts: dict[tuple[str, str], _Pending] = {}
+        copies: list[tuple[_Pending, _Pending]] = []
+        for p in batch:
+            key = (p.message.sender_id, p.message.local_id)
+            if key in firsts:
+                copies.append((p, firsts[key]))
+            else:
+                firsts[key] = p
+        unique = list(firsts.values())
+        results: list[AppendResult | StoreError] = []
+        for attempt in range(_BATCH_ATTEMPTS):
+            try:
+                async with self._acquire() as conn:
+                    results = await self._append_batch(conn, [p.message for p in unique])
+                break
+            except _RETRYABLE:
+                if attempt == _BATCH_ATTEMPTS - 1:
+                    raise
+        for p, result in zip(unique, results, strict=True):
+            if isinstance(result, StoreError):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+        for p, first in copies:
+            result = results[unique.index(first)]
+            if isinstance(result, StoreError):
+                p.future.set_exception(type(result)(*result.args))
+            else:
+                p.future.set_result((result[0], False))
+
+    async def _append_batch(
+        self, conn: _Connection, msgs: list[NewMessage]
+    ) -> list[AppendResult | StoreError]:
+        """Commit the valid messages of ``msgs`` (distinct pairs) in one transaction."""
+        results: list[AppendResult | StoreError | None] = [None] * len(msgs)
+
+        # 1. Pairs already stored (retries, replays): answer with the original.
+        rows = await conn.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                WHERE (sender_id, local_id) IN
+                      (SELECT * FROM unnest($1::text[], $2::text[]))""",
+            [m.sender_id for m in msgs],
+            [m.local_id for m in msgs],
+        )
+        existing = {(r.sender_id, r.local_id): r for r in await _messages(conn, rows)}
+        for i, m in enumerate(msgs):
+            record = existing.get((m.sender_id, m.local_id))
+            if record is not None:
+                results[i] = (record, False)
+
+        # 2. Validate each remaining message on its own (before any lock is taken).
+        todo = [i for i, r in enumerate(results) if r is None]
+        conv_ids = {i: _int_id(msgs[i].conversation_id) for i in todo}
+        rows = await conn.fetch(
+            """SELECT c.id, m.user_id
+               FROM conversations c LEFT JOIN members m ON m.conversation_id = c.id
+                    AND m.user_id = ANY($2::text[])
+               WHERE c.id = ANY($1::bigint[])""",
+            [c for c in conv_ids.values() if c is not None],
+            list({msgs[i].sender_id for i in todo}),
+        )
+        known = {int(r["id"]) for r in rows}
+        membership = {(int(r["id"]), r["user_id"]) for r in rows if r["user_id"] is not None}
+        reply_ids = [rid for i in todo if (rid := _int_id(msgs[i].reply_to)) is not None]
+        reply_conv: dict[int, int] = {}
+        if reply_ids:
+            reply_conv = {
+                int(r["id"]): int(r["conversation_id"])
+                for r in await conn.fetch(
+                    "SELECT id, conversation_id FROM messages WHERE id = ANY($1::bigint[])",
+                    reply_ids,
+                )
+            }
+        ref_ids = [a.meta.id for i in todo for a in msgs[i].attachments if a.data is None]
+        uploads: dict[str, AttachmentRecord] = {}
+        if ref_ids:
+            uploads = {
+                r["id"]: _attachment(r)
+                for r in await conn.fetch(
+                    f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE id = ANY($1::text[])",
+                    ref_ids,
+                )
+            }
+        for i in todo:
+            results[i] = self._refusal(msgs[i], conv_ids[i], known, membership, reply_conv, uploads)
+        valid = [i for i in todo if results[i] is None]
+
+        # 3. Allocate seqs under the conversations' row locks, insert, commit.
+        if valid:
+            async with conn.transaction():
+                counts: dict[int, int] = {}
+                activity: dict[int, float] = {}
+                for i in valid:
+                    cid = cast(int, conv_ids[i])
+                    counts[cid] = counts.get(cid, 0) + 1
+                    activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
+                order = sorted(counts)
+                if len(order) > 1:
+                    await conn.execute(
+                        "SELECT 1 FROM conversations WHERE id = ANY($1::bigint[])"
+                        " ORDER BY id FOR UPDATE",
+                        order,
+                    )
+                bumped = await conn.fetch(
+                    """UPDATE conversations c
+                       SET last_seq = c.last_seq + v.n,
+                           last_activity = GREATEST(c.last_activity, v.t)
+                       FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
+                       WHERE c.id = v.id
+                       RETURNING c.id, c.last_seq""",
+                    order,
+                    [counts[c] for c in order],
+                    [activity[c] for c in order],
+                )
+                next_seq = {
+                    int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped
+                }
+                seqs: dict[int, int] = {}
+                for i in valid:
+                    cid = cast(int, conv_ids[i])
+                    seqs[i] = next_seq[cid]
+                    next_seq[cid] += 1
+                inserted = await conn.fetch(
+                    """INSERT INTO messages
+                           (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
+                       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                            $5::text[], $6::float8[], $7::bigint[])
+                       RETURNING id, sender_id, local_id""",
+                    [conv_ids[i] for i in valid],
+                    [seqs[i] for i in valid],
+                    [msgs[i].sender_id for i in valid],
+                    [msgs[i].local_id for i in valid],
+                    [msgs[i].content for i in valid],
+                    [msgs[i].sent_at for i in valid],
+                    [_int_id(msgs[i].reply_to) for i in valid],
+                )
+                new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
+                await self._link_attachments(conn, msgs, valid, new_id, uploads)
+            for i in valid:
+                m = msgs[i]
+                results[i] = (
+                    MessageRecord(
+                        id=str(new_id[(m.sender_id, m.local_id)]),
+                        conversation_id=m.conversation_id,
+                        seq=seqs[i],
+                        sender_id=m.sender_id,
+                        local_id=m.local_id,
+                        content=m.content,
+                        sent_at=m.sent_at,
+                        reply_to=m.reply_to,
+                        attachments=[
+                            a.meta if a.data is not None else uploads[a.meta.id]
+                            for a in m.attachments
+                        ],
+                    ),
+                    True,
+                )
+        return [cast(AppendResult | StoreError, r) for r in results]
+
+    @staticmethod
+    def _refusal(
+        m: NewMessage,
+        cid: int | None,
+        known: set[int],
+        membership: set[tuple[int, str]],
+        reply_conv: dict[int, int],
+        uploads: dict[str, AttachmentRecord],
+    ) -> StoreError | None:
+        if cid is None or cid not in known:
+            return NotFoundError("conversation not found")
+        if (cid, m.sender_id) not in membership:
+            return ForbiddenError("not a member of the conversation")
+        if m.reply_to is not None:
+            rid = _int_id(m.reply_to)
+            if rid is None or reply_conv.get(rid) != cid:
+                return NotFoundError("reply_to is not a message of this conversation")
+        for a in m.attachments:
+            if a.data is not None:
+                continue
+            upload = uploads.get(a.meta.id)
+            if upload is None:
+                return NotFoundError(f"attachment {a.meta.id} not found")
+            if upload.uploader_id != m.sender_id:
+                return ForbiddenError(f"attachment {a.meta.id} was uploaded by someone else")
+        return None
+
+    @staticmethod
+    async def _link_attachments(
+        conn: _Connection,
+        msgs: list[NewMessage],
+        valid: list[int],
+        new_id: dict[tuple[str, str], int],
+        uploads: dict[str, AttachmentRecord],
+    ) -> None:
+        inline = [a for i in valid for a in msgs[i].attachments if a.data is not None]
+        if inline:
+            await conn.execute(
+                f"""INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                                         $5::text[], $6::text[], $7::float8[], $8::bytea[])""",
+                [a.meta.id for a in inline],
+                [a.meta.type for a in inline],
+                [a.meta.filename for a in inline],
+                [a.meta.size for a in inline],
+                [a.meta.content_type for a in inline],
+                [a.meta.uploader_id for a in inline],
+                [a.meta.created_at for a in inline],
+                [a.data for a in inline],
+            )
+        links = [
+            (new_id[(msgs[i].sender_id, msgs[i].local_id)], pos, a.meta.id)
+            for i in valid
+            for pos, a in enumerate(msgs[i].attachments)
+        ]
+        if links:
+            await conn.execute(
+                """INSERT INTO message_attachments (message_id, position, attachment_id)
+                   SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])""",
+                [link[0] for link in links],
+                [link[1] for link in links],
+                [link[2] for link in links],
+            )
+
+    async def get_messages(
+        self,
+        conversation_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[MessageRecord], bool]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return [], False
+        limit = max(limit, 0)
+        forward = after_seq is not None
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                    WHERE conversation_id = $1
+                      AND ($2::bigint IS NULL OR seq > $2)
+                      AND ($3::bigint IS NULL OR seq < $3)
+                    ORDER BY seq {"ASC" if forward else "DESC"}
+                    LIMIT $4""",
+                cid,
+                after_seq,
+                before_seq,
+                limit + 1,
+            )
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            if not forward:
+                rows.reverse()
+            return await _messages(conn, rows), has_more
+
+    # -- receipts ------------------------------------------------------------
+    async def advance_cursor(
+        self,
+        conversation_id: str,
+        user_id: str,
+        message_ids: Sequence[str],
+        kind: ReceiptKind,
+    ) -> list[str]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        wanted = list(dict.fromkeys(i for m in message_ids if (i := _int_id(m)) is not None))
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1
+                                  AND user_id = $2) AS member
+                   FROM conversations WHERE id = $1""",
+                cid,
+                user_id,
+            )
+            if row is None:
+                raise NotFoundError("conversation not found")
+            if not row["member"]:
+                raise ForbiddenError("not a member of the conversation")
+            rows = await conn.fetch(
+                """SELECT id, seq FROM messages
+                   WHERE conversation_id = $1 AND id = ANY($2::bigint[])""",
+                cid,
+                wanted,
+            )
+            if not rows:
+                return []
+            seq_of = {int(r["id"]): int(r["seq"]) for r in rows}
+            top = max(seq_of.values())
+            await conn.execute(
+                """INSERT INTO cursors (conversation_id, user_id, read_seq, delivered_seq)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+                       read_seq = GREATEST(cursors.read_seq, EXCLUDED.read_seq),
+                       delivered_seq = GREATEST(cursors.delivered_seq, EXCLUDED.delivered_seq)""",
+                cid,
+                user_id,
+                top if kind == "read" else 0,
+                top,
+            )
+        return [str(i) for i in wanted if i in seq_of]
+
+    async def get_cursors(self, conversation_id: str) -> list[Cursor]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return []
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT m.user_id, COALESCE(r.read_seq, 0) AS read_seq,
+                          COALESCE(r.delivered_seq, 0) AS delivered_seq
+                   FROM members m LEFT JOIN cursors r
+                        ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id
+                   WHERE m.conversation_id = $1""",
+                cid,
+            )
+        cursors = [
+            Cursor(
+                user_id=r["user_id"],
+                read_seq=int(r["read_seq"]),
+                delivered_seq=int(r["delivered_seq"]),
+            )
+            for r in rows
+        ]
+        return sorted(cursors, key=lambda c: c.user_id)
+
+    # -- attachments ---------------------------------------------------------
+    async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                f"""INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                meta.id,
+                meta.type,
+                meta.filename,
+                meta.size,
+                meta.content_type,
+                meta.uploader_id,
+                meta.created_at,
+                data,
+            )
+
+    async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_ATTACHMENT_COLUMNS}, data FROM attachments WHERE id = $1",
+                attachment_id,
+            )
+        if row is None:
+            return None
+        return _attachment(row), bytes(row["data"])

@@ -1,0 +1,804 @@
+"""SQLite backend of ``Store``: one writer thread doing group commit, readers in a pool.
+
+Every write goes through a single writer thread that takes all queued operations,
+runs them in one transaction and commits once (one fsync for the whole batch in WAL
+mode with ``synchronous=FULL``), then resolves their futures on the event loop with one
+call. Readers use their own connections (WAL lets them run beside the writer).
+
+Rule for the writer's operations: an operation raises ``StoreError`` only *before* it
+writes anything, so a refused request never leaves half its rows in the batch. Any other
+exception fails (and rolls back) the whole batch, and the writer's caches are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from parley.store.base import (
+    AttachmentRecord,
+    Conversation,
+    ConversationKind,
+    ConversationSummary,
+    Cursor,
+    ForbiddenError,
+    MessageRecord,
+    NewMessage,
+    NotFoundError,
+    ReceiptKind,
+    StoreError,
+)
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        active INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        title TEXT,
+        created_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        last_activity REAL NOT NULL,
+        direct_key TEXT UNIQUE
+    );
+    CREATE TABLE members (
+        conversation_id INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        read_seq INTEGER NOT NULL DEFAULT 0,
+        delivered_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conversation_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (user_id, conversation_id);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        sender_id TEXT NOT NULL,
+        local_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        reply_to INTEGER,
+        has_attachments INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (conversation_id, seq),
+        UNIQUE (sender_id, local_id)
+    );
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        message_id INTEGER,
+        type TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        uploader_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX attachments_by_message ON attachments (message_id);
+    """,
+]
+
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to, has_attachments"
+)
+_ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
+_CACHE_LIMIT = 20_000
+_BATCH_MAX = 1024
+_STOP = object()
+
+
+def _int_id(value: str) -> int | None:
+    """Wire ids are decimal strings; anything else names nothing."""
+    if not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
+@dataclass(slots=True)
+class _ConvState:
+    last_seq: int
+    members: set[str]
+    dirty: bool = False
+    last_activity: float = 0.0
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _WriterState:
+    conv: dict[int, _ConvState] = field(default_factory=dict)
+
+
+def _connect(path: str, uri: bool, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, uri=uri, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class SQLiteStore:
+    """``Store`` on one SQLite file. See the module docstring for the threading model."""
+
+    _mem_counter = itertools.count(1)
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"bad synchronous setting {synchronous!r}")
+        self._uri = False
+        if path in (":memory:", ""):
+            path = f"file:parley-mem-{next(self._mem_counter)}-{id(self)}?mode=memory&cache=shared"
+            self._uri = True
+        else:
+            Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._keepalive: sqlite3.Connection | None = None  # keeps a memory DB alive
+        self._closed = False
+        self.batches = 0  # committed write batches (for metrics)
+        self.batched_ops = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._uri:
+            self._keepalive = sqlite3.connect(self.path, uri=True, check_same_thread=False)
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(ready,), name="parley-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        await ready
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parley-sqlite-reader")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        if self._keepalive is not None:
+            self._keepalive.close()
+
+    async def ping(self) -> None:
+        if self._closed or self._writer is None or not self._writer.is_alive():
+            raise RuntimeError("SQLite writer is not running")
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # ------------------------------------------------------------------ plumbing
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue a write operation for the writer thread (synchronously, keeping order)."""
+        assert self._loop is not None, "store not started"
+        future: asyncio.Future[T] = self._loop.create_future()
+        if self._closed:
+            future.set_exception(RuntimeError("store is closed"))
+            return future
+        self._queue.put(_Op(fn, args, future))
+        return future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._loop is not None and self._readers is not None, "store not started"
+        return await self._loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, self._uri, self.synchronous)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def _writer_main(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = _connect(self.path, self._uri, self.synchronous)
+            _migrate(conn)
+        except BaseException as exc:  # report start-up failure to start()
+            loop.call_soon_threadsafe(ready.set_exception, exc)
+            return
+        loop.call_soon_threadsafe(ready.set_result, None)
+        state = _WriterState()
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch: list[_Op] = []
+            if item is _STOP:
+                stopping = True
+            else:
+                batch.append(item)  # type: ignore[arg-type]
+            while len(batch) < _BATCH_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    continue
+                batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                results = self._run_batch(conn, state, batch)
+                loop.call_soon_threadsafe(_resolve, results)
+        conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, state: _WriterState, batch: list[_Op]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                try:
+                    results.append((op.future, op.fn(conn, state, *op.args), None))
+                except StoreError as exc:
+                    results.append((op.future, None, exc))
+            for conv_id, cs in state.conv.items():
+                if cs.dirty:
+                    conn.execute(
+                        "UPDATE conversations SET last_seq = ?, last_activity = ? WHERE id = ?",
+                        (cs.last_seq, cs.last_activity, conv_id),
+                    )
+                    cs.dirty = False
+            conn.execute("COMMIT")
+        except Exception as exc:  # a storage failure: nothing of the batch is kept
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            state.conv.clear()
+            failure = RuntimeError(f"storage failure: {exc}")
+            return [(op.future, None, failure) for op in batch]
+        self.batches += 1
+        self.batched_ops += len(batch)
+        return results
+
+    # ------------------------------------------------------------------ writer helpers
+    @staticmethod
+    def _conv_state(conn: sqlite3.Connection, state: _WriterState, conv_id: int) -> _ConvState:
+        cs = state.conv.get(conv_id)
+        if cs is not None:
+            return cs
+        row = conn.execute(
+            "SELECT last_seq, last_activity FROM conversations WHERE id = ?", (conv_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("conversation not found")
+        members = {
+            r[0]
+            for r in conn.execute(
+                "SELECT user_id FROM members WHERE conversation_id = ?", (conv_id,)
+            )
+        }
+        cs = _ConvState(last_seq=row[0], members=members, last_activity=row[1])
+        if len(state.conv) >= _CACHE_LIMIT:
+            for key in [k for k, v in state.conv.items() if not v.dirty][: _CACHE_LIMIT // 2]:
+                del state.conv[key]
+        state.conv[conv_id] = cs
+        return cs
+
+    # ------------------------------------------------------------------ users
+    async def set_user_active(self, user_id: str, active: bool) -> None:
+        await self._submit(_op_set_user_active, user_id, active)
+
+    async def is_user_active(self, user_id: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute("SELECT active FROM users WHERE id = ?", (user_id,)).fetchone()
+        )
+        return row is None or bool(row[0])
+
+    # ------------------------------------------------------------------ conversations
+    async def create_conversation(
+        self,
+        member_ids: Sequence[str],
+        *,
+        kind: ConversationKind,
+        title: str | None,
+        created_at: float,
+    ) -> tuple[Conversation, bool]:
+        members = sorted(set(member_ids))
+        if kind == "direct" and len(members) != 2:
+            raise ValueError("a direct conversation has exactly two members")
+        return await self._submit(self._op_create, members, kind, title, created_at)
+
+    def _op_create(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        members: list[str],
+        kind: ConversationKind,
+        title: str | None,
+        created_at: float,
+    ) -> tuple[Conversation, bool]:
+        direct_key = "\x00".join(members) if kind == "direct" else None
+        if direct_key is not None:
+            row = conn.execute(
+                "SELECT id FROM conversations WHERE direct_key = ?", (direct_key,)
+            ).fetchone()
+            if row is not None:
+                return _load_conversation(conn, row[0]), False
+        cur = conn.execute(
+            "INSERT INTO conversations (kind, title, created_at, last_activity, direct_key)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, title, created_at, created_at, direct_key),
+        )
+        conv_id = cur.lastrowid
+        assert conv_id is not None
+        conn.executemany(
+            "INSERT INTO members (conversation_id, user_id) VALUES (?, ?)",
+            [(conv_id, m) for m in members],
+        )
+        state.conv[conv_id] = _ConvState(0, set(members), last_activity=created_at)
+        return (
+            Conversation(str(conv_id), kind, title, members, created_at, 0),
+            True,
+        )
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return None
+
+        def read(c: sqlite3.Connection) -> Conversation | None:
+            try:
+                return _load_conversation(c, cid)
+            except NotFoundError:
+                return None
+
+        return await self._read(read)
+
+    async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
+        def read(c: sqlite3.Connection) -> list[ConversationSummary]:
+            rows = c.execute(
+                "SELECT c.id, m.read_seq FROM members m JOIN conversations c"
+                " ON c.id = m.conversation_id WHERE m.user_id = ?"
+                " ORDER BY c.last_activity DESC, c.id DESC",
+                (user_id,),
+            ).fetchall()
+            out = []
+            for conv_id, read_seq in rows:
+                conv = _load_conversation(c, conv_id)
+                last = c.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+                    " ORDER BY seq DESC LIMIT 1",
+                    (conv_id,),
+                ).fetchone()
+                unread = c.execute(
+                    "SELECT count(*) FROM messages WHERE conversation_id = ? AND seq > ?"
+                    " AND sender_id != ?",
+                    (conv_id, read_seq, user_id),
+                ).fetchone()[0]
+                last_message = _messages(c, [last])[0] if last else None
+                out.append(ConversationSummary(conv, last_message, unread))
+            return out
+
+        return await self._read(read)
+
+    async def user_conversations(self, user_id: str) -> dict[str, int]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT c.id, c.last_seq FROM members m JOIN conversations c"
+                " ON c.id = m.conversation_id WHERE m.user_id = ? ORDER BY c.id",
+                (user_id,),
+            ).fetchall()
+        )
+        return {str(cid): seq for cid, seq in rows}
+
+    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        return await self._submit(self._op_add_members, cid, sorted(set(user_ids)))
+
+    def _op_add_members(
+        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_ids: list[str]
+    ) -> Conversation:
+        cs = self._conv_state(conn, state, cid)
+        new = [u for u in user_ids if u not in cs.members]
+        # A member added later sees the whole history, so its cursors start at 0.
+        conn.executemany(
+            "INSERT INTO members (conversation_id, user_id, read_seq, delivered_seq)"
+            " VALUES (?, ?, 0, 0)",
+            [(cid, u) for u in new],
+        )
+        if new:
+            conn.execute("UPDATE conversations SET kind = 'group' WHERE id = ?", (cid,))
+            conn.execute("UPDATE conversations SET direct_key = NULL WHERE id = ?", (cid,))
+        cs.members.update(new)
+        return self._conversation_from_cache(conn, cid, cs)
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        return await self._submit(self._op_remove_member, cid, user_id)
+
+    def _op_remove_member(
+        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_id: str
+    ) -> Conversation:
+        cs = self._conv_state(conn, state, cid)
+        if user_id not in cs.members:
+            raise NotFoundError("not a member")
+        conn.execute(
+            "DELETE FROM members WHERE conversation_id = ? AND user_id = ?", (cid, user_id)
+        )
+        cs.members.discard(user_id)
+        return self._conversation_from_cache(conn, cid, cs)
+
+    @staticmethod
+    def _conversation_from_cache(
+        conn: sqlite3.Connection, cid: int, cs: _ConvState
+    ) -> Conversation:
+        kind, title, created_at = conn.execute(
+            "SELECT kind, title, created_at FROM conversations WHERE id = ?", (cid,)
+        ).fetchone()
+        return Conversation(str(cid), kind, title, sorted(cs.members), created_at, cs.last_seq)
+
+    # ------------------------------------------------------------------ messages
+    async def append_message(self, message: NewMessage) -> tuple[MessageRecord, bool]:
+        return await self._submit(self._op_append, message)
+
+    def _op_append(
+        self, conn: sqlite3.Connection, state: _WriterState, m: NewMessage
+    ) -> tuple[MessageRecord, bool]:
+        cid = _int_id(m.conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        cs = self._conv_state(conn, state, cid)
+        if m.sender_id not in cs.members:
+            existing = _find_by_local_id(conn, m.sender_id, m.local_id)
+            if existing is not None:
+                return existing, False
+            raise ForbiddenError("not a member of this conversation")
+        reply_to: int | None = None
+        if m.reply_to is not None:
+            reply_to = _int_id(m.reply_to)
+            row = (
+                conn.execute("SELECT conversation_id FROM messages WHERE id = ?", (reply_to,))
+                if reply_to is not None
+                else None
+            )
+            found = row.fetchone() if row is not None else None
+            if found is None or found[0] != cid:
+                raise NotFoundError("reply_to message not found in this conversation")
+        uploads: list[AttachmentRecord] = []
+        for att in m.attachments:
+            if att.data is None:
+                row = conn.execute(
+                    f"SELECT {_ATTACHMENT_COLUMNS}, message_id FROM attachments WHERE id = ?",
+                    (att.meta.id,),
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"attachment {att.meta.id} not found")
+                if row[5] != m.sender_id or row[7] is not None:
+                    raise ForbiddenError(f"attachment {att.meta.id} cannot be used")
+                uploads.append(AttachmentRecord(*row[:7]))
+        seq = cs.last_seq + 1
+        cur = conn.execute(
+            "INSERT INTO messages (conversation_id, seq, sender_id, local_id, content, sent_at,"
+            " reply_to, has_attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sender_id, local_id) DO NOTHING",
+            (
+                cid,
+                seq,
+                m.sender_id,
+                m.local_id,
+                m.content,
+                m.sent_at,
+                reply_to,
+                1 if m.attachments else 0,
+            ),
+        )
+        if cur.rowcount == 0:
+            existing = _find_by_local_id(conn, m.sender_id, m.local_id)
+            assert existing is not None
+            return existing, False
+        msg_id = cur.lastrowid
+        assert msg_id is not None
+        cs.last_seq = seq
+        cs.last_activity = m.sent_at
+        cs.dirty = True
+        records: list[AttachmentRecord] = []
+        upload_iter = iter(uploads)
+        for att in m.attachments:
+            if att.data is None:
+                rec = next(upload_iter)
+                conn.execute("UPDATE attachments SET message_id = ? WHERE id = ?", (msg_id, rec.id))
+            else:
+                rec = att.meta
+                conn.execute(
+                    "INSERT INTO attachments (id, message_id, type, filename, size, content_type,"
+                    " uploader_id, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rec.id,
+                        msg_id,
+                        rec.type,
+                        rec.filename,
+                        rec.size,
+                        rec.content_type,
+                        rec.uploader_id,
+                        rec.created_at,
+                        att.data,
+                    ),
+                )
+            records.append(rec)
+        record = MessageRecord(
+            id=str(msg_id),
+            conversation_id=m.conversation_id,
+            seq=seq,
+            sender_id=m.sender_id,
+            local_id=m.local_id,
+            content=m.content,
+            sent_at=m.sent_at,
+            reply_to=str(reply_to) if reply_to is not None else None,
+            attachments=records,
+        )
+        return record, True
+
+    async def get_messages(
+        self,
+        conversation_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[MessageRecord], bool]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return [], False
+        limit = max(1, limit)
+
+        def read(c: sqlite3.Connection) -> tuple[list[MessageRecord], bool]:
+            if after_seq is not None:
+                upper = before_seq if before_seq is not None else 2**62
+                rows = c.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+                    " AND seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                    (cid, after_seq, upper, limit + 1),
+                ).fetchall()
+                more = len(rows) > limit
+                return _messages(c, rows[:limit]), more
+            upper = before_seq if before_seq is not None else 2**62
+            rows = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+                " AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (cid, upper, limit + 1),
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            rows.reverse()
+            return _messages(c, rows), more
+
+        return await self._read(read)
+
+    # ------------------------------------------------------------------ receipts
+    async def advance_cursor(
+        self,
+        conversation_id: str,
+        user_id: str,
+        message_ids: Sequence[str],
+        kind: ReceiptKind,
+    ) -> list[str]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            raise NotFoundError("conversation not found")
+        ids = [i for i in (_int_id(x) for x in message_ids) if i is not None]
+        return await self._submit(self._op_advance, cid, user_id, ids, kind)
+
+    def _op_advance(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        user_id: str,
+        ids: list[int],
+        kind: ReceiptKind,
+    ) -> list[str]:
+        cs = self._conv_state(conn, state, cid)
+        if user_id not in cs.members:
+            raise ForbiddenError("not a member of this conversation")
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            f"SELECT id, seq FROM messages WHERE conversation_id = ? AND id IN ({marks})",
+            (cid, *ids),
+        ).fetchall()
+        if not rows:
+            return []
+        top = max(seq for _, seq in rows)
+        if kind == "read":
+            conn.execute(
+                "UPDATE members SET read_seq = max(read_seq, ?),"
+                " delivered_seq = max(delivered_seq, ?)"
+                " WHERE conversation_id = ? AND user_id = ?",
+                (top, top, cid, user_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE members SET delivered_seq = max(delivered_seq, ?)"
+                " WHERE conversation_id = ? AND user_id = ?",
+                (top, cid, user_id),
+            )
+        wanted = {str(i) for i, _ in rows}
+        return [str(i) for i in ids if str(i) in wanted]
+
+    async def get_cursors(self, conversation_id: str) -> list[Cursor]:
+        cid = _int_id(conversation_id)
+        if cid is None:
+            return []
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT user_id, read_seq, delivered_seq FROM members WHERE conversation_id = ?",
+                (cid,),
+            ).fetchall()
+        )
+        return [Cursor(u, r, d) for u, r, d in rows]
+
+    # ------------------------------------------------------------------ attachments
+    async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
+        await self._submit(_op_put_attachment, meta, data)
+
+    async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_ATTACHMENT_COLUMNS}, data FROM attachments WHERE id = ?",
+                (attachment_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return AttachmentRecord(*row[:7]), bytes(row[7])
+
+
+# ---------------------------------------------------------------------- module helpers
+def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, exc in results:
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+
+
+def _op_set_user_active(
+    conn: sqlite3.Connection, state: _WriterState, user_id: str, active: bool
+) -> None:
+    conn.execute(
+        "INSERT INTO users (id, active) VALUES (?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET active = excluded.active",
+        (user_id, 1 if active else 0),
+    )
+
+
+def _op_put_attachment(
+    conn: sqlite3.Connection, state: _WriterState, meta: AttachmentRecord, data: bytes
+) -> None:
+    conn.execute(
+        "INSERT INTO attachments (id, message_id, type, filename, size, content_type,"
+        " uploader_id, created_at, data) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            meta.id,
+            meta.type,
+            meta.filename,
+            meta.size,
+            meta.content_type,
+            meta.uploader_id,
+            meta.created_at,
+            data,
+        ),
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " applied_at REAL NOT NULL)"
+    )
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for version, sql in enumerate(MIGRATIONS, start=1):
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:
+    row = conn.execute(
+        "SELECT id, kind, title, created_at, last_seq FROM conversations WHERE id = ?",
+        (conv_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("conversation not found")
+    members = [
+        r[0]
+        for r in conn.execute(
+            "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY user_id", (conv_id,)
+        )
+    ]
+    return Conversation(str(row[0]), row[1], row[2], members, row[3], row[4])
+
+
+def _find_by_local_id(
+    conn: sqlite3.Connection, sender_id: str, local_id: str
+) -> MessageRecord | None:
+    row = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND local_id = ?",
+        (sender_id, local_id),
+    ).fetchone()
+    return _messages(conn, [row])[0] if row is not None else None
+
+
+def _messages(conn: sqlite3.Connection, rows: list[Any]) -> list[MessageRecord]:
+    with_att = [r[0] for r in rows if r[8]]
+    atts: dict[int, list[AttachmentRecord]] = {}
+    if with_att:
+        marks = ",".join("?" * len(with_att))
+        for row in conn.execute(
+            f"SELECT message_id, {_ATTACHMENT_COLUMNS} FROM attachments"
+            f" WHERE message_id IN ({marks}) ORDER BY rowid",
+            with_att,
+        ):
+            atts.setdefault(row[0], []).append(AttachmentRecord(*row[1:]))
+    return [
+        MessageRecord(
+            id=str(r[0]),
+            conversation_id=str(r[1]),
+            seq=r[2],
+            sender_id=r[3],
+            local_id=r[4],
+            content=r[5],
+            sent_at=r[6],
+            reply_to=str(r[7]) if r[7] is not None else None,
+            attachments=atts.get(r[0], []),
+        )
+        for r in rows
+    ]

@@ -1,0 +1,554 @@
+"""The ``Store`` contract (``parley.store.base``), run against every backend.
+
+Each test names the guarantee it checks. PostgreSQL-only tests cover what only a
+shared database can show: several nodes (store instances) writing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from parley.store import Store, open_store
+from parley.store.base import (
+    AttachmentRecord,
+    Cursor,
+    ForbiddenError,
+    MessageRecord,
+    NewAttachment,
+    NewMessage,
+    NotFoundError,
+)
+
+from .conftest import create_database, drop_database
+
+Uid = Callable[[str], str]
+T0 = 1_700_000_000.123456
+
+
+def msg(conv: str, sender: str, local_id: str, content: str = "hi", **kw: object) -> NewMessage:
+    return NewMessage(
+        conversation_id=conv,
+        sender_id=sender,
+        local_id=local_id,
+        content=content,
+        sent_at=kw.pop("sent_at", time.time()),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def att_meta(att_id: str, uploader: str, **kw: object) -> AttachmentRecord:
+    fields: dict[str, object] = {
+        "id": att_id,
+        "type": "image",
+        "filename": "a.png",
+        "size": 4,
+        "content_type": "image/png",
+        "uploader_id": uploader,
+        "created_at": T0,
+    }
+    fields.update(kw)
+    return AttachmentRecord(**fields)  # type: ignore[arg-type]
+
+
+async def group(store: Store, *members: str, title: str | None = "team") -> str:
+    conv, created = await store.create_conversation(
+        members, kind="group", title=title, created_at=time.time()
+    )
+    assert created
+    return conv.id
+
+
+async def fill(
+    store: Store, conv: str, sender: str, n: int, prefix: str = "m"
+) -> list[MessageRecord]:
+    out = []
+    for i in range(n):
+        record, created = await store.append_message(msg(conv, sender, f"{prefix}{i}", f"#{i}"))
+        assert created
+        out.append(record)
+    return out
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+async def test_start_ping_and_restart_keep_data(store_url: str, uid: Uid) -> None:
+    """Migrations apply once; a second start on the same database finds the data."""
+    a = uid("alice")
+    s1 = open_store(store_url)
+    await s1.start()
+    await s1.ping()
+    conv = await group(s1, a)
+    await s1.append_message(msg(conv, a, "l1"))
+    await s1.close()
+
+    s2 = open_store(store_url)
+    await s2.start()
+    try:
+        await s2.ping()
+        got = await s2.get_conversation(conv)
+        assert got is not None and got.last_seq == 1
+        msgs, _ = await s2.get_messages(conv)
+        assert [m.local_id for m in msgs] == ["l1"]
+    finally:
+        await s2.close()
+
+
+async def test_close_finishes_submitted_writes(store_url: str, uid: Uid) -> None:
+    """``close`` finishes every write already submitted: acked means durable."""
+    a = uid("alice")
+    s1 = open_store(store_url)
+    await s1.start()
+    conv = await group(s1, a)
+    tasks = [asyncio.create_task(s1.append_message(msg(conv, a, f"l{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # every append is now submitted
+    await s1.close()
+    results = await asyncio.gather(*tasks)
+    assert sorted(r.seq for r, _ in results) == list(range(1, 51))
+
+    s2 = open_store(store_url)
+    await s2.start()
+    try:
+        msgs, _ = await s2.get_messages(conv, after_seq=0, limit=100)
+        assert [m.seq for m in msgs] == list(range(1, 51))
+    finally:
+        await s2.close()
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+async def test_users_are_active_unless_deactivated(store: Store, uid: Uid) -> None:
+    a = uid("alice")
+    assert await store.is_user_active(a)
+    await store.set_user_active(a, False)
+    assert not await store.is_user_active(a)
+    assert await store.is_user_active(uid("bob"))
+    await store.set_user_active(a, True)
+    assert await store.is_user_active(a)
+
+
+# -- conversations -----------------------------------------------------------------------
+
+
+async def test_create_group_conversation(store: Store, uid: Uid) -> None:
+    a, b, c = uid("carol"), uid("alice"), uid("bob")
+    conv, created = await store.create_conversation(
+        [a, b, c, b], kind="group", title="Team", created_at=T0
+    )
+    assert created
+    assert conv.kind == "group"
+    assert conv.title == "Team"
+    assert conv.member_ids == sorted({a, b, c})
+    assert conv.created_at == T0
+    assert conv.last_seq == 0
+    assert isinstance(conv.id, str)
+    assert await store.get_conversation(conv.id) == conv
+
+    # The same members again make a second group: only direct conversations dedupe.
+    again, created = await store.create_conversation(
+        [a, b, c], kind="group", title="Team", created_at=T0
+    )
+    assert created and again.id != conv.id
+
+
+async def test_get_unknown_conversation_is_none(store: Store) -> None:
+    assert await store.get_conversation("999999999") is None
+    assert await store.get_conversation("not-an-id") is None
+
+
+async def test_direct_conversation_exists_once(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    first, created = await store.create_conversation(
+        [a, b], kind="direct", title=None, created_at=T0
+    )
+    assert created and first.kind == "direct" and first.member_ids == sorted([a, b])
+    second, created = await store.create_conversation(
+        [b, a], kind="direct", title=None, created_at=T0 + 5
+    )
+    assert not created
+    assert second == first
+    other, created = await store.create_conversation(
+        [a, uid("carol")], kind="direct", title=None, created_at=T0
+    )
+    assert created and other.id != first.id
+
+
+async def test_direct_conversation_created_concurrently_exists_once(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    results = await asyncio.gather(
+        *(
+            store.create_conversation(
+                [a, b] if i % 2 else [b, a], kind="direct", title=None, created_at=T0
+            )
+            for i in range(10)
+        )
+    )
+    assert len({conv.id for conv, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_user_conversations_and_membership_changes(store: Store, uid: Uid) -> None:
+    a, b, c = uid("alice"), uid("bob"), uid("carol")
+    conv = await group(store, a, b)
+    assert await store.user_conversations(a) == {conv: 0}
+    assert await store.user_conversations(c) == {}
+
+    updated = await store.add_members(conv, [c, b])
+    assert updated.member_ids == sorted([a, b, c])
+    assert await store.user_conversations(c) == {conv: 0}
+
+    await store.append_message(msg(conv, c, "l1"))
+    assert await store.user_conversations(a) == {conv: 1}
+
+    updated = await store.remove_member(conv, b)
+    assert updated.member_ids == sorted([a, c])
+    assert updated.last_seq == 1
+    assert await store.user_conversations(b) == {}
+
+    with pytest.raises(NotFoundError):
+        await store.remove_member(conv, b)  # no longer a member
+    with pytest.raises(NotFoundError):
+        await store.remove_member("999999999", a)
+    with pytest.raises(NotFoundError):
+        await store.add_members("999999999", [a])
+
+
+async def test_list_conversations_most_recent_first(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    old = await group(store, a, b, title="old")
+    new = await group(store, a, b, title="new")
+    quiet, _ = await store.create_conversation([a, b], kind="direct", title=None, created_at=T0)
+
+    summaries = await store.list_conversations(a)
+    assert [s.conversation.id for s in summaries] == [new, old, quiet.id]
+    assert all(s.last_message is None and s.unread_count == 0 for s in summaries)
+
+    await store.append_message(msg(old, b, "b1", "one"))
+    await store.append_message(msg(old, b, "b2", "two"))
+    last, _ = await store.append_message(msg(old, a, "a1", "mine"))
+    summaries = await store.list_conversations(a)
+    assert [s.conversation.id for s in summaries] == [old, new, quiet.id]
+    top = summaries[0]
+    assert top.last_message == last
+    assert top.conversation.last_seq == 3
+    assert top.unread_count == 2  # own messages never count as unread
+    assert (await store.list_conversations(b))[0].unread_count == 1
+
+    await store.advance_cursor(old, a, [last.id], "read")
+    assert (await store.list_conversations(a))[0].unread_count == 0
+    assert await store.list_conversations(uid("nobody")) == []
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+async def test_append_assigns_contiguous_seq(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    other = await group(store, a, b)
+    sent = msg(conv, a, "l1", "hello", sent_at=T0)
+    first, created = await store.append_message(sent)
+    assert created
+    assert first.seq == 1
+    assert first.conversation_id == conv
+    assert first.sender_id == a
+    assert first.local_id == "l1"
+    assert first.content == "hello"
+    assert first.sent_at == T0
+    assert first.reply_to is None
+    assert first.attachments == []
+    assert isinstance(first.id, str)
+
+    second, _ = await store.append_message(msg(conv, b, "l1"))  # same local_id, other sender
+    third, _ = await store.append_message(msg(conv, a, "l2", reply_to=first.id))
+    elsewhere, _ = await store.append_message(msg(other, a, "l3"))
+    assert [second.seq, third.seq, elsewhere.seq] == [2, 3, 1]
+    assert third.reply_to == first.id
+    assert len({first.id, second.id, third.id, elsewhere.id}) == 4
+    conversation = await store.get_conversation(conv)
+    assert conversation is not None and conversation.last_seq == 3
+
+
+async def test_duplicate_local_id_returns_the_original(store: Store, uid: Uid) -> None:
+    a = uid("alice")
+    conv = await group(store, a)
+    original, created = await store.append_message(msg(conv, a, "l1", "first"))
+    assert created
+    again, created = await store.append_message(msg(conv, a, "l1", "changed"))
+    assert not created
+    assert again == original
+    conversation = await store.get_conversation(conv)
+    assert conversation is not None and conversation.last_seq == 1
+    msgs, _ = await store.get_messages(conv)
+    assert [m.content for m in msgs] == ["first"]
+
+
+async def test_concurrent_duplicates_create_one_message(store: Store, uid: Uid) -> None:
+    a = uid("alice")
+    conv = await group(store, a)
+    results = await asyncio.gather(
+        *(store.append_message(msg(conv, a, f"l{i % 3}")) for i in range(30))
+    )
+    assert sum(created for _, created in results) == 3
+    by_local: dict[str | None, set[str]] = {}
+    for record, _ in results:
+        by_local.setdefault(record.local_id, set()).add(record.id)
+    assert all(len(ids) == 1 for ids in by_local.values())
+    msgs, _ = await store.get_messages(conv)
+    assert [m.seq for m in msgs] == [1, 2, 3]
+
+
+async def test_refused_appends_take_no_seq(store: Store, uid: Uid) -> None:
+    a, b, outsider = uid("alice"), uid("bob"), uid("mallory")
+    conv = await group(store, a, b)
+    other = await group(store, a, b)
+    foreign, _ = await store.append_message(msg(other, a, "f1"))
+
+    with pytest.raises(NotFoundError):
+        await store.append_message(msg("999999999", a, "x1"))
+    with pytest.raises(NotFoundError):
+        await store.append_message(msg("nope", a, "x2"))
+    with pytest.raises(ForbiddenError):
+        await store.append_message(msg(conv, outsider, "x3"))
+    with pytest.raises(NotFoundError):
+        await store.append_message(msg(conv, a, "x4", reply_to=foreign.id))
+    with pytest.raises(NotFoundError):
+        await store.append_message(msg(conv, a, "x5", reply_to="999999999"))
+
+    record, created = await store.append_message(msg(conv, a, "ok"))
+    assert created and record.seq == 1
+    # A refused local_id stays free to use.
+    record, created = await store.append_message(msg(conv, a, "x4"))
+    assert created and record.seq == 2
+
+
+async def test_get_messages_pages(store: Store, uid: Uid) -> None:
+    a = uid("alice")
+    conv = await group(store, a)
+    sent = await fill(store, conv, a, 7)
+
+    def seqs(page: tuple[list[MessageRecord], bool]) -> tuple[list[int], bool]:
+        return [m.seq for m in page[0]], page[1]
+
+    assert seqs(await store.get_messages(conv)) == ([1, 2, 3, 4, 5, 6, 7], False)
+    assert seqs(await store.get_messages(conv, limit=3)) == ([5, 6, 7], True)
+    assert seqs(await store.get_messages(conv, before_seq=5, limit=3)) == ([2, 3, 4], True)
+    assert seqs(await store.get_messages(conv, before_seq=4, limit=3)) == ([1, 2, 3], False)
+    assert seqs(await store.get_messages(conv, before_seq=2, limit=3)) == ([1], False)
+    assert seqs(await store.get_messages(conv, after_seq=0, limit=3)) == ([1, 2, 3], True)
+    assert seqs(await store.get_messages(conv, after_seq=4, limit=3)) == ([5, 6, 7], False)
+    assert seqs(await store.get_messages(conv, after_seq=6, limit=3)) == ([7], False)
+    assert seqs(await store.get_messages(conv, after_seq=7, limit=3)) == ([], False)
+    page, _ = await store.get_messages(conv, after_seq=0, limit=100)
+    assert page == sent
+    assert seqs(await store.get_messages("999999999")) == ([], False)
+
+
+# -- attachments -------------------------------------------------------------------------
+
+
+async def test_inline_attachments_are_stored_with_the_message(store: Store, uid: Uid) -> None:
+    a = uid("alice")
+    conv = await group(store, a)
+    png, pdf = b"\x89PNG\r\n\x1a\n", b"%PDF-1.7 \x00\xff"
+    m1 = att_meta(f"att_{uid('i1')}", a, size=len(png))
+    m2 = att_meta(
+        f"att_{uid('i2')}",
+        a,
+        type="file",
+        filename="b.pdf",
+        size=len(pdf),
+        content_type="application/pdf",
+    )
+    record, _ = await store.append_message(
+        msg(conv, a, "l1", attachments=[NewAttachment(m1, png), NewAttachment(m2, pdf)])
+    )
+    assert record.attachments == [m1, m2]
+    assert await store.get_attachment(m1.id) == (m1, png)
+    assert await store.get_attachment(m2.id) == (m2, pdf)
+    msgs, _ = await store.get_messages(conv)
+    assert msgs[0].attachments == [m1, m2]
+    assert await store.get_attachment("att_missing") is None
+
+
+async def test_uploaded_attachments_are_linked_by_id(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    meta = att_meta(f"att_{uid('u1')}", a)
+    await store.put_attachment(meta, b"data")
+    assert await store.get_attachment(meta.id) == (meta, b"data")
+
+    # Only the id counts: the rest of a referring meta is ignored.
+    ref = NewAttachment(att_meta(meta.id, a, filename="other.png", size=99), None)
+    record, _ = await store.append_message(msg(conv, a, "l1", attachments=[ref]))
+    assert record.attachments == [meta]
+    msgs, _ = await store.get_messages(conv)
+    assert msgs[0].attachments == [meta]
+
+    with pytest.raises(ForbiddenError):
+        await store.append_message(msg(conv, b, "l2", attachments=[ref]))
+    missing = NewAttachment(att_meta(f"att_{uid('none')}", a), None)
+    with pytest.raises(NotFoundError):
+        await store.append_message(msg(conv, a, "l3", attachments=[missing]))
+    assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
+
+
+# -- receipts ----------------------------------------------------------------------------
+
+
+async def test_receipt_cursors_never_go_backwards(store: Store, uid: Uid) -> None:
+    a, b, c = uid("alice"), uid("bob"), uid("carol")
+    conv = await group(store, a, b, c)
+    other = await group(store, a, b)
+    sent = await fill(store, conv, a, 5)
+    foreign, _ = await store.append_message(msg(other, a, "f1"))
+    ids = [m.id for m in sent]
+
+    assert await store.get_cursors(conv) == [Cursor(u, 0, 0) for u in sorted([a, b, c])]
+
+    def state(cursors: list[Cursor]) -> dict[str, tuple[int, int]]:
+        return {x.user_id: (x.read_seq, x.delivered_seq) for x in cursors}
+
+    got = await store.advance_cursor(
+        conv, b, [ids[2], foreign.id, "junk", "999999999"], "delivered"
+    )
+    assert got == [ids[2]]
+    assert state(await store.get_cursors(conv))[b] == (0, 3)
+
+    assert await store.advance_cursor(conv, b, [ids[1]], "read") == [ids[1]]
+    assert state(await store.get_cursors(conv))[b] == (2, 3)
+
+    # Older receipts never move a cursor back.
+    await store.advance_cursor(conv, b, [ids[0]], "read")
+    await store.advance_cursor(conv, b, [ids[0]], "delivered")
+    assert state(await store.get_cursors(conv))[b] == (2, 3)
+
+    # A read receipt also advances the delivered cursor: delivered >= read.
+    assert await store.advance_cursor(conv, b, [ids[0], ids[4]], "read") == [ids[0], ids[4]]
+    assert state(await store.get_cursors(conv))[b] == (5, 5)
+
+    assert await store.advance_cursor(conv, c, [foreign.id], "read") == []
+    cursors = state(await store.get_cursors(conv))
+    assert cursors == {a: (0, 0), b: (5, 5), c: (0, 0)}
+    assert all(d >= r for r, d in cursors.values())
+
+    # Only current members are listed.
+    await store.remove_member(conv, c)
+    assert sorted(state(await store.get_cursors(conv))) == sorted([a, b])
+
+
+async def test_concurrent_receipts_keep_the_highest(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    ids = [m.id for m in await fill(store, conv, a, 20)]
+    await asyncio.gather(
+        *(store.advance_cursor(conv, b, [i], k) for i in ids for k in ("read", "delivered"))
+    )
+    cursors = {x.user_id: x for x in await store.get_cursors(conv)}
+    assert (cursors[b].read_seq, cursors[b].delivered_seq) == (20, 20)
+
+
+# -- concurrency -------------------------------------------------------------------------
+
+
+async def check_contiguous_under_load(
+    writers: list[Store], reader: Store, conv: str, senders: list[str], per_writer: int
+) -> None:
+    """Writers append at once; the reader never sees seq n+1 committed before seq n."""
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    async def observe() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            page, _ = await reader.get_messages(conv, after_seq=last, limit=1000)
+            for m in page:
+                assert m.seq == last + 1, f"saw seq {m.seq} while {last + 1} was not visible"
+                last = m.seq
+                seen.append(m.seq)
+            if finished and not page:
+                return
+            await asyncio.sleep(0.001)
+
+    async def write(store: Store, sender: str, w: int) -> list[int]:
+        results = await asyncio.gather(
+            *(store.append_message(msg(conv, sender, f"w{w}-{i}")) for i in range(per_writer))
+        )
+        return [r.seq for r, created in results if created]
+
+    observer = asyncio.create_task(observe())
+    try:
+        per = await asyncio.gather(
+            *(write(s, senders[w % len(senders)], w) for w, s in enumerate(writers))
+        )
+    finally:
+        done.set()
+    await observer
+    total = len(writers) * per_writer
+    all_seqs = sorted(q for seqs in per for q in seqs)
+    assert all_seqs == list(range(1, total + 1))
+    assert seen == list(range(1, total + 1))
+    conversation = await reader.get_conversation(conv)
+    assert conversation is not None and conversation.last_seq == total
+
+
+async def test_concurrent_appends_are_contiguous(store: Store, uid: Uid) -> None:
+    senders = [uid("alice"), uid("bob"), uid("carol")]
+    conv = await group(store, *senders)
+    await check_contiguous_under_load([store] * 3, store, conv, senders, 60)
+
+
+async def test_many_nodes_append_to_one_conversation(pg_url: str, uid: Uid) -> None:
+    """Four PostgresStore instances (four nodes) write one conversation at once."""
+    senders = [uid("alice"), uid("bob"), uid("carol"), uid("dave")]
+    nodes = [open_store(pg_url) for _ in range(4)]
+    await asyncio.gather(*(n.start() for n in nodes))
+    try:
+        conv = await group(nodes[0], *senders)
+        await check_contiguous_under_load(nodes, nodes[1], conv, senders, 100)
+        # Duplicates sent to different nodes at once still create one message each.
+        dup = await asyncio.gather(
+            *(
+                n.append_message(msg(conv, senders[0], f"dup{i % 5}"))
+                for i in range(40)
+                for n in nodes
+            )
+        )
+        assert sum(created for _, created in dup) == 5
+        assert len({r.id for r, _ in dup}) == 5
+        msgs, _ = await nodes[2].get_messages(conv, after_seq=0, limit=1000)
+        assert [m.seq for m in msgs] == list(range(1, 406))
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_many_nodes_migrate_a_fresh_database_at_once(uid: Uid) -> None:
+    """Nodes starting together apply each migration exactly once."""
+    from parley.store.postgres import MIGRATIONS
+
+    url = await asyncio.to_thread(create_database)
+    nodes = [open_store(url) for _ in range(5)]
+    try:
+        await asyncio.gather(*(n.start() for n in nodes))
+        a = uid("alice")
+        conv = await group(nodes[3], a)
+        await nodes[4].append_message(msg(conv, a, "l1"))
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            versions = [
+                r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+            ]
+        finally:
+            await conn.close()
+        assert sorted(versions) == [v for v, _ in MIGRATIONS]
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+        await asyncio.to_thread(drop_database, url)
