@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 from typing import Any
 
 import msgspec
@@ -232,7 +233,7 @@ class Rest:
         meta = AttachmentRecord(
             id=att.new_attachment_id(),
             type=declared,
-            filename=att.sanitize_filename(filename),
+            filename=att.sanitize_filename(unquote(filename) if filename else None),
             size=len(data),
             content_type=content_type,
             uploader_id=me.user_id,

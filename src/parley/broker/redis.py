@@ -1,0 +1,306 @@
+"""Redis pub/sub backend of ``Broker`` (``broker.base``): fan-out across nodes.
+
+Every node publishes to, and subscribes to, one channel (``{prefix}:events``). An
+envelope travels as JSON (``msgspec.json``); its ``msgspec.Raw`` frames are embedded
+as they are, so a frame is encoded once, by the node that made it. Never pickle: a
+node must not run what it reads off a shared bus.
+
+Two background tasks, each with its own connection:
+
+* the publisher drains the outgoing buffer that ``publish`` appends to, sending
+  whatever has accumulated as one pipeline of ``PUBLISH`` commands;
+* the subscriber reads the channel and hands each envelope, in order, to the handler
+  (this node's own envelopes included).
+
+When Redis goes away, both tasks notice (a failed write, a closed socket, or no
+answer to a ``PING`` on an idle subscription), ``healthy`` turns False and each
+reconnects on its own with capped, jittered exponential backoff; ``healthy`` turns
+True once both are back. Meanwhile ``publish`` drops envelopes and counts them in
+``dropped``. Nothing is ever retried, so nothing is delivered twice (at-most-once);
+clients recover what they missed with ``seq``-gap ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from parley.broker.base import Envelope, Handler
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the connection is gone or unusable": reconnect.
+_CONNECTION_ERRORS = (RedisError, OSError, EOFError)
+
+
+def _wire_type() -> tuple[type[msgspec.Struct], tuple[str, ...], tuple[str, ...]]:
+    """``Envelope`` as read off the wire: ``(struct, field names, optional Raw fields)``.
+
+    msgspec cannot decode JSON into a ``msgspec.Raw | None`` field (it accepts only
+    ``null`` there), so such fields are read as ``Raw | UnsetType`` and become None
+    again in ``_envelope``.
+    """
+    spec: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    optional_raw: list[str] = []
+    for f in msgspec.structs.fields(Envelope):
+        if f.type == (msgspec.Raw | None):
+            spec.append((f.name, msgspec.Raw | msgspec.UnsetType, msgspec.UNSET))
+            optional_raw.append(f.name)
+        elif f.required:
+            spec.append((f.name, f.type))
+        else:
+            spec.append((f.name, f.type, f.default))
+    struct = msgspec.defstruct("WireEnvelope", spec, frozen=True)
+    return struct, tuple(f[0] for f in spec), tuple(optional_raw)
+
+
+_WireEnvelope, _FIELDS, _OPTIONAL_RAW = _wire_type()
+
+
+def _envelope(wire: msgspec.Struct) -> Envelope:
+    values = {name: getattr(wire, name) for name in _FIELDS}
+    for name in _OPTIONAL_RAW:
+        if values[name] is msgspec.UNSET or bytes(values[name]) == b"null":
+            values[name] = None
+    return Envelope(**values)
+
+
+class RedisBroker:
+    """``Broker`` on Redis pub/sub; see the module docstring for the failure model.
+
+    ``dropped`` counts envelopes given up (Redis away, or ``buffer_max`` envelopes
+    already waiting); ``published`` and ``received`` count the others.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "parley",
+        buffer_max: int = 100_000,
+        batch_max: int = 1_000,
+        ping_interval: float = 5.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        start_timeout: float = 5.0,
+        flush_timeout: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.channel = f"{prefix}:events"
+        self.dropped = 0
+        self.published = 0
+        self.received = 0
+        self._buffer_max = buffer_max
+        self._batch_max = batch_max
+        self._ping_interval = ping_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._start_timeout = start_timeout
+        self._flush_timeout = flush_timeout
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(_WireEnvelope)
+        self._handler: Handler | None = None
+        self._buffer: collections.deque[bytes] = collections.deque()
+        self._wakeup = asyncio.Event()  # set when the buffer gets an envelope
+        self._flushed = asyncio.Event()  # set when the publisher has emptied the buffer
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publisher_up = False  # set while the publisher's connection answers
+        self._subscriber_up = False  # set from the SUBSCRIBE confirmation until a failure
+        self._health_changed = asyncio.Event()
+        self._closing = False
+        self._subscribed_once = False  # this connection got its SUBSCRIBE confirmed
+
+    # -- Broker ----------------------------------------------------------------
+    async def start(self, handler: Handler) -> None:
+        """Start both tasks and wait (up to ``start_timeout``) until they are connected.
+
+        Never raises because Redis is away: the node then starts unhealthy and the
+        tasks keep trying to connect.
+        """
+        self._handler = handler
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._run_publisher(), name="parley-redis-publisher"),
+            asyncio.create_task(self._run_subscriber(), name="parley-redis-subscriber"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._start_timeout):
+                await self.wait_healthy()
+        if not self.healthy:
+            log.warning("Redis at %s not reachable yet; retrying in the background", self.url)
+
+    async def close(self) -> None:
+        """Give queued envelopes a moment (``flush_timeout``) to go out, then stop."""
+        if self._buffer and self._publisher_up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_timeout):
+                    await self._flushed.wait()
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._handler = None
+        self._set_up(publisher=False, subscriber=False)
+
+    def publish(self, envelope: Envelope) -> None:
+        if not self._publisher_up or len(self._buffer) >= self._buffer_max:
+            self.dropped += 1
+            return
+        self._buffer.append(self._encoder.encode(envelope))
+        self._flushed.clear()
+        self._wakeup.set()
+
+    @property
+    def healthy(self) -> bool:
+        return self._publisher_up and self._subscriber_up
+
+    # -- beyond the protocol -------------------------------------------------------
+    async def wait_healthy(self) -> None:
+        """Return once ``healthy`` is True (wrap in ``asyncio.timeout`` to bound it)."""
+        while not self.healthy:
+            self._health_changed.clear()
+            await self._health_changed.wait()
+
+    # -- internals ---------------------------------------------------------------
+    def _client(self, socket_timeout: float | None) -> Redis:
+        return Redis.from_url(
+            self.url,
+            # No retries inside redis-py: a retried pipeline could publish twice.
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+        )
+
+    def _set_up(self, *, publisher: bool | None = None, subscriber: bool | None = None) -> None:
+        was = self.healthy
+        if publisher is not None:
+            self._publisher_up = publisher
+        if subscriber is not None:
+            self._subscriber_up = subscriber
+        if self.healthy != was:
+            if self.healthy:
+                log.info("Redis broker connected to %s", self.url)
+            elif not self._closing:
+                log.warning(
+                    "Redis broker lost %s; publishes are dropped until it is back", self.url
+                )
+        self._health_changed.set()
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._backoff_initial * 2.0**attempt, self._backoff_max)
+        return delay * random.uniform(0.5, 1.0)
+
+    async def _run_publisher(self) -> None:
+        attempt = 0
+        while True:
+            client = self._client(socket_timeout=self._ping_interval)
+            try:
+                await client.ping()
+                attempt = 0
+                self._set_up(publisher=True)
+                await self._drain(client)
+            except _CONNECTION_ERRORS as exc:
+                log.debug("Redis publisher: %r", exc)
+            finally:
+                self._set_up(publisher=False)
+                # Whatever was still queued is given up, never sent late.
+                self.dropped += len(self._buffer)
+                self._buffer.clear()
+                self._flushed.set()
+                await client.aclose()
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    async def _drain(self, client: Redis) -> None:
+        """Send buffered envelopes as pipelines until the connection fails."""
+        while True:
+            if not self._buffer:
+                self._flushed.set()
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(self._ping_interval):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    await client.ping()  # an idle connection is checked now and then
+                    continue
+            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self._batch_max))]
+            pipe = client.pipeline(transaction=False)
+            for data in batch:
+                pipe.publish(self.channel, data)
+            try:
+                await pipe.execute()
+            except BaseException:
+                self.dropped += len(batch)
+                raise
+            self.published += len(batch)
+
+    async def _run_subscriber(self) -> None:
+        attempt = 0
+        while True:
+            client = self._client(socket_timeout=None)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._listen(pubsub)
+            except _CONNECTION_ERRORS as exc:
+                log.debug("Redis subscriber: %r", exc)
+            finally:
+                self._set_up(subscriber=False)
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await client.aclose()
+            if self._subscribed_once:
+                attempt, self._subscribed_once = 0, False
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Deliver messages until the subscription fails; checks liveness with PING."""
+        loop = asyncio.get_running_loop()
+        last_heard = loop.time()
+        ping_sent = False
+        while True:
+            message = await pubsub.get_message(timeout=min(1.0, self._ping_interval))
+            now = loop.time()
+            if message is None:
+                idle = now - last_heard
+                if idle > 2 * self._ping_interval:
+                    raise ConnectionError("Redis did not answer PING")
+                if idle > self._ping_interval and not ping_sent:
+                    await pubsub.ping()
+                    ping_sent = True
+                continue
+            last_heard, ping_sent = now, False
+            kind = message["type"]
+            if kind == "message":
+                self._deliver(message["data"])
+            elif kind == "subscribe":
+                self._subscribed_once = True
+                self._set_up(subscriber=True)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            envelope = _envelope(self._decoder.decode(data))
+        except (msgspec.DecodeError, TypeError):
+            log.warning("dropped an undecodable envelope from %s", self.channel)
+            return
+        self.received += 1
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            handler(envelope)
+        except Exception:
+            log.exception("broker handler failed")

@@ -1,0 +1,860 @@
+"""``ChatClient``: the asyncio SDK over one WebSocket, reconnecting for as long as it lives.
+
+Layers: ``state`` (pure reducer), ``queue`` (SQLite outbox), ``backoff`` (pure delays);
+this module is the I/O around them. One supervisor task keeps a connection up; each
+connection (a ``_Session``) runs a reader, a heartbeat and the outbox sender, and ends
+them all when the socket closes.
+
+The delivery rules, which the chaos test checks end to end:
+
+* Every ``send_message`` is put in the offline queue (committed to disk) before it is
+  sent, and leaves it only when the server's ack — the ``chat_message`` echo with its
+  ``local_id`` — has arrived. After every (re)connect the queue is sent again, oldest
+  first, one message at a time, with the same ``local_id``s (the server deduplicates).
+* After every (re)connect, and whenever a ``seq`` jumps, the client sends ``sync`` with
+  the highest contiguous ``seq`` it holds in each conversation, and repeats it until it
+  holds everything up to the last ``seq`` the server has announced.
+* ``"message"`` listeners see each message of a conversation once, in ``seq`` order,
+  when it and all earlier ones are held; messages from others are then acknowledged
+  with ``mark_delivered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from parley.client import state as st
+from parley.client.backoff import Backoff
+from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.queue import OfflineQueue
+from parley.codes import CloseCode, ErrorCode
+
+log = logging.getLogger("parley.client")
+
+T = TypeVar("T")
+Listener = Callable[[Any], object]
+TokenProvider = Callable[[], Awaitable[str]]
+
+# Errors that no retry can cure: the message fails at once.
+PERMANENT_ERRORS = frozenset(
+    {
+        ErrorCode.INVALID_MESSAGE,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+    }
+)
+
+EVENTS = frozenset(
+    {
+        "connected",  # connection.established data
+        "disconnected",  # {"code", "reason"}
+        "reconnecting",  # {"attempt", "delay"}
+        "synced",  # {}: every conversation holds all messages the server announced
+        "message",  # MessageRecord: each message once, in seq order per conversation
+        "message_status",  # MessageRecord: an own message whose status changed
+        "typing",  # typing_indicator data
+        "read",  # messages_read data
+        "delivered",  # messages_delivered data
+        "conversation",  # conversation.created / conversation.updated data
+        "error",  # a server error not tied to a queued message, or an SDK error
+        "frame",  # every decoded frame received
+        "state",  # ChatState, after every change
+        "closed",  # {"code", "reason"}: the client has stopped for good
+    }
+)
+
+
+class _SessionLost(Exception):
+    """The current connection is gone; the outbox waits for the next one."""
+
+
+class _Session:
+    """One WebSocket connection. Attributes are only touched from the event loop."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.established = False  # set on connection.established
+        self.missed_heartbeats = 0
+        self.acks: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
+        self.sync_in_flight = False
+        self.sync_again = False
+        self.sync_sent: tuple[dict[str, int], dict[str, int]] | None = None  # cursors, last
+        self.sync_count = 0
+        self.lost = False
+
+
+class ChatClient:
+    """A Parley client: connection, offline queue, state, events.
+
+    Give ``token`` (a JWT) or ``token_provider`` (an async callable returning a fresh
+    JWT; called before the first connection and after every 4003), or both.
+    ``queue_path`` is the SQLite file of the offline queue (``None``: in memory only).
+    With ``history=False`` the client skips the messages that existed before it first
+    saw a conversation (a bot's choice); by default it syncs whole histories.
+
+    Listeners (``on``) may be plain functions or coroutine functions; the latter run as
+    tasks. A listener's exception is logged and never breaks the client.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        queue_path: str | Path | None = None,
+        heartbeat_interval: float = 30.0,
+        max_missed_heartbeats: int = 3,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        backoff_jitter: float = 0.25,
+        retry_delay: float = 1.0,
+        max_retries: int = 3,
+        ack_timeout: float = 10.0,
+        open_timeout: float = 10.0,
+        history: bool = True,
+        token_in_query: bool = False,
+    ) -> None:
+        if max_retries < 1:
+            raise ValueError("max_retries must be at least 1")
+        self.url = url
+        self._token = token
+        self._token_provider = token_provider
+        self._heartbeat_interval = heartbeat_interval
+        self._max_missed = max_missed_heartbeats
+        self._backoff = Backoff(backoff_base, backoff_cap, backoff_jitter)
+        self._retry_delay = retry_delay
+        self._max_retries = max_retries
+        self._ack_timeout = ack_timeout
+        self._open_timeout = open_timeout
+        self._history = history
+        self._token_in_query = token_in_query
+
+        self._state = st.initial_state()
+        self._listeners: dict[str, list[Listener]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._predicates: list[tuple[Callable[[st.ChatState], bool], asyncio.Future[None]]] = []
+
+        self._queue = OfflineQueue(queue_path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._session: _Session | None = None  # the established connection, if any
+        self._closing = False
+        self._closed = False
+        self._stop_error: ClientError | None = None
+        self._connected_waiters: list[asyncio.Future[None]] = []
+        self._send_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._outbox_wakeup: asyncio.Event | None = None
+        self._wakeup: asyncio.Event | None = None  # interrupts the backoff sleep
+        self._baselined: set[str] = set()  # conversations whose start point is fixed
+        self._pending_delivered: dict[str, list[str]] = {}
+        self._pending_read: dict[str, list[str]] = {}
+        self._caught_up = False
+        self.stats = {"connections": 0, "syncs": 0, "resends": 0, "token_refreshes": 0}
+
+        entries = self._queue.entries()
+        if entries:
+            self._dispatch(st.queue_loaded(entries))
+
+    # -- public API ----------------------------------------------------------------
+    @property
+    def state(self) -> st.ChatState:
+        """The current state (the seed's store shape). Read it; never mutate it."""
+        return self._state
+
+    @property
+    def user_id(self) -> str | None:
+        return self._state["connection"]["userId"]
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    @property
+    def caught_up(self) -> bool:
+        """Connected, and holding every message the server has announced."""
+        return self._session is not None and self._caught_up
+
+    def on(self, event: str, callback: Listener) -> Callable[[], None]:
+        """Call ``callback(data)`` on ``event`` (see ``EVENTS``); returns an unsubscribe."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; one of {sorted(EVENTS)}")
+        self._listeners.setdefault(event, []).append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.get(event, []).remove(callback)
+
+        return unsubscribe
+
+    async def connect(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Start connecting (and reconnecting, until ``close``).
+
+        With ``wait`` (the default), return once the server has sent
+        ``connection.established``; raise ``AuthenticationError`` / ``AccessDenied`` if
+        it refused for good, ``TimeoutError`` after ``timeout`` seconds (the client keeps
+        trying in the background). Failures that may pass (server down, network) are
+        retried with backoff, not raised.
+        """
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._outbox_wakeup is None:
+            self._outbox_wakeup = asyncio.Event()
+            self._wakeup = asyncio.Event()
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="parley-client")
+        if not wait or self._session is not None:
+            return
+        if self._stop_error is not None:
+            raise self._stop_error
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._connected_waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            if fut in self._connected_waiters:
+                self._connected_waiters.remove(fut)
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and stop. Queued messages stay on disk."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(CloseCode.NORMAL, "client closing"), 5.0)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        self._closed = True
+        self._stop(ClientClosed("the client is closed"))
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._io(self._queue.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> ChatClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send_message(
+        self,
+        conversation_id: str,
+        content: str,
+        reply_to: str | None = None,
+        attachments: Sequence[Mapping[str, Any]] | None = None,
+    ) -> st.MessageRecord:
+        """Send a message; return its record.
+
+        The message is queued on disk first. While connected this waits for the
+        outcome and returns the record ``sent`` (or better), or ``failed`` with the
+        server's ``error`` after ``max_retries`` tries ``retry_delay`` apart (errors no
+        retry can cure fail at once; ``RATE_LIMITED`` waits ``retry_after_ms`` and does
+        not count as a try). While disconnected — or if the connection drops before the
+        ack — it returns the record still ``sending``: the queue delivers it after the
+        next connect. Later status changes arrive as ``"message_status"`` events.
+        """
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        entry: st.QueuedMessage = {
+            "action": "send_message",
+            "conversation_id": str(conversation_id),
+            "content": content,
+            "local_id": new_local_id(),
+        }
+        if reply_to is not None:
+            entry["reply_to"] = str(reply_to)
+        if attachments:
+            entry["attachments"] = [dict(a) for a in attachments]
+        await self._io(self._queue.put, entry)
+        self._dispatch(st.send_message(entry))
+        return await self._await_outcome(entry["local_id"])
+
+    async def retry(self, local_id: str) -> st.MessageRecord:
+        """Send a ``failed`` own message again (same ``local_id``); as ``send_message``."""
+        rec = self._record(local_id)
+        if rec["status"] != st.MessageStatus.FAILED:
+            return rec
+        self._dispatch(st.retry_message(local_id))
+        entry = next(e for e in self._state["messageQueue"] if e["local_id"] == local_id)
+        await self._io(self._queue.put, entry)
+        return await self._await_outcome(local_id)
+
+    async def typing(self, conversation_id: str, is_typing: bool = True) -> bool:
+        """Tell the others whether the user is typing; False if not connected (dropped)."""
+        return await self._send_now(
+            {"action": "typing", "conversation_id": str(conversation_id), "is_typing": is_typing}
+        )
+
+    async def mark_read(
+        self, conversation_id: str, message_ids: Sequence[str] | None = None
+    ) -> None:
+        """Mark messages read (default: up to the newest message held).
+
+        Sent at once if connected, else kept and sent after the next connect.
+        """
+        cid = str(conversation_id)
+        if message_ids is None:
+            synced = self._state["conversations"]["byId"].get(cid)
+            held = st.messages_between(self._state, cid, 0, synced["synced_seq"] if synced else 0)
+            message_ids = [held[-1]["id"]] if held and held[-1]["id"] else []
+        ids = [str(m) for m in message_ids]
+        if not ids:
+            return
+        self._pending_read[cid] = [*self._pending_read.get(cid, []), *ids]
+        session = self._session
+        if session is not None:
+            with contextlib.suppress(_SessionLost):
+                await self._flush_receipts(session)
+
+    def message(self, message_id: str) -> st.MessageRecord | None:
+        """The record with server id or own ``local_id`` ``message_id``, if held."""
+        return st.find_message(self._state, message_id)
+
+    def messages(self, conversation_id: str) -> list[st.MessageRecord]:
+        """The conversation's messages held, in ``seq`` order, then own pending ones."""
+        return st.conversation_messages(self._state, str(conversation_id))
+
+    async def wait_for(
+        self, predicate: Callable[[st.ChatState], bool], timeout: float | None = None
+    ) -> st.ChatState:
+        """Wait until ``predicate(state)`` holds (checked now and after every change)."""
+        if predicate(self._state):
+            return self._state
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        item = (predicate, fut)
+        self._predicates.append(item)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if item in self._predicates:
+                self._predicates.remove(item)
+        return self._state
+
+    async def wait_for_event(
+        self,
+        event: str,
+        predicate: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The data of the next ``event`` for which ``predicate`` holds."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def listener(data: Any) -> None:
+            if not fut.done() and (predicate is None or predicate(data)):
+                fut.set_result(data)
+
+        unsubscribe = self.on(event, listener)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            unsubscribe()
+
+    # -- state and events ------------------------------------------------------------
+    def _dispatch(self, action: st.Action) -> None:
+        old = self._state
+        new, changed = st.reduce_with_changes(old, action)
+        if new is old:
+            return
+        self._state = new
+        for key in changed:
+            rec = new["messages"]["byId"].get(key)
+            if rec is not None:
+                self._emit("message_status", rec)
+        if new["conversations"]["byId"] is not old["conversations"]["byId"]:
+            self._emit_contiguous(old, new, action)
+        self._emit("state", new)
+        if self._predicates:
+            for predicate, fut in list(self._predicates):
+                if not fut.done():
+                    try:
+                        if predicate(new):
+                            fut.set_result(None)
+                    except Exception as exc:
+                        fut.set_exception(exc)
+
+    def _emit_contiguous(self, old: st.ChatState, new: st.ChatState, action: st.Action) -> None:
+        old_convs = old["conversations"]["byId"]
+        skipped = action["payload"] if action["type"] == st.HISTORY_SKIPPED else None
+        self_id = new["connection"]["userId"]
+        for cid, conv in new["conversations"]["byId"].items():
+            prev = old_convs.get(cid)
+            lo = prev["synced_seq"] if prev is not None else 0
+            if conv["synced_seq"] <= lo:
+                continue
+            if skipped is not None and skipped["conversation_id"] == cid:
+                lo = max(lo, int(skipped["seq"]))
+            for rec in st.messages_between(new, cid, lo, conv["synced_seq"]):
+                if rec["sender_id"] != self_id and rec["id"] is not None:
+                    self._pending_delivered.setdefault(cid, []).append(rec["id"])
+                self._emit("message", rec)
+
+    def _emit(self, event: str, data: Any) -> None:
+        for callback in list(self._listeners.get(event, ())):
+            try:
+                result = callback(data)
+            except Exception:
+                log.exception("listener for %r failed", event)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("listener task failed", exc_info=task.exception())
+
+    def _record(self, local_id: str) -> st.MessageRecord:
+        rec = st.find_message(self._state, local_id)
+        if rec is None:
+            raise KeyError(local_id)
+        return rec
+
+    # -- blocking I/O off the loop ------------------------------------------------------
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="parley-queue")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- sending -----------------------------------------------------------------------
+    async def _await_outcome(self, local_id: str) -> st.MessageRecord:
+        if self._session is not None and self._outbox_wakeup is not None:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._send_waiters.setdefault(local_id, []).append(fut)
+            self._outbox_wakeup.set()
+            await fut
+        elif self._outbox_wakeup is not None:
+            self._outbox_wakeup.set()
+        return self._record(local_id)
+
+    def _release_waiters(self, local_id: str | None = None) -> None:
+        """Let ``send_message`` calls return (all of them when ``local_id`` is None)."""
+        keys = list(self._send_waiters) if local_id is None else [local_id]
+        for key in keys:
+            for fut in self._send_waiters.pop(key, []):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _send(self, session: _Session, frame: Mapping[str, Any]) -> None:
+        try:
+            await session.ws.send(json.dumps(frame, separators=(",", ":")))
+        except ConnectionClosed as exc:
+            raise _SessionLost from exc
+
+    async def _send_now(self, frame: Mapping[str, Any]) -> bool:
+        session = self._session
+        if session is None:
+            return False
+        try:
+            await self._send(session, frame)
+        except _SessionLost:
+            return False
+        return True
+
+    def _is_queued(self, local_id: str) -> bool:
+        return any(e["local_id"] == local_id for e in self._state["messageQueue"])
+
+    async def _outbox(self, session: _Session) -> None:
+        """Send the queue, oldest first, one message at a time, for this connection."""
+        assert self._outbox_wakeup is not None
+        try:
+            while True:
+                self._outbox_wakeup.clear()
+                queue = self._state["messageQueue"]
+                if not queue:
+                    await self._outbox_wakeup.wait()
+                    continue
+                await self._deliver(session, queue[0])
+        except _SessionLost:
+            pass
+
+    async def _deliver(self, session: _Session, entry: st.QueuedMessage) -> None:
+        lid = entry["local_id"]
+        tries = 0
+        while self._is_queued(lid):
+            fut: asyncio.Future[Mapping[str, Any] | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            session.acks[lid] = fut
+            try:
+                await self._send(session, entry)
+                tries += 1
+                try:
+                    error = await asyncio.wait_for(fut, self._ack_timeout)
+                except TimeoutError:
+                    # The server answers every send; silence means the link is dead.
+                    log.warning("no ack within %.1fs; reconnecting", self._ack_timeout)
+                    self._abort(session)
+                    raise _SessionLost from None
+            finally:
+                session.acks.pop(lid, None)
+            if error is None:
+                return
+            code = error.get("code")
+            delay = self._retry_delay
+            if code == ErrorCode.RATE_LIMITED:
+                tries -= 1
+                delay = max(delay, float(error.get("retry_after_ms") or 0) / 1000.0)
+            elif code in PERMANENT_ERRORS or tries >= self._max_retries:
+                await self._fail(lid, error)
+                return
+            self.stats["resends"] += 1
+            await asyncio.sleep(delay)
+            if session.lost:
+                raise _SessionLost
+
+    async def _fail(self, local_id: str, error: Mapping[str, Any]) -> None:
+        self._dispatch(st.message_failed(local_id, error))
+        await self._io(self._queue.remove, local_id)
+        self._release_waiters(local_id)
+
+    # -- connection supervisor ------------------------------------------------------------
+    def _ws_url(self, token: str | None) -> str:
+        if token is None or not self._token_in_query:
+            return self.url
+        parts = urllib.parse.urlsplit(self.url)
+        query = urllib.parse.parse_qsl(parts.query)
+        query = [(k, v) for k, v in query if k != "token"] + [("token", token)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    async def _get_token(self, refresh: bool) -> str | None:
+        if self._token_provider is not None and (refresh or self._token is None):
+            self._token = await self._token_provider()
+            if refresh:
+                self.stats["token_refreshes"] += 1
+        return self._token
+
+    async def _run(self) -> None:
+        attempt = 0
+        refresh = False
+        while not self._closing:
+            self._dispatch(st.connect())
+            code: int | None = None
+            reason: str | None = None
+            established = False
+            try:
+                token = await self._get_token(refresh)
+                refresh = False
+                headers = {}
+                if token is not None and not self._token_in_query:
+                    headers["Authorization"] = f"Bearer {token}"
+                ws = await ws_connect(
+                    self._ws_url(token),
+                    additional_headers=headers,
+                    open_timeout=self._open_timeout,
+                    ping_interval=None,  # the protocol's heartbeat does this job
+                    close_timeout=5.0,
+                    max_size=16 * 1024 * 1024,
+                )
+            except asyncio.CancelledError:
+                raise
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                code, reason = None, f"HTTP {status}"
+                if status == 401:
+                    code = CloseCode.UNAUTHORIZED
+                elif status == 403:
+                    code = CloseCode.ACCESS_DENIED
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                log.debug("connect failed: %s", reason)
+            else:
+                self._ws = ws
+                try:
+                    established = await self._serve(ws)
+                finally:
+                    self._ws = None
+                code, reason = ws.close_code, ws.close_reason
+            if established:
+                attempt = 0
+            self._dispatch(st.disconnected(code, reason))
+            self._emit("disconnected", {"code": code, "reason": reason})
+            if self._closing:
+                break
+            if code == CloseCode.ACCESS_DENIED:
+                self._stop(AccessDenied(reason or "access denied"), code, reason)
+                return
+            if code == CloseCode.NORMAL:
+                self._stop(ClientClosed("the server closed the connection"), code, reason)
+                return
+            delay = self._backoff.delay(attempt)
+            if code == CloseCode.UNAUTHORIZED:
+                if self._token_provider is None:
+                    self._stop(AuthenticationError(reason or "token refused"), code, reason)
+                    return
+                refresh = True
+                if established:
+                    delay = 0.0  # the token expired in use: come straight back
+            attempt += 1
+            self._emit("reconnecting", {"attempt": attempt, "delay": delay})
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        if delay > 0 and not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+
+    def _stop(
+        self, error: ClientError, code: int | None = None, reason: str | None = None
+    ) -> None:
+        """Stop for good (terminal close code, or ``close``)."""
+        if self._stop_error is None:
+            self._stop_error = error
+            self._emit("closed", {"code": code, "reason": reason})
+        for fut in self._connected_waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        self._connected_waiters.clear()
+        self._release_waiters()
+        for _predicate, fut in self._predicates:
+            if not fut.done():
+                fut.set_exception(ClientClosed(str(error)))
+
+    def _abort(self, session: _Session) -> None:
+        session.lost = True
+        session.ws.transport.abort()
+
+    async def _serve(self, ws: ClientConnection) -> bool:
+        """Run one connection until it closes; True if it was established."""
+        session = _Session(ws)
+        self.stats["connections"] += 1
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._heartbeat(session), name="parley-heartbeat")
+        ]
+        try:
+            async for raw in ws:
+                frame = _decode(raw)
+                if frame is None:
+                    log.warning("ignoring a frame that is not a JSON object")
+                    continue
+                try:
+                    if not session.established:
+                        if frame.get("type") != "connection.established":
+                            self._emit("frame", frame)
+                            self._route(session, frame)
+                            continue
+                        await self._on_established(session, frame.get("data") or {})
+                        tasks.append(
+                            asyncio.create_task(self._outbox(session), name="parley-outbox")
+                        )
+                        continue
+                    await self._handle(session, frame)
+                except _SessionLost:
+                    break
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("bad %r frame: %r", frame.get("type"), exc)
+                    self._emit("error", {"code": "BAD_FRAME", "message": repr(exc)})
+        except ConnectionClosed:
+            pass
+        finally:
+            session.lost = True
+            if self._session is session:
+                self._session = None
+            self._caught_up = False
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for fut in session.acks.values():
+                if not fut.done():
+                    fut.cancel()
+            self._release_waiters()
+            if ws.state.name != "CLOSED":
+                ws.transport.abort()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.wait_closed(), 5.0)
+        return session.established
+
+    async def _heartbeat(self, session: _Session) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self._heartbeat_interval)
+                if session.missed_heartbeats >= self._max_missed:
+                    log.warning("%d heartbeats unanswered; reconnecting", self._max_missed)
+                    self._abort(session)
+                    return
+                session.missed_heartbeats += 1
+                await self._send(session, {"action": "heartbeat"})
+        except _SessionLost:
+            pass
+
+    # -- incoming frames ------------------------------------------------------------------
+    async def _on_established(self, session: _Session, data: Mapping[str, Any]) -> None:
+        self._dispatch(st.connection_established(data))
+        session.established = True
+        self._session = session
+        self._baseline()
+        self._emit("connected", data)
+        for fut in self._connected_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._connected_waiters.clear()
+        await self._flush_receipts(session)
+        await self._request_sync(session)
+
+    def _baseline(self) -> None:
+        """Fix where each newly seen conversation starts (``history=False``: now)."""
+        for cid, conv in self._state["conversations"]["byId"].items():
+            if cid in self._baselined or not conv["active"]:
+                continue
+            self._baselined.add(cid)
+            if not self._history and conv["last_seq"] > conv["synced_seq"]:
+                self._dispatch(st.history_skipped(cid, conv["last_seq"]))
+
+    async def _handle(self, session: _Session, frame: Mapping[str, Any]) -> None:
+        self._emit("frame", frame)
+        kind = frame.get("type")
+        if kind == "chat_message":
+            await self._on_chat_message(session, frame["message"])
+        elif kind == "heartbeat_ack":
+            session.missed_heartbeats = 0
+        elif kind == "sync.complete":
+            await self._on_sync_complete(session, frame.get("data") or {})
+        elif kind in ("messages_read", "messages_delivered"):
+            data = frame["data"]
+            receipt = "read" if kind == "messages_read" else "delivered"
+            self._dispatch(st.receipt_received(receipt, data))
+            self._emit(receipt, data)
+        elif kind == "typing_indicator":
+            self._dispatch(st.typing_received(frame["data"]))
+            self._emit("typing", frame["data"])
+        elif kind in ("conversation.created", "conversation.updated"):
+            self._dispatch(st.conversation_updated(frame["data"]))
+            self._baseline()
+            self._emit("conversation", frame["data"])
+            if st.gaps(self._state):
+                await self._request_sync(session)
+        else:
+            self._route(session, frame)
+        if not session.sync_in_flight:
+            await self._flush_receipts(session)
+
+    def _route(self, session: _Session, frame: Mapping[str, Any]) -> None:
+        """Errors: to the send waiting for them, else to ``"error"`` listeners."""
+        if frame.get("type") != "error":
+            return
+        error = frame.get("error") or {}
+        lid = error.get("local_id")
+        fut = session.acks.get(str(lid)) if lid is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(error)
+            return
+        request_id = str(error.get("request_id") or "")
+        if request_id.startswith("sync-") and session.sync_in_flight:
+            session.sync_in_flight = False
+            session.sync_again = False
+        self._emit("error", error)
+
+    async def _on_chat_message(self, session: _Session, message: Mapping[str, Any]) -> None:
+        lid = message.get("local_id")
+        lid = str(lid) if lid is not None else None
+        was_queued = lid is not None and self._is_queued(lid)
+        self._dispatch(st.message_received(message))
+        if lid is not None:
+            if was_queued and not self._is_queued(lid):
+                await self._io(self._queue.remove, lid)
+            fut = session.acks.get(lid)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            self._release_waiters(lid)
+        cid = str(message["conversation_id"])
+        conv = self._state["conversations"]["byId"][cid]
+        if cid not in self._baselined:
+            self._baselined.add(cid)
+        if conv["synced_seq"] < conv["last_seq"]:
+            self._caught_up = False
+            await self._request_sync(session)
+
+    async def _request_sync(self, session: _Session) -> None:
+        if session.sync_in_flight:
+            session.sync_again = True
+            return
+        cursors = st.sync_cursors(self._state)
+        last = {c: v["last_seq"] for c, v in self._state["conversations"]["byId"].items()}
+        session.sync_in_flight = True
+        session.sync_again = False
+        session.sync_sent = (cursors, last)
+        session.sync_count += 1
+        self.stats["syncs"] += 1
+        await self._send(
+            session,
+            {"action": "sync", "cursors": cursors, "request_id": f"sync-{session.sync_count}"},
+        )
+
+    async def _on_sync_complete(self, session: _Session, data: Mapping[str, Any]) -> None:
+        self._dispatch(st.sync_completed(data))
+        session.sync_in_flight = False
+        again, session.sync_again = session.sync_again, False
+        has_more = any((v or {}).get("has_more") for v in (data.get("conversations") or {}).values())
+        self._baseline()
+        if has_more or again or st.gaps(self._state):
+            before_cursors, before_last = session.sync_sent or ({}, {})
+            after_last = {c: v["last_seq"] for c, v in self._state["conversations"]["byId"].items()}
+            if st.sync_cursors(self._state) != before_cursors or after_last != before_last:
+                await self._request_sync(session)
+                return
+            # The server announced messages that sync does not return: do not spin.
+            log.warning("sync made no progress; gaps remain: %s", st.gaps(self._state))
+            self._emit("error", {"code": "SYNC_STALLED", "message": "sync made no progress"})
+            return
+        self._caught_up = True
+        self._emit("synced", {})
+
+    async def _flush_receipts(self, session: _Session) -> None:
+        for action, pending in (
+            ("mark_delivered", self._pending_delivered),
+            ("mark_read", self._pending_read),
+        ):
+            while pending:
+                cid, ids = next(iter(pending.items()))
+                await self._send(
+                    session, {"action": action, "conversation_id": cid, "message_ids": ids}
+                )
+                if pending.get(cid) is ids:
+                    del pending[cid]
+                else:  # more arrived while sending
+                    pending[cid] = pending[cid][len(ids) :]
+
+
+def new_local_id() -> str:
+    """A fresh ``local_id``: never all digits, so never mistaken for a server id."""
+    return f"py_{uuid.uuid4().hex}"
+
+
+def _decode(raw: str | bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
