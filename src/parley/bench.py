@@ -210,8 +210,7 @@ class WsClient(asyncio.Protocol):
         self.inbox.put_nowait(payload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,0 +1,49 @@
+"""The Python client SDK (SPEC §7): ``ChatClient`` on asyncio.
+
+::
+
+    from parley.client import ChatClient
+
+    async with ChatClient("ws://127.0.0.1:8000/ws", token=jwt, queue_path="outbox.db") as c:
+        c.on("message", lambda m: print(m["sender_id"], m["content"]))
+        record = await c.send_message("1", "hello")
+
+Modules: ``client`` (the connection and its I/O), ``state`` (the seed's store shape and
+its pure reducer), ``queue`` (the SQLite offline queue), ``backoff`` (reconnect delays),
+``errors``. See ``docs/python-client.md``.
+"""
+
+from parley.client.backoff import Backoff
+from parley.client.client import EVENTS, ChatClient, new_local_id
+from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.queue import OfflineQueue
+from parley.client.state import (
+    Action,
+    ChatState,
+    ConversationRecord,
+    MessageRecord,
+    QueuedMessage,
+    initial_state,
+    reduce,
+)
+from parley.codes import MessageStatus
+
+__all__ = [
+    "EVENTS",
+    "AccessDenied",
+    "Action",
+    "AuthenticationError",
+    "Backoff",
+    "ChatClient",
+    "ChatState",
+    "ClientClosed",
+    "ClientError",
+    "ConversationRecord",
+    "MessageRecord",
+    "MessageStatus",
+    "OfflineQueue",
+    "QueuedMessage",
+    "initial_state",
+    "new_local_id",
+    "reduce",
+]

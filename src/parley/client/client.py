@@ -36,12 +36,13 @@ from typing import Any, TypeVar
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from parley.client import state as st
 from parley.client.backoff import Backoff
 from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
 from parley.client.queue import OfflineQueue
-from parley.codes import CloseCode, ErrorCode
+from parley.codes import CloseCode, ErrorCode, MessageStatus
 
 log = logging.getLogger("parley.client")
 
@@ -58,6 +59,8 @@ PERMANENT_ERRORS = frozenset(
         ErrorCode.PAYLOAD_TOO_LARGE,
     }
 )
+
+RECEIPT_BATCH = 100  # message ids per mark_delivered / mark_read frame
 
 EVENTS = frozenset(
     {
@@ -160,8 +163,8 @@ class ChatClient:
         self._stop_error: ClientError | None = None
         self._connected_waiters: list[asyncio.Future[None]] = []
         self._send_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._outbox_wakeup: asyncio.Event | None = None
-        self._wakeup: asyncio.Event | None = None  # interrupts the backoff sleep
+        self._outbox_wakeup = asyncio.Event()  # set when the queue may have work
+        self._wakeup = asyncio.Event()  # interrupts the backoff sleep
         self._baselined: set[str] = set()  # conversations whose start point is fixed
         self._pending_delivered: dict[str, list[str]] = {}
         self._pending_read: dict[str, list[str]] = {}
@@ -203,21 +206,19 @@ class ChatClient:
 
         return unsubscribe
 
-    async def connect(self, *, wait: bool = True, timeout: float | None = None) -> None:
+    async def connect(self, *, wait: bool = True) -> None:
         """Start connecting (and reconnecting, until ``close``).
 
         With ``wait`` (the default), return once the server has sent
         ``connection.established``; raise ``AuthenticationError`` / ``AccessDenied`` if
-        it refused for good, ``TimeoutError`` after ``timeout`` seconds (the client keeps
-        trying in the background). Failures that may pass (server down, network) are
-        retried with backoff, not raised.
+        it refused for good. Failures that may pass (server down, network) are retried
+        with backoff, not raised: bound the wait with ``asyncio.timeout`` if needed (the
+        client keeps trying in the background).
         """
         if self._closed:
             raise ClientClosed("the client is closed")
-        if self._outbox_wakeup is None:
-            self._outbox_wakeup = asyncio.Event()
-            self._wakeup = asyncio.Event()
-        if self._runner is None:
+        if self._runner is None or self._runner.done():
+            self._stop_error = None
             self._runner = asyncio.create_task(self._run(), name="parley-client")
         if not wait or self._session is not None:
             return
@@ -226,7 +227,7 @@ class ChatClient:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._connected_waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await fut
         finally:
             if fut in self._connected_waiters:
                 self._connected_waiters.remove(fut)
@@ -236,16 +237,17 @@ class ChatClient:
         if self._closed:
             return
         self._closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        ws = self._ws
-        if ws is not None:
+        self._wakeup.set()
+        runner, ws = self._runner, self._ws
+        if runner is not None and ws is not None:
+            # Close politely and let the connection wind down on its own.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(CloseCode.NORMAL, "client closing"), 5.0)
-        if self._runner is not None:
-            self._runner.cancel()
+            await asyncio.wait({runner}, timeout=5.0)
+        if runner is not None and not runner.done():
+            runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+                await runner
         self._closed = True
         self._stop(ClientClosed("the client is closed"))
         tasks = [t for t in self._tasks if not t.done()]
@@ -301,7 +303,7 @@ class ChatClient:
     async def retry(self, local_id: str) -> st.MessageRecord:
         """Send a ``failed`` own message again (same ``local_id``); as ``send_message``."""
         rec = self._record(local_id)
-        if rec["status"] != st.MessageStatus.FAILED:
+        if rec["status"] != MessageStatus.FAILED:
             return rec
         self._dispatch(st.retry_message(local_id))
         entry = next(e for e in self._state["messageQueue"] if e["local_id"] == local_id)
@@ -344,7 +346,9 @@ class ChatClient:
         return st.conversation_messages(self._state, str(conversation_id))
 
     async def wait_for(
-        self, predicate: Callable[[st.ChatState], bool], timeout: float | None = None
+        self,
+        predicate: Callable[[st.ChatState], bool],
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors asyncio.wait_for
     ) -> st.ChatState:
         """Wait until ``predicate(state)`` holds (checked now and after every change)."""
         if predicate(self._state):
@@ -363,7 +367,7 @@ class ChatClient:
         self,
         event: str,
         predicate: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - mirrors asyncio.wait_for
     ) -> Any:
         """The data of the next ``event`` for which ``predicate`` holds."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -448,13 +452,11 @@ class ChatClient:
 
     # -- sending -----------------------------------------------------------------------
     async def _await_outcome(self, local_id: str) -> st.MessageRecord:
-        if self._session is not None and self._outbox_wakeup is not None:
+        self._outbox_wakeup.set()
+        if self._session is not None:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._send_waiters.setdefault(local_id, []).append(fut)
-            self._outbox_wakeup.set()
             await fut
-        elif self._outbox_wakeup is not None:
-            self._outbox_wakeup.set()
         return self._record(local_id)
 
     def _release_waiters(self, local_id: str | None = None) -> None:
@@ -486,7 +488,6 @@ class ChatClient:
 
     async def _outbox(self, session: _Session) -> None:
         """Send the queue, oldest first, one message at a time, for this connection."""
-        assert self._outbox_wakeup is not None
         try:
             while True:
                 self._outbox_wakeup.clear()
@@ -620,15 +621,12 @@ class ChatClient:
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:
-        assert self._wakeup is not None
         self._wakeup.clear()
         if delay > 0 and not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 
-    def _stop(
-        self, error: ClientError, code: int | None = None, reason: str | None = None
-    ) -> None:
+    def _stop(self, error: ClientError, code: int | None = None, reason: str | None = None) -> None:
         """Stop for good (terminal close code, or ``close``)."""
         if self._stop_error is None:
             self._stop_error = error
@@ -673,8 +671,9 @@ class ChatClient:
                     await self._handle(session, frame)
                 except _SessionLost:
                     break
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("bad %r frame: %r", frame.get("type"), exc)
+                except Exception as exc:
+                    # A peer's bad frame must not end the client.
+                    log.exception("could not handle a %r frame", frame.get("type"))
                     self._emit("error", {"code": "BAD_FRAME", "message": repr(exc)})
         except ConnectionClosed:
             pass
@@ -690,7 +689,7 @@ class ChatClient:
                 if not fut.done():
                     fut.cancel()
             self._release_waiters()
-            if ws.state.name != "CLOSED":
+            if ws.state is not State.CLOSED:
                 ws.transport.abort()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.wait_closed(), 5.0)
@@ -743,7 +742,7 @@ class ChatClient:
             await self._on_sync_complete(session, frame.get("data") or {})
         elif kind in ("messages_read", "messages_delivered"):
             data = frame["data"]
-            receipt = "read" if kind == "messages_read" else "delivered"
+            receipt: st.ReceiptKind = "read" if kind == "messages_read" else "delivered"
             self._dispatch(st.receipt_received(receipt, data))
             self._emit(receipt, data)
         elif kind == "typing_indicator":
@@ -779,6 +778,12 @@ class ChatClient:
     async def _on_chat_message(self, session: _Session, message: Mapping[str, Any]) -> None:
         lid = message.get("local_id")
         lid = str(lid) if lid is not None else None
+        cid = str(message["conversation_id"])
+        if cid not in self._baselined:
+            # A conversation first seen through one of its messages.
+            self._baselined.add(cid)
+            if not self._history:
+                self._dispatch(st.history_skipped(cid, int(message["seq"]) - 1))
         was_queued = lid is not None and self._is_queued(lid)
         self._dispatch(st.message_received(message))
         if lid is not None:
@@ -788,10 +793,7 @@ class ChatClient:
             if fut is not None and not fut.done():
                 fut.set_result(None)
             self._release_waiters(lid)
-        cid = str(message["conversation_id"])
         conv = self._state["conversations"]["byId"][cid]
-        if cid not in self._baselined:
-            self._baselined.add(cid)
         if conv["synced_seq"] < conv["last_seq"]:
             self._caught_up = False
             await self._request_sync(session)
@@ -816,7 +818,9 @@ class ChatClient:
         self._dispatch(st.sync_completed(data))
         session.sync_in_flight = False
         again, session.sync_again = session.sync_again, False
-        has_more = any((v or {}).get("has_more") for v in (data.get("conversations") or {}).values())
+        has_more = any(
+            (v or {}).get("has_more") for v in (data.get("conversations") or {}).values()
+        )
         self._baseline()
         if has_more or again or st.gaps(self._state):
             before_cursors, before_last = session.sync_sent or ({}, {})
@@ -837,14 +841,17 @@ class ChatClient:
             ("mark_read", self._pending_read),
         ):
             while pending:
-                cid, ids = next(iter(pending.items()))
+                cid, queued = next(iter(pending.items()))
+                ids = queued[:RECEIPT_BATCH]
                 await self._send(
                     session, {"action": action, "conversation_id": cid, "message_ids": ids}
                 )
-                if pending.get(cid) is ids:
+                # Lists only grow at the end, also while the frame was being sent.
+                rest = pending[cid][len(ids) :]
+                if rest:
+                    pending[cid] = rest
+                else:
                     del pending[cid]
-                else:  # more arrived while sending
-                    pending[cid] = pending[cid][len(ids) :]
 
 
 def new_local_id() -> str:
