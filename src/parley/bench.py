@@ -98,6 +98,23 @@ class Histogram:
         self.total += other.total
         self.max = max(self.max, other.max)
 
+    def copy(self) -> Histogram:
+        other = Histogram()
+        other.counts = list(self.counts)
+        other.count, other.total, other.max = self.count, self.total, self.max
+        return other
+
+    def since(self, earlier: Histogram) -> Histogram:
+        """The values recorded after ``earlier`` (a ``copy()`` of this one) was taken."""
+        delta = Histogram()
+        delta.counts = [a - b for a, b in zip(self.counts, earlier.counts, strict=True)]
+        delta.count, delta.total, delta.max = (
+            self.count - earlier.count,
+            self.total - earlier.total,
+            self.max,
+        )
+        return delta
+
     @staticmethod
     def _value(index: int) -> float:
         if index < 128:
@@ -210,8 +227,8 @@ class WsClient(asyncio.Protocol):
         self.inbox.put_nowait(payload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        transport.write(self._request)
+        self.transport = transport  # type: ignore[assignment]  # uvloop: no Transport subclass
+        self.transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
@@ -559,7 +576,7 @@ class Bench:
         self.log = log
         self.dialect = make_dialect(config.protocol, config.url)
         self.stats = Stats()
-        self.interval = Histogram()  # delivery latencies since the last progress line
+        self.unmeasured = Histogram()  # delivery latencies outside the window, for progress
         self.conns: list[Conn] = []
         self.rooms: list[list[Conn]] = []
         self.tasks: set[asyncio.Task[None]] = set()  # reconnects in progress
@@ -727,9 +744,7 @@ class Bench:
                 stats.acked += 1
         else:
             self.counts[1] += 1
-            self.interval.record(latency)
-            if measured:
-                stats.delivery.record(latency)
+            (stats.delivery if measured else self.unmeasured).record(latency)
             if in_window:
                 stats.delivered += 1
         left = self.pending.get(payload.n)
@@ -754,18 +769,13 @@ class Bench:
         start = time.monotonic() + 0.2
         self.measure_from = start + cfg.warmup
         self.measure_to = self.measure_from + cfg.duration
-        period = len(senders) / cfg.rate if cfg.rate > 0 else math.inf
-        tasks = [
-            asyncio.create_task(self._send_loop(c, start + k / cfg.rate, period))
-            for k, c in enumerate(senders)
-        ]
+        sending = asyncio.create_task(self._send_all(senders, start))
         progress = asyncio.create_task(self._progress(start))
-        cpu0 = wall0 = 0.0
         await asyncio.sleep(max(0.0, self.measure_from - time.monotonic()))
         cpu0, wall0 = _cpu_seconds(), time.monotonic()
         await asyncio.sleep(max(0.0, self.measure_to - time.monotonic()))
         cpu1, wall1 = _cpu_seconds(), time.monotonic()
-        await asyncio.gather(*tasks)
+        await sending
         self.sending = False
         if self.pending:
             with contextlib.suppress(TimeoutError):
@@ -790,18 +800,27 @@ class Bench:
             conn.sender = True
         return chosen
 
-    async def _send_loop(self, conn: Conn, first: float, period: float) -> None:
-        due, end, burst = first, self.measure_to, 0
+    async def _send_all(self, senders: list[Conn], start: float) -> None:
+        """The timetable: message i is due at ``start + i / rate``, from sender i mod S.
+
+        One task sends everything that is due, then sleeps until the next due time; a
+        late wake-up sends the backlog at once, each message keeping its due time.
+        """
+        rate, end, count = self.config.rate, self.measure_to, len(senders)
+        i = 0
+        due = start
         while due < end:
             now = time.monotonic()
             if due > now:
-                burst = 0
                 await asyncio.sleep(due - now)
                 now = time.monotonic()
-            self._send(conn, due, now)
-            due += period
-            burst += 1
-            if burst % 32 == 0:  # far behind: let the readers run between bursts
+            burst = 0
+            while due <= now and due < end and burst < 256:
+                self._send(senders[i % count], due, now)
+                i += 1
+                burst += 1
+                due = start + i / rate
+            if burst == 256:  # far behind: let the readers run between bursts
                 await asyncio.sleep(0)
 
     def _send(self, conn: Conn, due: float, now: float) -> None:
@@ -824,6 +843,7 @@ class Bench:
     async def _progress(self, start: float) -> None:
         last = list(self.counts)
         last_cpu, last_t = _cpu_seconds(), time.monotonic()
+        seen, seen_unmeasured = self.stats.delivery.copy(), self.unmeasured.copy()
         while True:
             await asyncio.sleep(1.0)
             now, cpu = time.monotonic(), _cpu_seconds()
@@ -836,7 +856,9 @@ class Bench:
                 if now < self.measure_to
                 else "drain"
             )
-            interval, self.interval = self.interval, Histogram()
+            interval = self.stats.delivery.since(seen)
+            interval.merge(self.unmeasured.since(seen_unmeasured))
+            seen, seen_unmeasured = self.stats.delivery.copy(), self.unmeasured.copy()
             if self.config.progress:
                 self.log(
                     f"{now - start:6.1f}s {phase:<7} sent/s {rates[0]:8.0f}  "

@@ -120,6 +120,7 @@ class RedisBroker:
         self._health_changed = asyncio.Event()
         self._closing = False
         self._subscribed_once = False  # this connection got its SUBSCRIBE confirmed
+        self._publisher_stale = False  # set when the publisher must reconnect
 
     # -- Broker ----------------------------------------------------------------
     async def start(self, handler: Handler) -> None:
@@ -207,6 +208,7 @@ class RedisBroker:
         attempt = 0
         while True:
             client = self._client(socket_timeout=self._ping_interval)
+            self._publisher_stale = False
             try:
                 await client.ping()
                 attempt = 0
@@ -227,6 +229,8 @@ class RedisBroker:
     async def _drain(self, client: Redis) -> None:
         """Send buffered envelopes as pipelines until the connection fails."""
         while True:
+            if self._publisher_stale:
+                raise ConnectionError("the subscriber lost Redis; reconnecting too")
             if not self._buffer:
                 self._flushed.set()
                 self._wakeup.clear()
@@ -258,6 +262,11 @@ class RedisBroker:
             except _CONNECTION_ERRORS as exc:
                 log.debug("Redis subscriber: %r", exc)
             finally:
+                if self._subscriber_up:
+                    # An idle publishing connection would only find out at its next
+                    # write, losing that write; make it reconnect now as well.
+                    self._publisher_stale = True
+                    self._wakeup.set()
                 self._set_up(subscriber=False)
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await client.aclose()

@@ -396,14 +396,17 @@ class ChatClient:
         if new["conversations"]["byId"] is not old["conversations"]["byId"]:
             self._emit_contiguous(old, new, action)
         self._emit("state", new)
-        if self._predicates:
-            for predicate, fut in list(self._predicates):
-                if not fut.done():
-                    try:
-                        if predicate(new):
-                            fut.set_result(None)
-                    except Exception as exc:
-                        fut.set_exception(exc)
+        self._check_predicates()
+
+    def _check_predicates(self) -> None:
+        """Wake ``wait_for`` callers; called after every change of state or status."""
+        for predicate, fut in list(self._predicates):
+            if not fut.done():
+                try:
+                    if predicate(self._state):
+                        fut.set_result(None)
+                except Exception as exc:
+                    fut.set_exception(exc)
 
     def _emit_contiguous(self, old: st.ChatState, new: st.ChatState, action: st.Action) -> None:
         old_convs = old["conversations"]["byId"]
@@ -713,6 +716,7 @@ class ChatClient:
         self._dispatch(st.connection_established(data))
         session.established = True
         self._session = session
+        self._check_predicates()
         self._baseline()
         self._emit("connected", data)
         for fut in self._connected_waiters:
@@ -834,6 +838,7 @@ class ChatClient:
             return
         self._caught_up = True
         self._emit("synced", {})
+        self._check_predicates()
 
     async def _flush_receipts(self, session: _Session) -> None:
         for action, pending in (

@@ -135,11 +135,44 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reaper = asyncio.ensure_future(reap_slow_handshakes(runner, settings.handshake_timeout))
     await stop.wait()
+    reaper.cancel()
     log.info("shutting down: closing connections with 1001 and finishing commits")
     await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+async def reap_slow_handshakes(runner: web.AppRunner, timeout: float) -> None:
+    """Close connections that have not sent one complete HTTP request (the WebSocket
+    upgrade, or any other) within ``timeout`` seconds of connecting (slowloris)."""
+    if timeout <= 0:
+        return
+    first_seen: dict[object, float] = {}
+    period = min(1.0, timeout / 4)
+    while True:
+        await asyncio.sleep(period)
+        server = runner.server
+        if server is None:
+            continue
+        now = time.monotonic()
+        live = server.connections
+        for handler in live:
+            # aiohttp counts a request once its head is parsed; default 1 = never reap.
+            if getattr(handler, "_request_count", 1):
+                first_seen.pop(handler, None)
+                continue
+            since = first_seen.setdefault(handler, now)
+            if now - since > timeout:
+                log.info("closing a connection that sent no request in %.0fs", timeout)
+                handler.force_close()
+                if handler.transport is not None:
+                    handler.transport.abort()
+        if len(first_seen) > len(live):
+            alive = set(live)
+            for gone in [h for h in first_seen if h not in alive]:
+                del first_seen[gone]
 
 
 def run(settings: Settings) -> int:
