@@ -64,7 +64,10 @@ def test_check_type() -> None:
 
 def test_decode_base64() -> None:
     assert att.decode_base64(base64.b64encode(PNG).decode(), 1000) == PNG
-    assert att.decode_base64(base64.urlsafe_b64encode(b"\xfb\xff" * 10).decode(), 1000) == b"\xfb\xff" * 10
+    assert (
+        att.decode_base64(base64.urlsafe_b64encode(b"\xfb\xff" * 10).decode(), 1000)
+        == b"\xfb\xff" * 10
+    )
     assert att.decode_base64("data:image/png;base64," + base64.b64encode(PNG).decode(), 1000) == PNG
     with pytest.raises(att.AttachmentError) as info:
         att.decode_base64(base64.b64encode(b"x" * 2000).decode(), 1000)

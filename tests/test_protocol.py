@@ -25,7 +25,12 @@ SEED_SEND = {
 def test_seed_send_message_parses() -> None:
     cmd = p.parse_frame(json.dumps(SEED_SEND))
     assert isinstance(cmd, p.SendMessage)
-    assert (cmd.conversation_id, cmd.content, cmd.local_id, cmd.reply_to) == ("789", "Hello!", "temp_123", "456")
+    assert (cmd.conversation_id, cmd.content, cmd.local_id, cmd.reply_to) == (
+        "789",
+        "Hello!",
+        "temp_123",
+        "456",
+    )
     assert cmd.attachments is not None and cmd.attachments[0].filename == "photo.jpg"
 
 
@@ -33,8 +38,14 @@ def test_seed_send_message_parses() -> None:
     ("frame", "kind"),
     [
         ({"action": "typing", "conversation_id": "789", "is_typing": True}, p.Typing),
-        ({"action": "mark_read", "conversation_id": "789", "message_ids": ["901", "902"]}, p.MarkRead),
-        ({"action": "mark_delivered", "conversation_id": "789", "message_ids": ["901"]}, p.MarkDelivered),
+        (
+            {"action": "mark_read", "conversation_id": "789", "message_ids": ["901", "902"]},
+            p.MarkRead,
+        ),
+        (
+            {"action": "mark_delivered", "conversation_id": "789", "message_ids": ["901"]},
+            p.MarkDelivered,
+        ),
         ({"action": "heartbeat"}, p.Heartbeat),
         ({"action": "sync", "cursors": {"789": 42}}, p.Sync),
         ({"action": "sync"}, p.Sync),
@@ -96,9 +107,20 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
 
 def test_encoders() -> None:
     assert p.iso(0) == "1970-01-01T00:00:00.000Z"
-    err = json.loads(p.encode_error(ErrorCode.MESSAGE_FAILED, "Failed to send message", local_id="temp_123"))
-    assert err == {"type": "error", "error": {"code": "MESSAGE_FAILED", "message": "Failed to send message", "local_id": "temp_123"}}
-    msg = p.WireMessage("901", "789", 1, "123", "Hello!", "2023-12-01T12:00:00.000Z", "sent", None, [])
+    err = json.loads(
+        p.encode_error(ErrorCode.MESSAGE_FAILED, "Failed to send message", local_id="temp_123")
+    )
+    assert err == {
+        "type": "error",
+        "error": {
+            "code": "MESSAGE_FAILED",
+            "message": "Failed to send message",
+            "local_id": "temp_123",
+        },
+    }
+    msg = p.WireMessage(
+        "901", "789", 1, "123", "Hello!", "2023-12-01T12:00:00.000Z", "sent", None, []
+    )
     plain = json.loads(p.encode_chat_message(msg))
     assert plain["type"] == "chat_message" and "local_id" not in plain["message"]
     msg.local_id = "temp_123"
@@ -114,12 +136,19 @@ def test_encoders() -> None:
         st.binary(max_size=200),
         st.text(max_size=200),
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-            lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False)
+            | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=5)
+                | st.dictionaries(st.text(max_size=10), children, max_size=5)
+            ),
             max_leaves=30,
         ).map(lambda v: msgspec.json.encode(v)),
         st.fixed_dictionaries(
-            {"action": st.sampled_from(sorted(p.ACTIONS) + ["x"])},
+            {"action": st.sampled_from([*sorted(p.ACTIONS), "x"])},
             optional={
                 "conversation_id": st.one_of(st.text(max_size=70), st.integers()),
                 "content": st.one_of(st.text(), st.none()),
@@ -137,4 +166,11 @@ def test_any_input_is_a_command_or_a_protocol_error(data: bytes | str) -> None:
     except p.ProtocolError as exc:
         assert exc.code is ErrorCode.INVALID_MESSAGE and exc.message
     else:
-        assert type(cmd).__name__ in {"SendMessage", "Typing", "MarkRead", "MarkDelivered", "Heartbeat", "Sync"}
+        assert type(cmd).__name__ in {
+            "SendMessage",
+            "Typing",
+            "MarkRead",
+            "MarkDelivered",
+            "Heartbeat",
+            "Sync",
+        }

@@ -227,8 +227,10 @@ class WsClient(asyncio.Protocol):
         self.inbox.put_nowait(payload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop: no Transport subclass
-        self.transport.write(self._request)
+        # uvloop's TCP transport implements Transport without subclassing it
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp
+        tcp.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
@@ -420,9 +422,11 @@ class Dialect:
     async def setup_rooms(self, session: aiohttp.ClientSession, rooms: list[list[Conn]]) -> None:
         self.room_keys = [f"r{i}" for i in range(len(rooms))]
 
-    async def handshake(self, conn: Conn, ws: WsClient) -> None:
-        ws.send_text(_encode({"action": "join", "room": self.room_keys[conn.room]}))
-        await ws.expect(lambda frame: b'"joined"' in frame)
+    async def handshake(self, conn: Conn, ws: WsClient, join: bool) -> None:
+        """Wait until ``conn`` may send and receive (in its room, when ``join``)."""
+        if join:
+            ws.send_text(_encode({"action": "join", "room": self.room_keys[conn.room]}))
+            await ws.expect(lambda frame: b'"joined"' in frame)
 
     def send_frame(self, room: int, content: str, local_id: str) -> bytes:
         return _encode(
@@ -450,22 +454,29 @@ class ParleyDialect(Dialect):
         keys: list[str] = [""] * len(rooms)
         limit = asyncio.Semaphore(16)
 
-        async def create(i: int, members: list[Conn]) -> None:
-            owner = members[0]
-            body = {"member_ids": [m.user_id for m in members[1:]], "title": f"bench {i}"}
+        async def post(url: str, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
             async with limit:
-                async with session.post(
-                    api, json=body, headers={"Authorization": f"Bearer {owner.token}"}
-                ) as resp:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.post(url, json=body, headers=headers) as resp:
                     text = await resp.text()
                     if resp.status not in (200, 201):
-                        raise SetupError(f"POST {api} → {resp.status}: {text[:200]}")
-                    keys[i] = str(json.loads(text)["id"])
+                        raise SetupError(f"POST {url} → {resp.status}: {text[:200]}")
+                    result: dict[str, Any] = json.loads(text)
+                    return result
+
+        async def create(i: int, members: list[Conn]) -> None:
+            owner, ids = members[0], [m.user_id for m in members[1:]] or [members[0].user_id]
+            batch = 5000  # the server takes at most 10,000 member ids per request
+            created = await post(api, owner.token, {"member_ids": ids[:batch], "title": f"b{i}"})
+            keys[i] = str(created["id"])
+            for start in range(batch, len(ids), batch):
+                chunk = {"member_ids": ids[start : start + batch]}
+                await post(f"{api}/{keys[i]}/members", owner.token, chunk)
 
         await _all(create(i, members) for i, members in enumerate(rooms))
         self.room_keys = keys
 
-    async def handshake(self, conn: Conn, ws: WsClient) -> None:
+    async def handshake(self, conn: Conn, ws: WsClient, join: bool) -> None:
         await ws.expect(lambda frame: b'"connection.established"' in frame)
 
 
@@ -475,10 +486,12 @@ class SocketIODialect(Dialect):
     def ws_url(self, conn: Conn) -> str:
         return _with_query(self.url, EIO="4", transport="websocket")
 
-    async def handshake(self, conn: Conn, ws: WsClient) -> None:
+    async def handshake(self, conn: Conn, ws: WsClient, join: bool) -> None:
         await ws.expect(lambda frame: frame.startswith(b"0{"))  # Engine.IO open
         ws.send_text(b"40")  # Socket.IO connect to the "/" namespace
         await ws.expect(lambda frame: frame.startswith(b"40"))
+        if not join:
+            return
         ws.send_text(b'420["join",' + _encode(self.room_keys[conn.room]) + b"]")
         await ws.expect(lambda frame: frame.startswith(b"430"))  # the join's ack
 
@@ -589,6 +602,7 @@ class Bench:
         self.pad = ""
         self.sending = True  # False once every sender has passed the end of the window
         self.drained = asyncio.Event()  # set when nothing is pending after sending ends
+        self.connect_cpu = 0.0  # the generator's CPU share while connecting
 
     # -- setup ----------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -651,9 +665,11 @@ class Bench:
             async with limit:
                 await self._connect(conn)
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), _cpu_seconds()
         await _all(one(conn) for conn in self.conns)
-        return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        self.connect_cpu = (_cpu_seconds() - cpu) / elapsed if elapsed > 0 else 0.0
+        return elapsed
 
     async def _connect(self, conn: Conn) -> None:
         ips = self.config.source_ips
@@ -662,7 +678,7 @@ class Bench:
             self.dialect.ws_url(conn), source_ip=ips[conn.index % len(ips)] if ips else ""
         )
         try:
-            await self.dialect.handshake(conn, ws)
+            await self.dialect.handshake(conn, ws, join=self.config.mode == "run")
         except BaseException:
             await ws.close()
             raise
@@ -803,8 +819,9 @@ class Bench:
     async def _send_all(self, senders: list[Conn], start: float) -> None:
         """The timetable: message i is due at ``start + i / rate``, from sender i mod S.
 
-        One task sends everything that is due, then sleeps until the next due time; a
-        late wake-up sends the backlog at once, each message keeping its due time.
+        One task sends everything that is due, then sleeps until the next due time (at
+        least 1 ms: the loop's timer resolution; shorter sleeps would spin); a late
+        wake-up sends the backlog at once, each message keeping its due time.
         """
         rate, end, count = self.config.rate, self.measure_to, len(senders)
         i = 0
@@ -812,7 +829,7 @@ class Bench:
         while due < end:
             now = time.monotonic()
             if due > now:
-                await asyncio.sleep(due - now)
+                await asyncio.sleep(max(due - now, 0.001))
                 now = time.monotonic()
             burst = 0
             while due <= now and due < end and burst < 256:
@@ -894,6 +911,7 @@ class Bench:
                 "seconds": round(connect_s, 3),
                 "per_second": round(established / connect_s, 1) if connect_s > 0 else 0.0,
                 "latency_ms": s.connect.summary_ms(),
+                "generator_cpu": round(self.connect_cpu, 3),
             },
             "sent": s.sent,
             "sent_per_s": round(s.sent / wall, 1) if wall else 0.0,
@@ -910,6 +928,7 @@ class Bench:
             "error_kinds": dict(s.errors.most_common(10)),
             "reconnects": s.reconnects,
             "generator_cpu": round(cpu / wall, 3) if wall else 0.0,
+            "window_monotonic": [self.measure_from, self.measure_to] if wall else None,
         }
 
 
@@ -936,7 +955,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['protocol']} {result['url']}  mode={result['mode']}",
         f"connections {conn['established']}/{cfg['connections']} in {conn['seconds']}s "
-        f"({conn['per_second']}/s, p99 {conn['latency_ms']['p99']} ms)",
+        f"({conn['per_second']}/s, p99 {conn['latency_ms']['p99']} ms, "
+        f"generator CPU {100 * conn['generator_cpu']:.0f}%)",
     ]
     if result["mode"] == "run":
         lines.append(

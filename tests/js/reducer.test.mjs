@@ -327,3 +327,18 @@ test('the reducer works as a slice under a combined root (Redux Toolkit style)',
   store.dispatch(A.messageReceived(msg(11, 1, 'bob')));
   assert.deepEqual(store.getState().chat.messages.byConversation['1'], ['11']);
 });
+
+test('a conversation update without me removes the conversation and its messages', () => {
+  let s = reduce(
+    A.connectionEstablished(established('alice', { 1: 0, 2: 0 }).data),
+    A.conversationUpserted({ id: '2', kind: 'group', member_ids: ['alice', 'bob', 'carol'] }),
+    A.messageReceived({ ...msg(21, 1, 'bob'), conversation_id: '2' }),
+    A.typingUpdated({ user_id: 'bob', conversation_id: '2', is_typing: true }),
+  );
+  s = reduceFrozen(s, A.conversationUpserted({ id: '2', kind: 'group', member_ids: ['bob', 'carol'] }));
+  assert.deepEqual(s.conversations.allIds, ['1']);
+  assert.equal(s.messages.byId['21'], undefined);
+  assert.equal(s.messages.byConversation['2'], undefined);
+  assert.deepEqual(s.typing.byConversation, {});
+  assert.deepEqual(selectors.syncCursors(s), { 1: 0 });
+});

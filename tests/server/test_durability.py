@@ -16,7 +16,16 @@ async def test_sigkill_after_acks_loses_nothing(tmp_path: Any) -> None:
         conv = await conversation(srv, "alice", "bob")
         ws = await connect(srv, "alice")
         for i in range(200):  # pipelined: all sent before any ack is awaited
-            await ws.send(json.dumps({"action": "send_message", "conversation_id": conv["id"], "content": f"durable {i}", "local_id": f"d{i}"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "send_message",
+                        "conversation_id": conv["id"],
+                        "content": f"durable {i}",
+                        "local_id": f"d{i}",
+                    }
+                )
+            )
         acks = {}
         for _ in range(200):
             m = (await ws.expect("chat_message"))["message"]
@@ -25,10 +34,16 @@ async def test_sigkill_after_acks_loses_nothing(tmp_path: Any) -> None:
         await ws.close()
         srv.start()
         status, page = await api(
-            "GET", f"{srv.http_url}/api/conversations/{conv['id']}/messages?limit=200", srv.token("bob")
+            "GET",
+            f"{srv.http_url}/api/conversations/{conv['id']}/messages?limit=200",
+            srv.token("bob"),
         )
         assert status == 200
-        stored = {m["local_id"]: m for m in page["messages"]} if False else {m["id"]: m for m in page["messages"]}
+        stored = (
+            {m["local_id"]: m for m in page["messages"]}
+            if False
+            else {m["id"]: m for m in page["messages"]}
+        )
         assert len(stored) == 200
         for local_id, ack in acks.items():
             assert stored[ack["id"]]["seq"] == ack["seq"], local_id
@@ -42,13 +57,22 @@ async def test_sigterm_drains_with_1001_and_exit_0(tmp_path: Any) -> None:
     srv = ParleyServer(tmp_path).start()
     conv = await conversation(srv, "alice", "bob")
     ws = await connect(srv, "alice")
-    await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "before", "local_id": "t"})
+    await ws.send(
+        {
+            "action": "send_message",
+            "conversation_id": conv["id"],
+            "content": "before",
+            "local_id": "t",
+        }
+    )
     await ws.expect("chat_message")
     assert srv.terminate() == 0
     assert await ws.wait_closed() == 1001
     await ws.close()
     srv.start()
-    status, page = await api("GET", f"{srv.http_url}/api/conversations/{conv['id']}/messages", srv.token("alice"))
+    status, page = await api(
+        "GET", f"{srv.http_url}/api/conversations/{conv['id']}/messages", srv.token("alice")
+    )
     assert [m["content"] for m in page["messages"]] == ["before"]
     srv.kill()
     assert "token=" not in srv.log() and srv.token("alice").split(".")[2] not in srv.log()

@@ -27,16 +27,27 @@ async def test_list_and_get_conversations(server: ParleyServer, uid: Any) -> Non
     conv = await conversation(server, a, b)
     async with await connect(server, a) as ws:
         for i in range(3):
-            await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": f"m{i}", "local_id": f"l{i}"})
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"m{i}",
+                    "local_id": f"l{i}",
+                }
+            )
             await ws.expect("chat_message")
     status, body = await api("GET", f"{server.http_url}/api/conversations", server.token(b))
     assert status == 200
     (item,) = body["conversations"]
     assert item["id"] == conv["id"] and item["unread_count"] == 3 and item["last_seq"] == 3
     assert item["last_message"]["content"] == "m2"
-    status, one = await api("GET", f"{server.http_url}/api/conversations/{conv['id']}", server.token(b))
+    status, one = await api(
+        "GET", f"{server.http_url}/api/conversations/{conv['id']}", server.token(b)
+    )
     assert status == 200 and one["id"] == conv["id"]
-    status, err = await api("GET", f"{server.http_url}/api/conversations/{conv['id']}", server.token(uid("eve")))
+    status, err = await api(
+        "GET", f"{server.http_url}/api/conversations/{conv['id']}", server.token(uid("eve"))
+    )
     assert status == 403 and err["error"]["code"] == "FORBIDDEN"
     status, err = await api("GET", f"{server.http_url}/api/conversations/424242", server.token(a))
     assert status == 404 and err["error"]["code"] == "NOT_FOUND"
@@ -47,7 +58,14 @@ async def test_history_paging(server: ParleyServer, uid: Any) -> None:
     conv = await conversation(server, a, b)
     async with await connect(server, a) as ws:
         for i in range(10):
-            await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": f"m{i}", "local_id": f"h{i}"})
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"m{i}",
+                    "local_id": f"h{i}",
+                }
+            )
             await ws.expect("chat_message")
     url = f"{server.http_url}/api/conversations/{conv['id']}/messages"
     token = server.token(b)
@@ -69,9 +87,13 @@ async def test_auth_errors(server: ParleyServer, uid: Any) -> None:
     assert status == 401 and err["error"]["code"] == "UNAUTHORIZED"
     status, err = await api("GET", f"{server.http_url}/api/conversations", "garbage")
     assert status == 401
-    status, err = await api("POST", f"{server.http_url}/api/conversations", server.token(uid("a")), {"member_ids": "x"})
+    status, err = await api(
+        "POST", f"{server.http_url}/api/conversations", server.token(uid("a")), {"member_ids": "x"}
+    )
     assert status == 400 and err["error"]["code"] == "INVALID_MESSAGE"
-    status, err = await api("POST", f"{server.http_url}/api/conversations", server.token(uid("a")), {"member_ids": []})
+    status, err = await api(
+        "POST", f"{server.http_url}/api/conversations", server.token(uid("a")), {"member_ids": []}
+    )
     assert status == 400
 
 
@@ -81,18 +103,34 @@ async def test_upload_then_send_by_id(server: ParleyServer, uid: Any) -> None:
     form = aiohttp.FormData()
     form.add_field("type", "image")
     form.add_field("file", PNG, filename="../../secret/x.png", content_type="text/html")
-    status, meta = await api("POST", f"{server.http_url}/api/attachments", server.token(a), data=form)
+    status, meta = await api(
+        "POST", f"{server.http_url}/api/attachments", server.token(a), data=form
+    )
     assert status == 201, meta
-    assert meta["filename"] == "x.png" and meta["content_type"] == "image/png" and meta["size"] == len(PNG)
+    assert (
+        meta["filename"] == "x.png"
+        and meta["content_type"] == "image/png"
+        and meta["size"] == len(PNG)
+    )
     async with await connect(server, a) as ws:
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "", "local_id": "u1", "attachments": [{"id": meta["id"]}]})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "",
+                "local_id": "u1",
+                "attachments": [{"id": meta["id"]}],
+            }
+        )
         msg = (await ws.expect("chat_message"))["message"]
         assert msg["attachments"][0]["id"] == meta["id"]
         # Someone else cannot attach my upload.
     form = aiohttp.FormData()
     form.add_field("type", "image")
     form.add_field("file", b"<script>alert(1)</script>", filename="x.png")
-    status, err = await api("POST", f"{server.http_url}/api/attachments", server.token(a), data=form)
+    status, err = await api(
+        "POST", f"{server.http_url}/api/attachments", server.token(a), data=form
+    )
     assert status == 400 and err["error"]["code"] == "INVALID_MESSAGE"
 
 
@@ -101,10 +139,20 @@ async def test_upload_of_other_user_cannot_be_attached(server: ParleyServer, uid
     conv = await conversation(server, a, b)
     form = aiohttp.FormData()
     form.add_field("file", b"%PDF-1.4 test", filename="doc.pdf")
-    status, meta = await api("POST", f"{server.http_url}/api/attachments", server.token(a), data=form)
+    status, meta = await api(
+        "POST", f"{server.http_url}/api/attachments", server.token(a), data=form
+    )
     assert status == 201 and meta["type"] == "file"
     async with await connect(server, b) as ws:
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": "steal", "attachments": [{"id": meta["id"]}]})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "x",
+                "local_id": "steal",
+                "attachments": [{"id": meta["id"]}],
+            }
+        )
         assert (await ws.expect("error"))["error"]["code"] == "FORBIDDEN"
 
 
@@ -124,10 +172,16 @@ async def test_admin_deactivate_closes_sockets_4004(server: ParleyServer, uid: A
     victim = uid("mallory")
     ws1, ws2 = await connect(server, victim), await connect(server, victim)
     try:
-        status, _ = await api("POST", f"{server.http_url}/api/admin/users/{victim}/deactivate", server.token(uid("user")))
+        status, _ = await api(
+            "POST",
+            f"{server.http_url}/api/admin/users/{victim}/deactivate",
+            server.token(uid("user")),
+        )
         assert status == 403
         admin = server.token("admin", admin=True)
-        status, body = await api("POST", f"{server.http_url}/api/admin/users/{victim}/deactivate", admin)
+        status, body = await api(
+            "POST", f"{server.http_url}/api/admin/users/{victim}/deactivate", admin
+        )
         assert status == 200 and body["active"] is False
         assert await ws1.wait_closed() == 4004
         assert await ws2.wait_closed() == 4004
@@ -151,6 +205,14 @@ async def test_inline_attachment_base64_data_url(server: ParleyServer, uid: Any)
     conv = await conversation(server, a, uid("bob"))
     async with await connect(server, a) as ws:
         data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "", "local_id": "d", "attachments": [{"type": "image", "file": data_url, "filename": "p.png"}]})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "",
+                "local_id": "d",
+                "attachments": [{"type": "image", "file": data_url, "filename": "p.png"}],
+            }
+        )
         msg = (await ws.expect("chat_message"))["message"]
         assert msg["attachments"][0]["size"] == len(PNG)

@@ -16,11 +16,15 @@ PNG = base64.b64decode(
 )
 
 
-async def conversation(server: ParleyServer, owner: str, *others: str, title: str | None = None) -> dict[str, Any]:
+async def conversation(
+    server: ParleyServer, owner: str, *others: str, title: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"member_ids": list(others)}
     if title is not None:
         body["title"] = title
-    status, conv = await api("POST", f"{server.http_url}/api/conversations", server.token(owner), body)
+    status, conv = await api(
+        "POST", f"{server.http_url}/api/conversations", server.token(owner), body
+    )
     assert status == 201, conv
     return conv  # type: ignore[no-any-return]
 
@@ -94,7 +98,12 @@ async def test_send_message_reaches_all_members_and_devices(server: ParleyServer
     a1, a2, b1 = await connect(server, a), await connect(server, a), await connect(server, b)
     try:
         await a1.send(
-            {"action": "send_message", "conversation_id": conv["id"], "content": "Hello!", "local_id": "temp_123"}
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "Hello!",
+                "local_id": "temp_123",
+            }
         )
         ack = (await a1.expect("chat_message"))["message"]
         assert ack["local_id"] == "temp_123"
@@ -122,7 +131,14 @@ async def test_seq_is_contiguous_and_ordered(server: ParleyServer, uid: Any) -> 
     a1, b1 = await connect(server, a), await connect(server, b)
     try:
         for i in range(50):
-            await a1.send({"action": "send_message", "conversation_id": conv["id"], "content": f"m{i}", "local_id": f"l{i}"})
+            await a1.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"m{i}",
+                    "local_id": f"l{i}",
+                }
+            )
         got = [(await b1.expect("chat_message"))["message"] for _ in range(50)]
         assert [m["seq"] for m in got] == list(range(1, 51))
         assert [m["content"] for m in got] == [f"m{i}" for i in range(50)]
@@ -135,7 +151,12 @@ async def test_resend_on_second_socket_is_idempotent(server: ParleyServer, uid: 
     a, b = uid("alice"), uid("bob")
     conv = await conversation(server, a, b)
     a1, b1 = await connect(server, a), await connect(server, b)
-    frame = {"action": "send_message", "conversation_id": conv["id"], "content": "once", "local_id": "dup-1"}
+    frame = {
+        "action": "send_message",
+        "conversation_id": conv["id"],
+        "content": "once",
+        "local_id": "dup-1",
+    }
     try:
         await a1.send(frame)
         first = (await a1.expect("chat_message"))["message"]
@@ -144,14 +165,27 @@ async def test_resend_on_second_socket_is_idempotent(server: ParleyServer, uid: 
         try:
             await a2.send(frame)
             again = (await a2.expect("chat_message"))["message"]
-            assert (again["id"], again["seq"], again["local_id"]) == (first["id"], first["seq"], "dup-1")
+            assert (again["id"], again["seq"], again["local_id"]) == (
+                first["id"],
+                first["seq"],
+                "dup-1",
+            )
             # Nothing new fanned out: a marker message is the next thing bob sees.
-            await a2.send({"action": "send_message", "conversation_id": conv["id"], "content": "marker", "local_id": "m"})
+            await a2.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": "marker",
+                    "local_id": "m",
+                }
+            )
             nxt = (await b1.expect("chat_message"))["message"]
             assert nxt["content"] == "marker" and nxt["seq"] == 2
         finally:
             await a2.close()
-        status, page = await api("GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a))
+        status, page = await api(
+            "GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a)
+        )
         assert [m["content"] for m in page["messages"]] == ["once", "marker"]
     finally:
         await a1.close()
@@ -162,7 +196,14 @@ async def test_double_encoded_frame_from_seed_queue(server: ParleyServer, uid: A
     a, b = uid("alice"), uid("bob")
     conv = await conversation(server, a, b)
     async with await connect(server, a) as ws:
-        inner = json.dumps({"action": "send_message", "conversation_id": conv["id"], "content": "queued", "local_id": "q1"})
+        inner = json.dumps(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "queued",
+                "local_id": "q1",
+            }
+        )
         await ws.send(json.dumps(inner))
         ack = (await ws.expect("chat_message"))["message"]
         assert ack["local_id"] == "q1" and ack["content"] == "queued"
@@ -173,19 +214,57 @@ async def test_reply_to_and_bad_reply_to(server: ParleyServer, uid: Any) -> None
     conv = await conversation(server, a, b)
     other = await conversation(server, a, uid("carol"))
     async with await connect(server, a) as ws:
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "q", "local_id": "r1"})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "q",
+                "local_id": "r1",
+            }
+        )
         first = (await ws.expect("chat_message"))["message"]
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "a", "local_id": "r2", "reply_to": first["id"]})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "a",
+                "local_id": "r2",
+                "reply_to": first["id"],
+            }
+        )
         reply = (await ws.expect("chat_message"))["message"]
         assert reply["reply_to"] == first["id"]
         for bad in ("999999999", "nope"):
-            await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": f"bad-{bad}", "reply_to": bad})
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": "x",
+                    "local_id": f"bad-{bad}",
+                    "reply_to": bad,
+                }
+            )
             err = (await ws.expect("error"))["error"]
             assert err["code"] == "NOT_FOUND" and err["local_id"] == f"bad-{bad}"
         # A message of another conversation is not a valid reply target.
-        await ws.send({"action": "send_message", "conversation_id": other["id"], "content": "x", "local_id": "o1"})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": other["id"],
+                "content": "x",
+                "local_id": "o1",
+            }
+        )
         foreign = (await ws.expect("chat_message"))["message"]
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": "r3", "reply_to": foreign["id"]})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "x",
+                "local_id": "r3",
+                "reply_to": foreign["id"],
+            }
+        )
         assert (await ws.expect("error"))["error"]["code"] == "NOT_FOUND"
 
 
@@ -193,10 +272,21 @@ async def test_attachment_inline_roundtrip(server: ParleyServer, uid: Any) -> No
     a, b = uid("alice"), uid("bob")
     conv = await conversation(server, a, b)
     async with await connect(server, a) as ws:
-        await ws.send({
-            "action": "send_message", "conversation_id": conv["id"], "content": "pic", "local_id": "p1",
-            "attachments": [{"type": "image", "file": base64.b64encode(PNG).decode(), "filename": "../../etc/photo.png"}],
-        })
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "pic",
+                "local_id": "p1",
+                "attachments": [
+                    {
+                        "type": "image",
+                        "file": base64.b64encode(PNG).decode(),
+                        "filename": "../../etc/photo.png",
+                    }
+                ],
+            }
+        )
         msg = (await ws.expect("chat_message"))["message"]
         (attachment,) = msg["attachments"]
         assert attachment["id"].startswith("att_")
@@ -220,17 +310,44 @@ async def test_attachment_inline_roundtrip(server: ParleyServer, uid: Any) -> No
     ("attachment", "code"),
     [
         ({"type": "image", "file": "%%%not base64%%%", "filename": "a.png"}, "INVALID_MESSAGE"),
-        ({"type": "image", "file": base64.b64encode(b"plain text, not an image").decode(), "filename": "a.png"}, "INVALID_MESSAGE"),
-        ({"type": "spreadsheet", "file": base64.b64encode(PNG).decode(), "filename": "a.png"}, "INVALID_MESSAGE"),
-        ({"type": "file", "file": base64.b64encode(b"x" * (2 * 1024 * 1024 + 1)).decode(), "filename": "big.bin"}, "PAYLOAD_TOO_LARGE"),
+        (
+            {
+                "type": "image",
+                "file": base64.b64encode(b"plain text, not an image").decode(),
+                "filename": "a.png",
+            },
+            "INVALID_MESSAGE",
+        ),
+        (
+            {"type": "spreadsheet", "file": base64.b64encode(PNG).decode(), "filename": "a.png"},
+            "INVALID_MESSAGE",
+        ),
+        (
+            {
+                "type": "file",
+                "file": base64.b64encode(b"x" * (2 * 1024 * 1024 + 1)).decode(),
+                "filename": "big.bin",
+            },
+            "PAYLOAD_TOO_LARGE",
+        ),
     ],
 )
-async def test_bad_attachments(tmp_path: Any, attachment: dict[str, Any], code: str, uid: Any) -> None:
+async def test_bad_attachments(
+    tmp_path: Any, attachment: dict[str, Any], code: str, uid: Any
+) -> None:
     with ParleyServer(tmp_path, extra_args=["--max-attachment-bytes", str(2 * 1024 * 1024)]) as srv:
         a = uid("alice")
         conv = await conversation(srv, a, uid("bob"))
         async with await connect(srv, a) as ws:
-            await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": "att", "attachments": [attachment]})
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": "x",
+                    "local_id": "att",
+                    "attachments": [attachment],
+                }
+            )
             err = (await ws.expect("error"))["error"]
             assert err["code"] == code
             assert err["local_id"] == "att"
@@ -247,11 +364,29 @@ async def test_bad_attachments(tmp_path: Any, attachment: dict[str, Any], code: 
         ("42", "INVALID_MESSAGE", {}),
         ('{"action": "fly", "request_id": "r1"}', "INVALID_MESSAGE", {"request_id": "r1"}),
         ('{"conversation_id": "1"}', "INVALID_MESSAGE", {}),
-        ('{"action": "send_message", "content": "x", "local_id": "l1"}', "INVALID_MESSAGE", {"local_id": "l1"}),
-        ('{"action": "send_message", "conversation_id": 1, "content": "x", "local_id": "l2"}', "INVALID_MESSAGE", {"local_id": "l2"}),
-        ('{"action": "send_message", "conversation_id": "1", "content": "x", "local_id": "' + "x" * 65 + '"}', "INVALID_MESSAGE", {}),
+        (
+            '{"action": "send_message", "content": "x", "local_id": "l1"}',
+            "INVALID_MESSAGE",
+            {"local_id": "l1"},
+        ),
+        (
+            '{"action": "send_message", "conversation_id": 1, "content": "x", "local_id": "l2"}',
+            "INVALID_MESSAGE",
+            {"local_id": "l2"},
+        ),
+        (
+            '{"action": "send_message", "conversation_id": "1", "content": "x", "local_id": "'
+            + "x" * 65
+            + '"}',
+            "INVALID_MESSAGE",
+            {},
+        ),
         ('{"action": "typing", "conversation_id": "1", "is_typing": "yes"}', "INVALID_MESSAGE", {}),
-        ('{"action": "mark_read", "conversation_id": "1", "message_ids": "1"}', "INVALID_MESSAGE", {}),
+        (
+            '{"action": "mark_read", "conversation_id": "1", "message_ids": "1"}',
+            "INVALID_MESSAGE",
+            {},
+        ),
         ('{"action": "sync", "cursors": {"1": -5}}', "INVALID_MESSAGE", {}),
         ('{"action": "send_message", "x": ' + "[" * 5000 + "]" * 5000 + "}", "INVALID_MESSAGE", {}),
     ],
@@ -275,11 +410,29 @@ async def test_content_rules(server: ParleyServer, uid: Any) -> None:
     a = uid("alice")
     conv = await conversation(server, a, uid("bob"))
     async with await connect(server, a) as ws:
-        for content, local_id, code in (("", "e1", "INVALID_MESSAGE"), ("   ", "e2", "INVALID_MESSAGE"), ("x" * 10_001, "e3", "PAYLOAD_TOO_LARGE")):
-            await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": content, "local_id": local_id})
+        for content, local_id, code in (
+            ("", "e1", "INVALID_MESSAGE"),
+            ("   ", "e2", "INVALID_MESSAGE"),
+            ("x" * 10_001, "e3", "PAYLOAD_TOO_LARGE"),
+        ):
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": content,
+                    "local_id": local_id,
+                }
+            )
             err = (await ws.expect("error"))["error"]
             assert (err["code"], err["local_id"]) == (code, local_id)
-        await ws.send({"action": "send_message", "conversation_id": conv["id"], "content": "x" * 10_000, "local_id": "ok"})
+        await ws.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "x" * 10_000,
+                "local_id": "ok",
+            }
+        )
         assert (await ws.expect("chat_message"))["message"]["local_id"] == "ok"
 
 
@@ -296,17 +449,43 @@ async def test_not_member_and_unknown_conversation(server: ParleyServer, uid: An
     conv = await conversation(server, a, b)
     async with await connect(server, c) as ws:
         for action in (
-            {"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": "n1", "request_id": "q1"},
-            {"action": "typing", "conversation_id": conv["id"], "is_typing": True, "request_id": "q1"},
-            {"action": "mark_read", "conversation_id": conv["id"], "message_ids": ["1"], "request_id": "q1"},
-            {"action": "mark_delivered", "conversation_id": conv["id"], "message_ids": ["1"], "request_id": "q1"},
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "x",
+                "local_id": "n1",
+                "request_id": "q1",
+            },
+            {
+                "action": "typing",
+                "conversation_id": conv["id"],
+                "is_typing": True,
+                "request_id": "q1",
+            },
+            {
+                "action": "mark_read",
+                "conversation_id": conv["id"],
+                "message_ids": ["1"],
+                "request_id": "q1",
+            },
+            {
+                "action": "mark_delivered",
+                "conversation_id": conv["id"],
+                "message_ids": ["1"],
+                "request_id": "q1",
+            },
         ):
             await ws.send(action)
             err = (await ws.expect("error"))["error"]
             assert err["code"] == "FORBIDDEN", action
             assert err["request_id"] == "q1"
         for action in (
-            {"action": "send_message", "conversation_id": "987654321", "content": "x", "local_id": "n2"},
+            {
+                "action": "send_message",
+                "conversation_id": "987654321",
+                "content": "x",
+                "local_id": "n2",
+            },
             {"action": "typing", "conversation_id": "987654321", "is_typing": True},
             {"action": "mark_read", "conversation_id": "987654321", "message_ids": ["1"]},
         ):
@@ -354,24 +533,45 @@ async def test_receipts_persist_and_fan_out(server: ParleyServer, uid: Any) -> N
     conv = await conversation(server, a, b)
     a1, b1 = await connect(server, a), await connect(server, b)
     try:
-        await a1.send({"action": "send_message", "conversation_id": conv["id"], "content": "r", "local_id": "r"})
+        await a1.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "r",
+                "local_id": "r",
+            }
+        )
         msg = (await b1.expect("chat_message"))["message"]
-        await b1.send({"action": "mark_delivered", "conversation_id": conv["id"], "message_ids": [msg["id"]]})
+        await b1.send(
+            {"action": "mark_delivered", "conversation_id": conv["id"], "message_ids": [msg["id"]]}
+        )
         delivered = (await a1.expect("messages_delivered"))["data"]
         assert delivered["user_id"] == b and delivered["message_ids"] == [msg["id"]]
         assert delivered["conversation_id"] == conv["id"] and delivered["timestamp"].endswith("Z")
-        status, page = await api("GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a))
+        status, page = await api(
+            "GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a)
+        )
         assert page["messages"][-1]["status"] == "delivered"
-        await b1.send({"action": "mark_read", "conversation_id": conv["id"], "message_ids": [msg["id"]]})
+        await b1.send(
+            {"action": "mark_read", "conversation_id": conv["id"], "message_ids": [msg["id"]]}
+        )
         read = (await a1.expect("messages_read"))["data"]
         assert read["message_ids"] == [msg["id"]]
         await b1.expect("messages_read")  # the reader's own devices learn too
-        status, page = await api("GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a))
+        status, page = await api(
+            "GET", f"{server.http_url}/api/conversations/{conv['id']}/messages", server.token(a)
+        )
         assert page["messages"][-1]["status"] == "read"
         status, listing = await api("GET", f"{server.http_url}/api/conversations", server.token(b))
         assert listing["conversations"][0]["unread_count"] == 0
         # Cursors never go backwards: marking an older id delivered changes nothing.
-        await b1.send({"action": "mark_delivered", "conversation_id": conv["id"], "message_ids": ["999999999"]})
+        await b1.send(
+            {
+                "action": "mark_delivered",
+                "conversation_id": conv["id"],
+                "message_ids": ["999999999"],
+            }
+        )
         assert (await b1.expect("error"))["error"]["code"] == "NOT_FOUND"
     finally:
         await a1.close()
@@ -383,7 +583,14 @@ async def test_sync_after_gap(server: ParleyServer, uid: Any) -> None:
     conv = await conversation(server, a, b)
     async with await connect(server, a) as a1:
         for i in range(5):
-            await a1.send({"action": "send_message", "conversation_id": conv["id"], "content": f"m{i}", "local_id": f"s{i}"})
+            await a1.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"m{i}",
+                    "local_id": f"s{i}",
+                }
+            )
             await a1.expect("chat_message")
     # bob was offline; he last saw seq 2.
     async with await WsClient.connect(server.ws_url(server.token(b))) as b1:
@@ -408,7 +615,14 @@ async def test_sync_pages_and_left_out_conversations(tmp_path: Any, uid: Any) ->
         conv = await conversation(srv, a, b)
         async with await connect(srv, a) as a1:
             for i in range(7):
-                await a1.send({"action": "send_message", "conversation_id": conv["id"], "content": f"m{i}", "local_id": f"p{i}"})
+                await a1.send(
+                    {
+                        "action": "send_message",
+                        "conversation_id": conv["id"],
+                        "content": f"m{i}",
+                        "local_id": f"p{i}",
+                    }
+                )
                 await a1.expect("chat_message")
         async with await connect(srv, b) as b1:
             await b1.send({"action": "sync", "cursors": {}})
@@ -432,7 +646,14 @@ async def test_new_conversation_is_pushed_live(server: ParleyServer, uid: Any) -
         assert created["id"] == conv["id"] and created["kind"] == "group"
         assert created["member_ids"] == sorted([a, b])
         # bob can use it at once, without reconnecting.
-        await b1.send({"action": "send_message", "conversation_id": conv["id"], "content": "hi", "local_id": "n"})
+        await b1.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "hi",
+                "local_id": "n",
+            }
+        )
         assert (await b1.expect("chat_message"))["message"]["conversation_id"] == conv["id"]
 
 
@@ -440,15 +661,31 @@ async def test_membership_changes_are_pushed(server: ParleyServer, uid: Any) -> 
     a, b, c = uid("alice"), uid("bob"), uid("carol")
     conv = await conversation(server, a, b, title="group")
     async with await connect(server, c) as c1:
-        status, body = await api("POST", f"{server.http_url}/api/conversations/{conv['id']}/members", server.token(a), {"member_ids": [c]})
+        status, body = await api(
+            "POST",
+            f"{server.http_url}/api/conversations/{conv['id']}/members",
+            server.token(a),
+            {"member_ids": [c]},
+        )
         assert status == 200 and c in body["member_ids"]
         updated = (await c1.expect("conversation.updated"))["data"]
         assert c in updated["member_ids"]
-        status, body = await api("DELETE", f"{server.http_url}/api/conversations/{conv['id']}/members/{c}", server.token(a))
+        status, body = await api(
+            "DELETE",
+            f"{server.http_url}/api/conversations/{conv['id']}/members/{c}",
+            server.token(a),
+        )
         assert status == 200 and c not in body["member_ids"]
         removed = (await c1.expect("conversation.updated"))["data"]
         assert c not in removed["member_ids"]
-        await c1.send({"action": "send_message", "conversation_id": conv["id"], "content": "x", "local_id": "gone"})
+        await c1.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "x",
+                "local_id": "gone",
+            }
+        )
         assert (await c1.expect("error"))["error"]["code"] == "FORBIDDEN"
 
 
@@ -459,7 +696,14 @@ async def test_closed_connection_does_not_disturb_others(server: ParleyServer, u
     dropped = await connect(server, b)
     dropped.ws._response.connection.transport.abort()  # vanish without a close frame
     async with await connect(server, a) as a1:
-        await a1.send({"action": "send_message", "conversation_id": conv["id"], "content": "still here", "local_id": "x"})
+        await a1.send(
+            {
+                "action": "send_message",
+                "conversation_id": conv["id"],
+                "content": "still here",
+                "local_id": "x",
+            }
+        )
         assert (await b1.expect("chat_message"))["message"]["content"] == "still here"
     await b1.close()
     await dropped.close()

@@ -22,13 +22,15 @@ The delivery rules, which the chaos test checks end to end:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import json
 import logging
+import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +62,7 @@ PERMANENT_ERRORS = frozenset(
     }
 )
 
+TOKEN_MARGIN = 1.0  # seconds: a token this close to its expiry is replaced before use
 RECEIPT_BATCH = 100  # message ids per mark_delivered / mark_read frame
 
 EVENTS = frozenset(
@@ -98,7 +101,15 @@ class _Session:
         self.sync_again = False
         self.sync_sent: tuple[dict[str, int], dict[str, int]] | None = None  # cursors, last
         self.sync_count = 0
-        self.lost = False
+        self.lost = False  # set when the socket is found dead or the session ends
+        self.tasks: list[asyncio.Task[None]] = []  # cancelled when the session ends
+        self.receipts: asyncio.Task[None] | None = None  # the receipt flusher, if running
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks = [t for t in self.tasks if not t.done()]
+        self.tasks.append(task)
+        return task
 
 
 class ChatClient:
@@ -130,6 +141,7 @@ class ChatClient:
         max_retries: int = 3,
         ack_timeout: float = 10.0,
         open_timeout: float = 10.0,
+        receipt_interval: float = 0.2,
         history: bool = True,
         token_in_query: bool = False,
     ) -> None:
@@ -144,6 +156,7 @@ class ChatClient:
         self._retry_delay = retry_delay
         self._max_retries = max_retries
         self._ack_timeout = ack_timeout
+        self._receipt_interval = receipt_interval
         self._open_timeout = open_timeout
         self._history = history
         self._token_in_query = token_in_query
@@ -169,7 +182,17 @@ class ChatClient:
         self._pending_delivered: dict[str, list[str]] = {}
         self._pending_read: dict[str, list[str]] = {}
         self._caught_up = False
-        self.stats = {"connections": 0, "syncs": 0, "resends": 0, "token_refreshes": 0}
+        # Counters for monitoring and tests: WebSocket connections opened, sync requests,
+        # sends repeated after an error, queue entries sent again on a later connection,
+        # tokens fetched after a 4003.
+        self.stats = {
+            "connections": 0,
+            "syncs": 0,
+            "resends": 0,
+            "replays": 0,
+            "token_refreshes": 0,
+        }
+        self._sent_before: set[str] = set()  # local ids sent on some connection, not acked
 
         entries = self._queue.entries()
         if entries:
@@ -332,10 +355,8 @@ class ChatClient:
         if not ids:
             return
         self._pending_read[cid] = [*self._pending_read.get(cid, []), *ids]
-        session = self._session
-        if session is not None:
-            with contextlib.suppress(_SessionLost):
-                await self._flush_receipts(session)
+        if self._session is not None:
+            self._kick_receipts(self._session)
 
     def message(self, message_id: str) -> st.MessageRecord | None:
         """The record with server id or own ``local_id`` ``message_id``, if held."""
@@ -511,6 +532,9 @@ class ChatClient:
             )
             session.acks[lid] = fut
             try:
+                if tries == 0 and lid in self._sent_before:
+                    self.stats["replays"] += 1
+                self._sent_before.add(lid)
                 await self._send(session, entry)
                 tries += 1
                 try:
@@ -539,6 +563,7 @@ class ChatClient:
 
     async def _fail(self, local_id: str, error: Mapping[str, Any]) -> None:
         self._dispatch(st.message_failed(local_id, error))
+        self._sent_before.discard(local_id)
         await self._io(self._queue.remove, local_id)
         self._release_waiters(local_id)
 
@@ -552,10 +577,15 @@ class ChatClient:
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
     async def _get_token(self, refresh: bool) -> str | None:
-        if self._token_provider is not None and (refresh or self._token is None):
-            self._token = await self._token_provider()
-            if refresh:
+        """The token to connect with: a new one after a 4003, or if it has expired."""
+        if self._token_provider is None:
+            return self._token
+        expires = token_expiry(self._token) if self._token is not None else None
+        expired = expires is not None and expires - time.time() < TOKEN_MARGIN
+        if refresh or expired or self._token is None:
+            if self._token is not None:
                 self.stats["token_refreshes"] += 1
+            self._token = await self._token_provider()
         return self._token
 
     async def _run(self) -> None:
@@ -651,9 +681,7 @@ class ChatClient:
         """Run one connection until it closes; True if it was established."""
         session = _Session(ws)
         self.stats["connections"] += 1
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._heartbeat(session), name="parley-heartbeat")
-        ]
+        session.spawn(self._heartbeat(session), "parley-heartbeat")
         try:
             async for raw in ws:
                 frame = _decode(raw)
@@ -667,9 +695,7 @@ class ChatClient:
                             self._route(session, frame)
                             continue
                         await self._on_established(session, frame.get("data") or {})
-                        tasks.append(
-                            asyncio.create_task(self._outbox(session), name="parley-outbox")
-                        )
+                        session.spawn(self._outbox(session), "parley-outbox")
                         continue
                     await self._handle(session, frame)
                 except _SessionLost:
@@ -685,9 +711,9 @@ class ChatClient:
             if self._session is session:
                 self._session = None
             self._caught_up = False
-            for task in tasks:
+            for task in session.tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*session.tasks, return_exceptions=True)
             for fut in session.acks.values():
                 if not fut.done():
                     fut.cancel()
@@ -723,7 +749,7 @@ class ChatClient:
             if not fut.done():
                 fut.set_result(None)
         self._connected_waiters.clear()
-        await self._flush_receipts(session)
+        self._kick_receipts(session)
         await self._request_sync(session)
 
     def _baseline(self) -> None:
@@ -760,8 +786,8 @@ class ChatClient:
                 await self._request_sync(session)
         else:
             self._route(session, frame)
-        if not session.sync_in_flight:
-            await self._flush_receipts(session)
+        if self._pending_delivered or self._pending_read:
+            self._kick_receipts(session)
 
     def _route(self, session: _Session, frame: Mapping[str, Any]) -> None:
         """Errors: to the send waiting for them, else to ``"error"`` listeners."""
@@ -777,7 +803,15 @@ class ChatClient:
         if request_id.startswith("sync-") and session.sync_in_flight:
             session.sync_in_flight = False
             session.sync_again = False
+            if error.get("code") in (ErrorCode.RATE_LIMITED, ErrorCode.MESSAGE_FAILED):
+                delay = max(self._retry_delay, float(error.get("retry_after_ms") or 0) / 1000)
+                session.spawn(self._sync_later(session, delay), "parley-sync-retry")
         self._emit("error", error)
+
+    async def _sync_later(self, session: _Session, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(_SessionLost):
+            await self._request_sync(session)
 
     async def _on_chat_message(self, session: _Session, message: Mapping[str, Any]) -> None:
         lid = message.get("local_id")
@@ -788,14 +822,16 @@ class ChatClient:
             self._baselined.add(cid)
             if not self._history:
                 self._dispatch(st.history_skipped(cid, int(message["seq"]) - 1))
-        was_queued = lid is not None and self._is_queued(lid)
+        if lid is not None and self._is_queued(lid):
+            # The ack: the entry leaves the disk first, so that whatever the state no
+            # longer holds as queued is gone from the file too.
+            await self._io(self._queue.remove, lid)
         self._dispatch(st.message_received(message))
         if lid is not None:
-            if was_queued and not self._is_queued(lid):
-                await self._io(self._queue.remove, lid)
             fut = session.acks.get(lid)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            self._sent_before.discard(lid)
             self._release_waiters(lid)
         conv = self._state["conversations"]["byId"][cid]
         if conv["synced_seq"] < conv["last_seq"]:
@@ -840,6 +876,23 @@ class ChatClient:
         self._emit("synced", {})
         self._check_predicates()
 
+    def _kick_receipts(self, session: _Session) -> None:
+        """Send pending receipts now, then at most every ``receipt_interval`` s.
+
+        Receipts are cursors on the server, so a batch stands for every earlier message:
+        coalescing them loses nothing and keeps a busy conversation under rate limits.
+        """
+        if session.receipts is None or session.receipts.done():
+            session.receipts = session.spawn(self._receipt_flusher(session), "parley-receipts")
+
+    async def _receipt_flusher(self, session: _Session) -> None:
+        try:
+            while self._pending_delivered or self._pending_read:
+                await self._flush_receipts(session)
+                await asyncio.sleep(self._receipt_interval)
+        except _SessionLost:
+            pass
+
     async def _flush_receipts(self, session: _Session) -> None:
         for action, pending in (
             ("mark_delivered", self._pending_delivered),
@@ -862,6 +915,17 @@ class ChatClient:
 def new_local_id() -> str:
     """A fresh ``local_id``: never all digits, so never mistaken for a server id."""
     return f"py_{uuid.uuid4().hex}"
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying it (only to know when to refresh)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
 
 
 def _decode(raw: str | bytes) -> dict[str, Any] | None:

@@ -181,7 +181,9 @@ def run(settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The access log (no query strings: see AccessLogger) is on at DEBUG only.
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         import uvloop
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 from aiohttp import web

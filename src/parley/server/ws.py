@@ -218,6 +218,8 @@ class WebSocketEndpoint:
             self.service.disconnect(peer)
             self.open.discard(ws)
             self.metrics.connections.dec()
+        if peer.close_task is not None:  # let a close code chosen by the server go out
+            await peer.close_task
         return ws
 
     async def _refusal(self, request: web.Request) -> Identity | tuple[int, str, str]:

@@ -774,6 +774,36 @@ function mergeConversation(state, data) {
   return merged;
 }
 
+/** State without conversation `cid` and its messages (the user has left it). */
+function withoutConversation(state, cid) {
+  if (!(cid in state.conversations.byId) && !(cid in state.messages.byConversation)) return state;
+  const convById = { ...state.conversations.byId };
+  delete convById[cid];
+  const msgById = { ...state.messages.byId };
+  for (const key of state.messages.byConversation[cid] || []) delete msgById[key];
+  const byConversation = { ...state.messages.byConversation };
+  delete byConversation[cid];
+  const typing = { ...state.typing.byConversation };
+  delete typing[cid];
+  return {
+    ...state,
+    conversations: { byId: convById, allIds: state.conversations.allIds.filter((id) => id !== cid) },
+    messages: { byId: msgById, byConversation },
+    typing: { byConversation: typing },
+    messageQueue: state.messageQueue.filter((m) => m.conversation_id !== cid),
+  };
+}
+
+function onConversationUpserted(state, data) {
+  if (!data || data.id == null) return state;
+  const me = state.connection.userId ?? null;
+  if (me != null && Array.isArray(data.member_ids) && !data.member_ids.map(String).includes(me)) {
+    // Removed from it: forget it, or every later sync would name a conversation not ours.
+    return withoutConversation(state, String(data.id));
+  }
+  return putConversations(state, { [String(data.id)]: mergeConversation(state, data) });
+}
+
 function onConversationsLoaded(state, list) {
   const me = state.connection.userId ?? null;
   const changed = {};
@@ -795,7 +825,8 @@ function onSyncCompleted(state, data) {
   const changed = {};
   for (const [id, info] of Object.entries((data && data.conversations) || {})) {
     const conv = state.conversations.byId[id];
-    if (conv && Number(info?.last_seq) > (conv.last_seq || 0)) changed[id] = { ...conv, last_seq: Number(info.last_seq) };
+    const lastSeq = Number(info?.last_seq);
+    if (conv && lastSeq > (conv.last_seq || 0)) changed[id] = { ...conv, last_seq: lastSeq };
   }
   return Object.keys(changed).length ? putConversations(state, changed) : state;
 }
@@ -805,7 +836,8 @@ function onUpdateMessageStatus(state, { messageId, status } = {}) {
   if (!m) return state;
   const next = nextStatus(m.status, status);
   if (next === m.status) return state;
-  return { ...state, messages: { ...state.messages, byId: { ...state.messages.byId, [messageId]: { ...m, status: next } } } };
+  const byId = { ...state.messages.byId, [messageId]: { ...m, status: next } };
+  return { ...state, messages: { ...state.messages, byId } };
 }
 
 function onMessageFailed(state, { localId, error } = {}) {
@@ -816,7 +848,10 @@ function onMessageFailed(state, { localId, error } = {}) {
     ...state,
     messages: {
       ...state.messages,
-      byId: { ...state.messages.byId, [localId]: { ...m, status: nextStatus(m.status, 'failed'), error: error ?? null } },
+      byId: {
+        ...state.messages.byId,
+        [localId]: { ...m, status: nextStatus(m.status, 'failed'), error: error ?? null },
+      },
     },
     messageQueue: queue,
   };
@@ -849,7 +884,7 @@ export function chatReducer(state = initialState, action = {}) {
     case ActionTypes.TYPING_UPDATED:
       return onTypingUpdated(state, p);
     case ActionTypes.CONVERSATION_UPSERTED:
-      return p && p.id != null ? putConversations(state, { [String(p.id)]: mergeConversation(state, p) }) : state;
+      return onConversationUpserted(state, p);
     case ActionTypes.CONVERSATIONS_LOADED:
       return onConversationsLoaded(state, p);
     case ActionTypes.SYNC_COMPLETED:
@@ -894,7 +929,8 @@ export const selectors = {
   messages: (state, cid) => (state.messages.byConversation[cid] || []).map((k) => state.messages.byId[k]),
   lastMessage(state, cid) {
     const list = state.messages.byConversation[cid] || [];
-    return list.length ? state.messages.byId[list[list.length - 1]] : state.conversations.byId[cid]?.last_message ?? null;
+    if (list.length) return state.messages.byId[list[list.length - 1]];
+    return state.conversations.byId[cid]?.last_message ?? null;
   },
   unreadCount: (state, cid) => state.conversations.byId[cid]?.unread_count || 0,
   typingUsers: (state, cid) => state.typing.byConversation[cid] || [],
@@ -937,7 +973,9 @@ export const selectors = {
  * The seed's socket. Events (on(event, cb) → unsubscribe): every server frame by its
  * `type` (e.g. 'chat_message', 'connection.established'), 'message' (every frame),
  * 'open', 'close' ({code, reason, willReconnect}), 'status' ({status, code?, reason?}),
- * 'reconnecting' ({attempt, delay}), 'heartbeat_timeout', 'token_refresh_failed', 'error'.
+ * 'reconnecting' ({attempt, delay}), 'heartbeat_timeout', 'token_refresh_failed',
+ * 'reconnect_failed', 'transport_error' (the WebSocket's error event, a frame that is not
+ * JSON). 'error' is the server's error frame, like every other frame type.
  *
  * Options: url (default ws(s)://<page host>/ws), tokenProvider (async () → token, called
  * on close 4003), queue (a MessageQueue, or null for none; default MessageQueue.default()),
@@ -1031,7 +1069,7 @@ export class ChatWebSocket {
     try {
       ws = new this.WebSocketImpl(withToken(this.url, this.token));
     } catch (err) {
-      this._emitter.emit('error', err);
+      this._emitter.emit('transport_error', err);
       this._onClosed(CloseCode.ABNORMAL, String(err && err.message));
       return;
     }
@@ -1048,7 +1086,7 @@ export class ChatWebSocket {
     };
     ws.onerror = (event) => {
       if (ws !== this.ws) return;
-      this._emitter.emit('error', event);
+      this._emitter.emit('transport_error', event);
     };
     ws.onclose = (event) => {
       if (ws !== this.ws) return;
@@ -1062,7 +1100,7 @@ export class ChatWebSocket {
     try {
       frame = JSON.parse(data);
     } catch {
-      this._emitter.emit('error', new Error('parley: a frame that is not JSON'));
+      this._emitter.emit('transport_error', new Error('parley: a frame that is not JSON'));
       return;
     }
     if (!frame || typeof frame !== 'object') return;
@@ -1221,8 +1259,9 @@ export class ParleyApiError extends Error {
  * deliveredDelay (ms to batch mark_delivered), fetch, now (() → Date), plus the
  * ChatWebSocket options (WebSocket, timers, network, heartbeatInterval, ...).
  *
- * Events: those of ChatWebSocket, plus 'state' (after every store change) and
- * 'message_failed' ({local_id, error}).
+ * Events: those of ChatWebSocket (every server frame by its type, 'message', 'open',
+ * 'close', 'reconnecting', ...), plus 'state' (after every store change) and
+ * 'message_failed' ({local_id, error}). Frame listeners run after the store has the frame.
  */
 export class ParleyClient {
   constructor(options = {}) {
@@ -1252,14 +1291,22 @@ export class ParleyClient {
     this._typingExpiry = new Map(); // "cid\u0000user" → timer
     this._unsubscribe = [
       this.store.subscribe(() => this._emitter.emit('state', this.state)),
-      this.socket.on('message', (frame) => this._onFrame(frame)),
+      this.socket.on('message', (frame) => {
+        this._onFrame(frame); // the store first, so listeners see the frame's effect
+        this._emitter.emit('message', frame);
+        if (typeof frame.type === 'string') this._emitter.emit(frame.type, frame);
+      }),
       this.socket.on('status', (s) => this._onStatus(s)),
     ];
-    for (const event of ['open', 'close', 'reconnecting', 'heartbeat_timeout', 'token_refresh_failed', 'reconnect_failed', 'error']) {
+    const forwarded = ['open', 'close', 'reconnecting', 'heartbeat_timeout', 'token_refresh_failed',
+      'reconnect_failed', 'transport_error'];
+    for (const event of forwarded) {
       this._unsubscribe.push(this.socket.on(event, (arg) => this._emitter.emit(event, arg)));
     }
     // Messages queued in an earlier session show as "sending" until replayed.
-    for (const action of this.queue.entries()) this._dispatch(chatActions.sendMessage({ ...action, sender_id: options.userId ?? null }));
+    for (const action of this.queue.entries()) {
+      this._dispatch(chatActions.sendMessage({ ...action, sender_id: options.userId ?? null }));
+    }
   }
 
   /** The chat slice's current state. */
@@ -1367,7 +1414,8 @@ export class ParleyClient {
     if (!ids.length) return false;
     if (!this.socket.send({ action: 'mark_read', conversation_id: cid, message_ids: ids })) return false;
     // Shown at once; the server's messages_read echo changes nothing more.
-    this._dispatch(chatActions.receiptReceived('read', { user_id: this.userId, conversation_id: cid, message_ids: ids }));
+    const receipt = { user_id: this.userId, conversation_id: cid, message_ids: ids };
+    this._dispatch(chatActions.receiptReceived('read', receipt));
     return true;
   }
 
@@ -1378,7 +1426,8 @@ export class ParleyClient {
       return false;
     }
     this._syncRequestId = `sync_${++this._syncCount}`;
-    const sent = this.socket.send({ action: 'sync', cursors: selectors.syncCursors(this.state), request_id: this._syncRequestId });
+    const cursors = selectors.syncCursors(this.state);
+    const sent = this.socket.send({ action: 'sync', cursors, request_id: this._syncRequestId });
     this._syncInFlight = sent;
     return sent;
   }
@@ -1456,7 +1505,9 @@ export class ParleyClient {
         break;
       case 'messages_read':
       case 'messages_delivered':
-        this._dispatch(chatActions.receiptReceived(frame.type === 'messages_read' ? 'read' : 'delivered', frame.data || {}));
+        this._dispatch(
+          chatActions.receiptReceived(frame.type === 'messages_read' ? 'read' : 'delivered', frame.data || {}),
+        );
         break;
       case 'typing_indicator':
         this._onTyping(frame.data || {});
@@ -1465,9 +1516,13 @@ export class ParleyClient {
         this._onSyncComplete(frame.data || {});
         break;
       case 'conversation.created':
-      case 'conversation.updated':
-        if (frame.data) this._dispatch(chatActions.conversationUpserted(frame.data));
+      case 'conversation.updated': {
+        if (!frame.data || frame.data.id == null) break;
+        const known = String(frame.data.id) in this.state.conversations.byId;
+        this._dispatch(chatActions.conversationUpserted(frame.data));
+        if (!known) this.sync(); // joined a conversation that may have history
         break;
+      }
       case 'error':
         this._onError(frame.error || {});
         break;
@@ -1486,7 +1541,8 @@ export class ParleyClient {
       this.queue.remove(message.local_id);
       this._clearRetry(message.local_id);
     }
-    if (!seen && String(message.sender_id) !== this.userId && message.status !== 'delivered' && message.status !== 'read') {
+    const fromOther = String(message.sender_id) !== this.userId;
+    if (!seen && fromOther && message.status !== 'delivered' && message.status !== 'read') {
       if (!this._undelivered.has(cid)) this._undelivered.set(cid, new Set());
       this._undelivered.get(cid).add(id);
       this._scheduleDelivered();
@@ -1546,7 +1602,9 @@ export class ParleyClient {
     const tries = this._retries.get(localId) ?? 0;
     if (RETRYABLE_ERRORS.has(error.code) && tries < this.maxRetries) {
       this._retries.set(localId, tries + 1);
-      const delay = error.code === ErrorCode.RATE_LIMITED && error.retry_after_ms ? Math.max(error.retry_after_ms, this.retryDelay) : this.retryDelay;
+      const delay = error.code === ErrorCode.RATE_LIMITED && error.retry_after_ms
+        ? Math.max(error.retry_after_ms, this.retryDelay)
+        : this.retryDelay;
       this._clearRetry(localId, false);
       this._retryTimers.set(localId, this.timers.setTimeout(() => {
         this._retryTimers.delete(localId);

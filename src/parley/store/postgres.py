@@ -523,8 +523,9 @@ class PostgresStore:
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+        position = {id(p): n for n, p in enumerate(unique)}
         for p, first in copies:
-            result = results[unique.index(first)]
+            result = results[position[id(first)]]
             if isinstance(result, StoreError):
                 p.future.set_exception(type(result)(*result.args))
             else:
@@ -589,75 +590,86 @@ class PostgresStore:
 
         # 3. Allocate seqs under the conversations' row locks, insert, commit.
         if valid:
-            async with conn.transaction():
-                counts: dict[int, int] = {}
-                activity: dict[int, float] = {}
-                for i in valid:
-                    cid = cast(int, conv_ids[i])
-                    counts[cid] = counts.get(cid, 0) + 1
-                    activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
-                order = sorted(counts)
-                if len(order) > 1:
-                    await conn.execute(
-                        "SELECT 1 FROM conversations WHERE id = ANY($1::bigint[])"
-                        " ORDER BY id FOR UPDATE",
-                        order,
-                    )
-                bumped = await conn.fetch(
-                    """UPDATE conversations c
-                       SET last_seq = c.last_seq + v.n,
-                           last_activity = GREATEST(c.last_activity, v.t)
-                       FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
-                       WHERE c.id = v.id
-                       RETURNING c.id, c.last_seq""",
-                    order,
-                    [counts[c] for c in order],
-                    [activity[c] for c in order],
-                )
-                next_seq = {
-                    int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped
-                }
-                seqs: dict[int, int] = {}
-                for i in valid:
-                    cid = cast(int, conv_ids[i])
-                    seqs[i] = next_seq[cid]
-                    next_seq[cid] += 1
-                inserted = await conn.fetch(
-                    """INSERT INTO messages
-                           (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
-                       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                                            $5::text[], $6::float8[], $7::bigint[])
-                       RETURNING id, sender_id, local_id""",
-                    [conv_ids[i] for i in valid],
-                    [seqs[i] for i in valid],
-                    [msgs[i].sender_id for i in valid],
-                    [msgs[i].local_id for i in valid],
-                    [msgs[i].content for i in valid],
-                    [msgs[i].sent_at for i in valid],
-                    [_int_id(msgs[i].reply_to) for i in valid],
-                )
-                new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
-                await self._link_attachments(conn, msgs, valid, new_id, uploads)
-            for i in valid:
-                m = msgs[i]
-                results[i] = (
-                    MessageRecord(
-                        id=str(new_id[(m.sender_id, m.local_id)]),
-                        conversation_id=m.conversation_id,
-                        seq=seqs[i],
-                        sender_id=m.sender_id,
-                        local_id=m.local_id,
-                        content=m.content,
-                        sent_at=m.sent_at,
-                        reply_to=m.reply_to,
-                        attachments=[
-                            a.meta if a.data is not None else uploads[a.meta.id]
-                            for a in m.attachments
-                        ],
-                    ),
-                    True,
-                )
+            targets = {i: cast(int, conv_ids[i]) for i in valid}
+            for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
+                results[i] = (record, True)
         return [cast(AppendResult | StoreError, r) for r in results]
+
+    async def _insert(
+        self,
+        conn: _Connection,
+        msgs: list[NewMessage],
+        targets: dict[int, int],
+        uploads: dict[str, AttachmentRecord],
+    ) -> dict[int, MessageRecord]:
+        """Insert ``msgs[i]`` into conversation ``targets[i]`` for each ``i``, in one
+        transaction; the records by ``i``, once committed."""
+        valid = list(targets)
+        async with conn.transaction():
+            counts: dict[int, int] = {}
+            activity: dict[int, float] = {}
+            for i, cid in targets.items():
+                counts[cid] = counts.get(cid, 0) + 1
+                activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
+            order = sorted(counts)
+            if len(order) > 1:
+                # Lock in id order, so that two batches never wait on each other in a cycle.
+                await conn.execute(
+                    "SELECT 1 FROM conversations WHERE id = ANY($1::bigint[])"
+                    " ORDER BY id FOR NO KEY UPDATE",
+                    order,
+                )
+            bumped = await conn.fetch(
+                """UPDATE conversations c
+                   SET last_seq = c.last_seq + v.n,
+                       last_activity = GREATEST(c.last_activity, v.t)
+                   FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
+                   WHERE c.id = v.id
+                   RETURNING c.id, c.last_seq""",
+                order,
+                [counts[c] for c in order],
+                [activity[c] for c in order],
+            )
+            next_seq = {int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped}
+            seqs: dict[int, int] = {}
+            for i, cid in targets.items():
+                seqs[i] = next_seq[cid]
+                next_seq[cid] += 1
+            replies = {i: _int_id(msgs[i].reply_to) for i in valid}
+            inserted = await conn.fetch(
+                """INSERT INTO messages
+                       (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
+                   SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                        $5::text[], $6::float8[], $7::bigint[])
+                   RETURNING id, sender_id, local_id""",
+                [targets[i] for i in valid],
+                [seqs[i] for i in valid],
+                [msgs[i].sender_id for i in valid],
+                [msgs[i].local_id for i in valid],
+                [msgs[i].content for i in valid],
+                [msgs[i].sent_at for i in valid],
+                [replies[i] for i in valid],
+            )
+            new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
+            await self._link_attachments(conn, msgs, valid, new_id, uploads)
+        records: dict[int, MessageRecord] = {}
+        for i in valid:
+            m = msgs[i]
+            reply = replies[i]
+            records[i] = MessageRecord(
+                id=str(new_id[(m.sender_id, m.local_id)]),
+                conversation_id=str(targets[i]),
+                seq=seqs[i],
+                sender_id=m.sender_id,
+                local_id=m.local_id,
+                content=m.content,
+                sent_at=m.sent_at,
+                reply_to=None if reply is None else str(reply),
+                attachments=[
+                    a.meta if a.data is not None else uploads[a.meta.id] for a in m.attachments
+                ],
+            )
+        return records
 
     @staticmethod
     def _refusal(
