@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support.server import ParleyServer  # noqa: E402
+from tests.support.server import ParleyServer
 
 
 def rss_kib(pid: int) -> int:
@@ -55,8 +55,8 @@ async def bystander_run(
         slow_sock.connect(("127.0.0.1", srv.port))
         slow_sock.sendall(
             (
-                f"GET /ws?token={srv.token(f's{tag}')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
+                f"GET /ws?token={srv.token(f's{tag}')} HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
