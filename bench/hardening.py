@@ -56,7 +56,8 @@ async def bystander_run(
         slow_sock.sendall(
             (
                 f"GET /ws?token={srv.token(f's{tag}')} HTTP/1.1\r\nHost: x\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )

@@ -197,6 +197,20 @@ class Server:
         return round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
 
 
+def machine_busy(seconds: float = 3.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (other sessions' load skews every number)."""
+
+    def ticks() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = ticks()
+    time.sleep(seconds)
+    busy1, total1 = ticks()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
 def _raise_nofile() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     target = max(hard, 65536)  # raising the hard limit needs root; else keep it
@@ -305,8 +319,13 @@ class Suite:
         self.tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
         self.runner = Runner(args.client_cpu, self.tmp)
         self.results: dict[str, Any] = {}
+        self.busy: list[float] = []  # machine load before each series
 
     def server(self, system: str, **kw: Any) -> Server:
+        busy = machine_busy(2.0)
+        self.busy.append(busy)
+        if busy > 0.05:
+            log(f"  warning: the machine is {100 * busy:.0f}% busy before this series")
         workdir = self.tmp / f"{system}-{secrets.token_hex(3)}"
         return Server(system, self.args.server_cpu, workdir, **kw)
 
@@ -322,29 +341,24 @@ class Suite:
         passes: Callable[[dict[str, Any]], bool],
         label: str,
     ) -> list[dict[str, Any]]:
-        """Steps of rising rate until a step fails ``passes``; then one step between."""
+        """Steps of rising rate until one fails ``passes`` twice in a row (a single slow
+        hiccup must not end a series); then one step between the last pass and the fail.
+        """
         steps: list[dict[str, Any]] = []
-        good: float | None = None
-        while rate < 1e7:
+
+        def step(rate: float) -> bool:
             result = self.runner.bench(server, *base_args, "--rate", f"{rate:.1f}", *self.timing())
             result["rate"] = rate
+            result["pass"] = ok = "failed" not in result and passes(result)
             steps.append(result)
-            ok = "failed" not in result and passes(result)
-            result["pass"] = ok
             log(f"  {label} rate {rate:8.0f}/s {'ok  ' if ok else 'FAIL'} {_summary(result)}")
-            if not ok:
+            return ok
+
+        good: float | None = None
+        while rate < 1e7:
+            if not step(rate) and not step(rate):
                 if good is not None and rate / good > 1.15:
-                    mid = (good * rate) ** 0.5
-                    result = self.runner.bench(
-                        server, *base_args, "--rate", f"{mid:.1f}", *self.timing()
-                    )
-                    result["rate"] = mid
-                    result["pass"] = "failed" not in result and passes(result)
-                    steps.append(result)
-                    log(
-                        f"  {label} rate {mid:8.0f}/s {'ok  ' if result['pass'] else 'FAIL'} "
-                        f"{_summary(result)}"
-                    )
+                    step((good * rate) ** 0.5)
                 break
             good = rate
             rate *= self.plan.step_factor
@@ -628,9 +642,13 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
             gen = f"{100 * con['generator_cpu']:.0f}%" if con and "generator_cpu" in con else ""
             lines.append(f"| {system} | {kib} | {rate} | {gen} |")
         lines.append("")
+    busiest = max(suite.busy, default=0.0)
     lines += [
         "## Notes",
         "",
+        f"- Machine load before a series, at most: {100 * busiest:.0f}% of all CPUs"
+        + (" — **not quiet: these numbers are skewed**" if busiest > 0.05 else " (quiet)")
+        + ".",
         f"- Highest generator CPU share in any fan-out step: {100 * gen_max:.0f}% of its core "
         "(below 100%: the generator kept up; each step's share is in results.json, with "
         "the server's share over the same window).",
