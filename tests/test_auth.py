@@ -57,3 +57,26 @@ def test_audience_and_issuer() -> None:
 
 def test_admin_claim() -> None:
     assert TokenVerifier(SECRET).verify(mint_token(SECRET, "root", admin=True)).admin
+
+
+def test_rs256_with_public_key() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    verifier = TokenVerifier(public_pem, algorithms=("RS256",))
+    assert verifier.verify(mint_token(private_pem, "7", algorithm="RS256")).user_id == "7"
+    # An HS256 token "signed" with the public key (the classic key-confusion attack) fails.
+    forged = jwt.encode({"sub": "7", "exp": 4102444800}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError):
+        verifier.verify(forged)
