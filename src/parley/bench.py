@@ -629,6 +629,7 @@ class Bench:
             return self._result(connect_s, wall, cpu)
         finally:
             await self._close_all()
+            gc.unfreeze()
 
     async def _tokens(self) -> None:
         cfg = self.config

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
+from functools import partial
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -100,6 +102,8 @@ class ChatService:
         self._peer_typing: dict[Peer, set[str]] = {}
         self._client_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()  # appends awaiting their commit
+        self.node_id = secrets.token_hex(6)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -107,8 +111,8 @@ class ChatService:
 
     async def drain(self) -> None:
         """Wait for in-flight requests (sends awaiting their commit) to finish."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._pending:
+            await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
 
     def next_client_id(self, user_id: str) -> str:
         return f"user_{user_id}_{next(self._client_ids)}"
@@ -163,7 +167,7 @@ class ChatService:
     def handle(self, peer: Peer, cmd: p.Command) -> None:
         """Act on one command. Slow work runs in tasks; replies go to ``peer.write``."""
         if isinstance(cmd, p.SendMessage):
-            self._spawn(self._send_message(peer, cmd, time.perf_counter()))
+            self._send_message(peer, cmd)
         elif isinstance(cmd, p.Heartbeat):
             peer.write(
                 self.frame(p.encode_event("heartbeat_ack", {"timestamp": p.iso(self.clock())}))
@@ -206,38 +210,53 @@ class ChatService:
         )
 
     # ------------------------------------------------------------------ send
-    async def _send_message(self, peer: Peer, cmd: p.SendMessage, started: float) -> None:
+    def _send_message(self, peer: Peer, cmd: p.SendMessage) -> None:
+        """Validate and queue the append; the rest happens when the commit lands."""
         try:
             new = self._new_message(peer.user_id, cmd)
-            record, created = await self.store.append_message(new)
+            pending = asyncio.ensure_future(self.store.append_message(new))
         except ServiceError as exc:
             self.send_error(
                 peer, exc.code, exc.message, local_id=cmd.local_id, request_id=cmd.request_id
             )
             return
-        except StoreError as exc:
-            code = ErrorCode.FORBIDDEN if isinstance(exc, ForbiddenError) else ErrorCode.NOT_FOUND
-            self.send_error(peer, code, str(exc), local_id=cmd.local_id, request_id=cmd.request_id)
+        self._pending.add(pending)
+        pending.add_done_callback(partial(self._appended, peer, cmd, time.perf_counter()))
+
+    def _appended(
+        self,
+        peer: Peer,
+        cmd: p.SendMessage,
+        started: float,
+        done: asyncio.Future[tuple[MessageRecord, bool]],
+    ) -> None:
+        self._pending.discard(done)
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            if isinstance(exc, StoreError):
+                code = (
+                    ErrorCode.FORBIDDEN if isinstance(exc, ForbiddenError) else ErrorCode.NOT_FOUND
+                )
+                message = str(exc)
+            else:
+                log.error("send_message failed: %r", exc)
+                code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
+            self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
             return
-        except Exception:
-            log.exception("send_message failed")
-            self.send_error(
-                peer,
-                ErrorCode.MESSAGE_FAILED,
-                "Failed to send message",
-                local_id=cmd.local_id,
-                request_id=cmd.request_id,
-            )
-            return
+        record, created = done.result()
         if created:
             self.metrics.messages.inc()
             self.metrics.ack_latency.observe(time.perf_counter() - started)
             self.publish_message(record)
         else:
             self.metrics.duplicates.inc()
-            cursors = await self.store.get_cursors(record.conversation_id)
-            wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
-            peer.write(self.frame(p.encode_chat_message(wire)))
+            self._spawn(self._resend_original(peer, record))
+
+    async def _resend_original(self, peer: Peer, record: MessageRecord) -> None:
+        """A resend: the original message, with its current status, to that connection."""
+        cursors = await self.store.get_cursors(record.conversation_id)
+        wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
+        peer.write(self.frame(p.encode_chat_message(wire)))
 
     def _new_message(self, user_id: str, cmd: p.SendMessage) -> NewMessage:
         content = cmd.content
@@ -290,7 +309,7 @@ class ChatService:
         frame = p.encode_chat_message(wire)
         wire.local_id = record.local_id or msgspec.UNSET
         sender_frame = p.encode_chat_message(wire)
-        self.broker.publish(
+        self._publish(
             Envelope(
                 kind="conversation",
                 conversation_id=record.conversation_id,
@@ -365,7 +384,7 @@ class ChatService:
         frame = p.encode_event(
             "typing_indicator", p.typing_data(user, cid, is_typing, self.clock())
         )
-        self.broker.publish(
+        self._publish(
             Envelope(
                 kind="conversation",
                 conversation_id=cid,
@@ -417,9 +436,7 @@ class ChatService:
             return
         event = "messages_read" if kind == "read" else "messages_delivered"
         frame = p.encode_event(event, p.receipt_data(peer.user_id, cid, ids, self.clock()))
-        self.broker.publish(
-            Envelope(kind="conversation", conversation_id=cid, frame=msgspec.Raw(frame))
-        )
+        self._publish(Envelope(kind="conversation", conversation_id=cid, frame=msgspec.Raw(frame)))
 
     # ------------------------------------------------------------------ sync
     async def _sync(self, peer: Peer, cmd: p.Sync) -> None:
@@ -505,7 +522,7 @@ class ChatService:
         self, conv: Conversation, event: str, also: Sequence[str] | None = None
     ) -> None:
         frame = p.encode_event(event, self.conversation_data(conv))
-        self.broker.publish(
+        self._publish(
             Envelope(
                 kind="conversation",
                 conversation_id=conv.id,
@@ -517,13 +534,24 @@ class ChatService:
 
     def close_user(self, user_id: str, code: int, reason: str) -> None:
         """Close every connection of a user on every node."""
-        self.broker.publish(
+        self._publish(
             Envelope(kind="users", user_ids=[user_id], close_code=code, close_reason=reason)
         )
 
     # ------------------------------------------------------------------ fan-out
+    def _publish(self, env: Envelope) -> None:
+        """Deliver to this node's connections now, and to the other nodes by the broker."""
+        env = msgspec.structs.replace(env, origin=self.node_id)
+        self._deliver(env)
+        self.broker.publish(env)
+
     def deliver(self, env: Envelope) -> None:
-        """Broker handler: write an envelope's frames to the local connections it names."""
+        """Broker handler: envelopes of other nodes (this node's were delivered already)."""
+        if env.origin != self.node_id:
+            self._deliver(env)
+
+    def _deliver(self, env: Envelope) -> None:
+        """Write an envelope's frames to the local connections it names."""
         if env.kind == "users":
             for user in env.user_ids or ():
                 for peer in list(self.peers.get(user, ())):

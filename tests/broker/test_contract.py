@@ -242,3 +242,15 @@ async def test_a_burst_goes_out_in_pipelines(redis_server: RedisProcess, burst: 
         assert broker.dropped == 0
     finally:
         await broker.close()
+
+
+async def test_log_lines_never_show_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    from .conftest import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    broker = RedisBroker(url, start_timeout=0.2)
+    with caplog.at_level("DEBUG", logger="parley.broker.redis"):
+        await broker.start(Collector())
+        await broker.close()
+    assert "not reachable" in caplog.text
+    assert "hunter2" not in caplog.text

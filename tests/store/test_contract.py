@@ -104,7 +104,7 @@ async def test_close_finishes_submitted_writes(store_url: str, uid: Uid) -> None
     s1 = open_store(store_url)
     await s1.start()
     conv = await group(s1, a)
-    tasks = [asyncio.create_task(s1.append_message(msg(conv, a, f"l{i}"))) for i in range(50)]
+    tasks = [asyncio.ensure_future(s1.append_message(msg(conv, a, f"l{i}"))) for i in range(50)]
     await asyncio.sleep(0)  # every append is now submitted
     await s1.close()
     results = await asyncio.gather(*tasks)

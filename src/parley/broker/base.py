@@ -5,9 +5,10 @@ Guarantees of every ``Broker`` (checked by ``tests/broker/test_contract.py``):
 * At-most-once: an envelope may be lost (e.g. while Redis is away) but is never
   delivered twice. History plus ``seq``-gap ``sync`` is how clients recover.
 * Order: envelopes from one publisher arrive in the order published.
-* ``publish`` never blocks and never awaits the network; the publishing node's own
-  handler receives its envelopes too (through the broker, so every node takes the
-  same path).
+* ``publish`` never blocks and never awaits the network. The publishing node's own
+  handler may receive its envelopes too; the service delivers its own envelopes
+  locally at once (so a node cut off from Redis still serves its own clients) and
+  ignores them when they come back (``origin``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     user_ids: list[str] | None = None
     close_code: int | None = None
     close_reason: str | None = None
+    origin: str | None = None  # id of the publishing node (it delivered locally already)
 
 
 Handler = Callable[[Envelope], None]

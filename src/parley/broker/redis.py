@@ -28,6 +28,7 @@ import contextlib
 import logging
 import random
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from redis.asyncio import Redis
@@ -42,6 +43,20 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "the connection is gone or unusable": reconnect.
 _CONNECTION_ERRORS = (RedisError, OSError, EOFError)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _wire_type() -> tuple[type[msgspec.Struct], tuple[str, ...], tuple[str, ...]]:
@@ -97,6 +112,7 @@ class RedisBroker:
         flush_timeout: float = 1.0,
     ) -> None:
         self.url = url
+        self._shown_url = _redacted(url)
         self.channel = f"{prefix}:events"
         self.dropped = 0
         self.published = 0
@@ -139,7 +155,9 @@ class RedisBroker:
             async with asyncio.timeout(self._start_timeout):
                 await self.wait_healthy()
         if not self.healthy:
-            log.warning("Redis at %s not reachable yet; retrying in the background", self.url)
+            log.warning(
+                "Redis at %s not reachable yet; retrying in the background", self._shown_url
+            )
 
     async def close(self) -> None:
         """Give queued envelopes a moment (``flush_timeout``) to go out, then stop."""
@@ -193,10 +211,10 @@ class RedisBroker:
             self._subscriber_up = subscriber
         if self.healthy != was:
             if self.healthy:
-                log.info("Redis broker connected to %s", self.url)
+                log.info("Redis broker connected to %s", self._shown_url)
             elif not self._closing:
                 log.warning(
-                    "Redis broker lost %s; publishes are dropped until it is back", self.url
+                    "Redis broker lost %s; publishes are dropped until it is back", self._shown_url
                 )
         self._health_changed.set()
 

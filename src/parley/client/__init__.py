@@ -8,14 +8,17 @@
         c.on("message", lambda m: print(m["sender_id"], m["content"]))
         record = await c.send_message("1", "hello")
 
-Modules: ``client`` (the connection and its I/O), ``state`` (the seed's store shape and
-its pure reducer), ``queue`` (the SQLite offline queue), ``backoff`` (reconnect delays),
-``errors``. See ``docs/python-client.md``.
+Modules: ``client`` (``ChatClient``: connecting, catching up, receiving), ``state`` (the
+seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``queue``
+(the SQLite offline queue), ``connection`` (one connection's bookkeeping and the
+close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``errors``.
+See ``docs/python-client.md``.
 """
 
 from parley.client.backoff import Backoff
-from parley.client.client import EVENTS, ChatClient, new_local_id
+from parley.client.client import ChatClient, new_local_id
 from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.events import EVENTS
 from parley.client.queue import OfflineQueue
 from parley.client.state import (
     Action,

@@ -1,9 +1,10 @@
 """``ChatClient``: the asyncio SDK over one WebSocket, reconnecting for as long as it lives.
 
-Layers: ``state`` (pure reducer), ``queue`` (SQLite outbox), ``backoff`` (pure delays);
-this module is the I/O around them. One supervisor task keeps a connection up; each
-connection (a ``_Session``) runs a reader, a heartbeat and the outbox sender, and ends
-them all when the socket closes.
+Layers: ``state`` (pure reducer), ``outbox`` + ``queue`` (sending, on disk first),
+``connection`` (per-connection bookkeeping, close-code rules), ``backoff`` (pure delays),
+``events`` (listeners); this module is the I/O that ties them. One supervisor task keeps
+a connection up; each connection (a ``Session``) runs a reader, a heartbeat and the
+outbox sender, and ends them all when the socket closes.
 
 The delivery rules, which the chaos test checks end to end:
 
@@ -22,18 +23,14 @@ The delivery rules, which the chaos test checks end to end:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import inspect
-import json
 import logging
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -42,74 +39,28 @@ from websockets.protocol import State
 
 from parley.client import state as st
 from parley.client.backoff import Backoff
-from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.connection import (
+    Session,
+    SessionLost,
+    after_close,
+    decode_frame,
+    get_json,
+    http_base,
+    send_frame,
+    token_expiry,
+)
+from parley.client.errors import ClientClosed, ClientError
+from parley.client.events import Emitter, Listener
+from parley.client.outbox import Outbox
 from parley.client.queue import OfflineQueue
 from parley.codes import CloseCode, ErrorCode, MessageStatus
 
 log = logging.getLogger("parley.client")
 
-T = TypeVar("T")
-Listener = Callable[[Any], object]
 TokenProvider = Callable[[], Awaitable[str]]
-
-# Errors that no retry can cure: the message fails at once.
-PERMANENT_ERRORS = frozenset(
-    {
-        ErrorCode.INVALID_MESSAGE,
-        ErrorCode.NOT_FOUND,
-        ErrorCode.FORBIDDEN,
-        ErrorCode.PAYLOAD_TOO_LARGE,
-    }
-)
 
 TOKEN_MARGIN = 1.0  # seconds: a token this close to its expiry is replaced before use
 RECEIPT_BATCH = 100  # message ids per mark_delivered / mark_read frame
-
-EVENTS = frozenset(
-    {
-        "connected",  # connection.established data
-        "disconnected",  # {"code", "reason"}
-        "reconnecting",  # {"attempt", "delay"}
-        "synced",  # {}: every conversation holds all messages the server announced
-        "message",  # MessageRecord: each message once, in seq order per conversation
-        "message_status",  # MessageRecord: an own message whose status changed
-        "typing",  # typing_indicator data
-        "read",  # messages_read data
-        "delivered",  # messages_delivered data
-        "conversation",  # conversation.created / conversation.updated data
-        "error",  # a server error not tied to a queued message, or an SDK error
-        "frame",  # every decoded frame received
-        "state",  # ChatState, after every change
-        "closed",  # {"code", "reason"}: the client has stopped for good
-    }
-)
-
-
-class _SessionLost(Exception):
-    """The current connection is gone; the outbox waits for the next one."""
-
-
-class _Session:
-    """One WebSocket connection. Attributes are only touched from the event loop."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.established = False  # set on connection.established
-        self.missed_heartbeats = 0
-        self.acks: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
-        self.sync_in_flight = False
-        self.sync_again = False
-        self.sync_sent: tuple[dict[str, int], dict[str, int]] | None = None  # cursors, last
-        self.sync_count = 0
-        self.lost = False  # set when the socket is found dead or the session ends
-        self.tasks: list[asyncio.Task[None]] = []  # cancelled when the session ends
-        self.receipts: asyncio.Task[None] | None = None  # the receipt flusher, if running
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self.tasks = [t for t in self.tasks if not t.done()]
-        self.tasks.append(task)
-        return task
 
 
 class ChatClient:
@@ -162,23 +113,19 @@ class ChatClient:
         self._token_in_query = token_in_query
 
         self._state = st.initial_state()
-        self._listeners: dict[str, list[Listener]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._events = Emitter()
         self._predicates: list[tuple[Callable[[st.ChatState], bool], asyncio.Future[None]]] = []
 
-        self._queue = OfflineQueue(queue_path)
-        self._executor: ThreadPoolExecutor | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
-        self._session: _Session | None = None  # the established connection, if any
+        self._session: Session | None = None  # the established connection, if any
         self._closing = False
         self._closed = False
         self._stop_error: ClientError | None = None
         self._connected_waiters: list[asyncio.Future[None]] = []
-        self._send_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._outbox_wakeup = asyncio.Event()  # set when the queue may have work
         self._wakeup = asyncio.Event()  # interrupts the backoff sleep
         self._baselined: set[str] = set()  # conversations whose start point is fixed
+        self._member_fetches: set[str] = set()  # conversations whose members are asked for
         self._pending_delivered: dict[str, list[str]] = {}
         self._pending_read: dict[str, list[str]] = {}
         self._caught_up = False
@@ -192,9 +139,17 @@ class ChatClient:
             "replays": 0,
             "token_refreshes": 0,
         }
-        self._sent_before: set[str] = set()  # local ids sent on some connection, not acked
-
-        entries = self._queue.entries()
+        queue = OfflineQueue(queue_path)
+        self._outbox = Outbox(
+            queue,
+            get_state=lambda: self._state,
+            dispatch=self._dispatch,
+            stats=self.stats,
+            retry_delay=retry_delay,
+            max_retries=max_retries,
+            ack_timeout=ack_timeout,
+        )
+        entries = queue.entries()
         if entries:
             self._dispatch(st.queue_loaded(entries))
 
@@ -219,15 +174,7 @@ class ChatClient:
 
     def on(self, event: str, callback: Listener) -> Callable[[], None]:
         """Call ``callback(data)`` on ``event`` (see ``EVENTS``); returns an unsubscribe."""
-        if event not in EVENTS:
-            raise ValueError(f"unknown event {event!r}; one of {sorted(EVENTS)}")
-        self._listeners.setdefault(event, []).append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.get(event, []).remove(callback)
-
-        return unsubscribe
+        return self._events.on(event, callback)
 
     async def connect(self, *, wait: bool = True) -> None:
         """Start connecting (and reconnecting, until ``close``).
@@ -242,7 +189,7 @@ class ChatClient:
             raise ClientClosed("the client is closed")
         if self._runner is None or self._runner.done():
             self._stop_error = None
-            self._runner = asyncio.create_task(self._run(), name="parley-client")
+            self._runner = asyncio.create_task(self._supervise(), name="parley-client")
         if not wait or self._session is not None:
             return
         if self._stop_error is not None:
@@ -273,15 +220,8 @@ class ChatClient:
                 await runner
         self._closed = True
         self._stop(ClientClosed("the client is closed"))
-        tasks = [t for t in self._tasks if not t.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await self._io(self._queue.close)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        await self._events.aclose()
+        await self._outbox.close()
 
     async def __aenter__(self) -> ChatClient:
         await self.connect()
@@ -319,9 +259,10 @@ class ChatClient:
             entry["reply_to"] = str(reply_to)
         if attachments:
             entry["attachments"] = [dict(a) for a in attachments]
-        await self._io(self._queue.put, entry)
+        await self._outbox.put(entry)
         self._dispatch(st.send_message(entry))
-        return await self._await_outcome(entry["local_id"])
+        await self._outbox.wait(entry["local_id"], self._session is not None)
+        return self._record(entry["local_id"])
 
     async def retry(self, local_id: str) -> st.MessageRecord:
         """Send a ``failed`` own message again (same ``local_id``); as ``send_message``."""
@@ -330,8 +271,9 @@ class ChatClient:
             return rec
         self._dispatch(st.retry_message(local_id))
         entry = next(e for e in self._state["messageQueue"] if e["local_id"] == local_id)
-        await self._io(self._queue.put, entry)
-        return await self._await_outcome(local_id)
+        await self._outbox.put(entry)
+        await self._outbox.wait(local_id, self._session is not None)
+        return self._record(local_id)
 
     async def typing(self, conversation_id: str, is_typing: bool = True) -> bool:
         """Tell the others whether the user is typing; False if not connected (dropped)."""
@@ -369,7 +311,7 @@ class ChatClient:
     async def wait_for(
         self,
         predicate: Callable[[st.ChatState], bool],
-        timeout: float | None = None,  # noqa: ASYNC109 - mirrors asyncio.wait_for
+        timeout: float | None = None,
     ) -> st.ChatState:
         """Wait until ``predicate(state)`` holds (checked now and after every change)."""
         if predicate(self._state):
@@ -388,20 +330,10 @@ class ChatClient:
         self,
         event: str,
         predicate: Callable[[Any], bool] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - mirrors asyncio.wait_for
+        timeout: float | None = None,
     ) -> Any:
         """The data of the next ``event`` for which ``predicate`` holds."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def listener(data: Any) -> None:
-            if not fut.done() and (predicate is None or predicate(data)):
-                fut.set_result(data)
-
-        unsubscribe = self.on(event, listener)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            unsubscribe()
+        return await self._events.wait_for(event, predicate, timeout)
 
     # -- state and events ------------------------------------------------------------
     def _dispatch(self, action: st.Action) -> None:
@@ -446,21 +378,7 @@ class ChatClient:
                 self._emit("message", rec)
 
     def _emit(self, event: str, data: Any) -> None:
-        for callback in list(self._listeners.get(event, ())):
-            try:
-                result = callback(data)
-            except Exception:
-                log.exception("listener for %r failed", event)
-                continue
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._listener_done)
-
-    def _listener_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("listener task failed", exc_info=task.exception())
+        self._events.emit(event, data)
 
     def _record(self, local_id: str) -> st.MessageRecord:
         rec = st.find_message(self._state, local_id)
@@ -468,34 +386,8 @@ class ChatClient:
             raise KeyError(local_id)
         return rec
 
-    # -- blocking I/O off the loop ------------------------------------------------------
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="parley-queue")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    # -- sending -----------------------------------------------------------------------
-    async def _await_outcome(self, local_id: str) -> st.MessageRecord:
-        self._outbox_wakeup.set()
-        if self._session is not None:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._send_waiters.setdefault(local_id, []).append(fut)
-            await fut
-        return self._record(local_id)
-
-    def _release_waiters(self, local_id: str | None = None) -> None:
-        """Let ``send_message`` calls return (all of them when ``local_id`` is None)."""
-        keys = list(self._send_waiters) if local_id is None else [local_id]
-        for key in keys:
-            for fut in self._send_waiters.pop(key, []):
-                if not fut.done():
-                    fut.set_result(None)
-
-    async def _send(self, session: _Session, frame: Mapping[str, Any]) -> None:
-        try:
-            await session.ws.send(json.dumps(frame, separators=(",", ":")))
-        except ConnectionClosed as exc:
-            raise _SessionLost from exc
+    async def _send(self, session: Session, frame: Mapping[str, Any]) -> None:
+        await send_frame(session, frame)
 
     async def _send_now(self, frame: Mapping[str, Any]) -> bool:
         session = self._session
@@ -503,69 +395,9 @@ class ChatClient:
             return False
         try:
             await self._send(session, frame)
-        except _SessionLost:
+        except SessionLost:
             return False
         return True
-
-    def _is_queued(self, local_id: str) -> bool:
-        return any(e["local_id"] == local_id for e in self._state["messageQueue"])
-
-    async def _outbox(self, session: _Session) -> None:
-        """Send the queue, oldest first, one message at a time, for this connection."""
-        try:
-            while True:
-                self._outbox_wakeup.clear()
-                queue = self._state["messageQueue"]
-                if not queue:
-                    await self._outbox_wakeup.wait()
-                    continue
-                await self._deliver(session, queue[0])
-        except _SessionLost:
-            pass
-
-    async def _deliver(self, session: _Session, entry: st.QueuedMessage) -> None:
-        lid = entry["local_id"]
-        tries = 0
-        while self._is_queued(lid):
-            fut: asyncio.Future[Mapping[str, Any] | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            session.acks[lid] = fut
-            try:
-                if tries == 0 and lid in self._sent_before:
-                    self.stats["replays"] += 1
-                self._sent_before.add(lid)
-                await self._send(session, entry)
-                tries += 1
-                try:
-                    error = await asyncio.wait_for(fut, self._ack_timeout)
-                except TimeoutError:
-                    # The server answers every send; silence means the link is dead.
-                    log.warning("no ack within %.1fs; reconnecting", self._ack_timeout)
-                    self._abort(session)
-                    raise _SessionLost from None
-            finally:
-                session.acks.pop(lid, None)
-            if error is None:
-                return
-            code = error.get("code")
-            delay = self._retry_delay
-            if code == ErrorCode.RATE_LIMITED:
-                tries -= 1
-                delay = max(delay, float(error.get("retry_after_ms") or 0) / 1000.0)
-            elif code in PERMANENT_ERRORS or tries >= self._max_retries:
-                await self._fail(lid, error)
-                return
-            self.stats["resends"] += 1
-            await asyncio.sleep(delay)
-            if session.lost:
-                raise _SessionLost
-
-    async def _fail(self, local_id: str, error: Mapping[str, Any]) -> None:
-        self._dispatch(st.message_failed(local_id, error))
-        self._sent_before.discard(local_id)
-        await self._io(self._queue.remove, local_id)
-        self._release_waiters(local_id)
 
     # -- connection supervisor ------------------------------------------------------------
     def _ws_url(self, token: str | None) -> str:
@@ -587,6 +419,14 @@ class ChatClient:
                 self.stats["token_refreshes"] += 1
             self._token = await self._token_provider()
         return self._token
+
+    async def _supervise(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            # A bug of ours must not leave callers waiting on a client that is gone.
+            log.exception("the client stopped on an unexpected error")
+            self._stop(ClientError(f"internal error: {exc!r}"))
 
     async def _run(self) -> None:
         attempt = 0
@@ -635,20 +475,14 @@ class ChatClient:
             self._emit("disconnected", {"code": code, "reason": reason})
             if self._closing:
                 break
-            if code == CloseCode.ACCESS_DENIED:
-                self._stop(AccessDenied(reason or "access denied"), code, reason)
+            then = after_close(
+                code, reason, established=established, can_refresh=self._token_provider is not None
+            )
+            if then.stop is not None:
+                self._stop(then.stop, code, reason)
                 return
-            if code == CloseCode.NORMAL:
-                self._stop(ClientClosed("the server closed the connection"), code, reason)
-                return
-            delay = self._backoff.delay(attempt)
-            if code == CloseCode.UNAUTHORIZED:
-                if self._token_provider is None:
-                    self._stop(AuthenticationError(reason or "token refused"), code, reason)
-                    return
-                refresh = True
-                if established:
-                    delay = 0.0  # the token expired in use: come straight back
+            refresh = then.refresh_token
+            delay = 0.0 if then.immediate else self._backoff.delay(attempt)
             attempt += 1
             self._emit("reconnecting", {"attempt": attempt, "delay": delay})
             await self._sleep(delay)
@@ -668,23 +502,19 @@ class ChatClient:
             if not fut.done():
                 fut.set_exception(error)
         self._connected_waiters.clear()
-        self._release_waiters()
+        self._outbox.release()
         for _predicate, fut in self._predicates:
             if not fut.done():
                 fut.set_exception(ClientClosed(str(error)))
 
-    def _abort(self, session: _Session) -> None:
-        session.lost = True
-        session.ws.transport.abort()
-
     async def _serve(self, ws: ClientConnection) -> bool:
         """Run one connection until it closes; True if it was established."""
-        session = _Session(ws)
+        session = Session(ws)
         self.stats["connections"] += 1
         session.spawn(self._heartbeat(session), "parley-heartbeat")
         try:
             async for raw in ws:
-                frame = _decode(raw)
+                frame = decode_frame(raw)
                 if frame is None:
                     log.warning("ignoring a frame that is not a JSON object")
                     continue
@@ -695,10 +525,10 @@ class ChatClient:
                             self._route(session, frame)
                             continue
                         await self._on_established(session, frame.get("data") or {})
-                        session.spawn(self._outbox(session), "parley-outbox")
+                        session.spawn(self._outbox.run(session), "parley-outbox")
                         continue
                     await self._handle(session, frame)
-                except _SessionLost:
+                except SessionLost:
                     break
                 except Exception as exc:
                     # A peer's bad frame must not end the client.
@@ -717,28 +547,28 @@ class ChatClient:
             for fut in session.acks.values():
                 if not fut.done():
                     fut.cancel()
-            self._release_waiters()
+            self._outbox.release()
             if ws.state is not State.CLOSED:
                 ws.transport.abort()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.wait_closed(), 5.0)
         return session.established
 
-    async def _heartbeat(self, session: _Session) -> None:
+    async def _heartbeat(self, session: Session) -> None:
         try:
             while True:
                 await asyncio.sleep(self._heartbeat_interval)
                 if session.missed_heartbeats >= self._max_missed:
                     log.warning("%d heartbeats unanswered; reconnecting", self._max_missed)
-                    self._abort(session)
+                    session.abort()
                     return
                 session.missed_heartbeats += 1
                 await self._send(session, {"action": "heartbeat"})
-        except _SessionLost:
+        except SessionLost:
             pass
 
     # -- incoming frames ------------------------------------------------------------------
-    async def _on_established(self, session: _Session, data: Mapping[str, Any]) -> None:
+    async def _on_established(self, session: Session, data: Mapping[str, Any]) -> None:
         self._dispatch(st.connection_established(data))
         session.established = True
         self._session = session
@@ -761,7 +591,7 @@ class ChatClient:
             if not self._history and conv["last_seq"] > conv["synced_seq"]:
                 self._dispatch(st.history_skipped(cid, conv["last_seq"]))
 
-    async def _handle(self, session: _Session, frame: Mapping[str, Any]) -> None:
+    async def _handle(self, session: Session, frame: Mapping[str, Any]) -> None:
         self._emit("frame", frame)
         kind = frame.get("type")
         if kind == "chat_message":
@@ -775,6 +605,9 @@ class ChatClient:
             receipt: st.ReceiptKind = "read" if kind == "messages_read" else "delivered"
             self._dispatch(st.receipt_received(receipt, data))
             self._emit(receipt, data)
+            conv = self._state["conversations"]["byId"].get(str(data["conversation_id"]))
+            if conv is not None and conv["member_ids"] is None:
+                self._want_members(conv["id"])
         elif kind == "typing_indicator":
             self._dispatch(st.typing_received(frame["data"]))
             self._emit("typing", frame["data"])
@@ -789,15 +622,13 @@ class ChatClient:
         if self._pending_delivered or self._pending_read:
             self._kick_receipts(session)
 
-    def _route(self, session: _Session, frame: Mapping[str, Any]) -> None:
+    def _route(self, session: Session, frame: Mapping[str, Any]) -> None:
         """Errors: to the send waiting for them, else to ``"error"`` listeners."""
         if frame.get("type") != "error":
             return
         error = frame.get("error") or {}
         lid = error.get("local_id")
-        fut = session.acks.get(str(lid)) if lid is not None else None
-        if fut is not None and not fut.done():
-            fut.set_result(error)
+        if lid is not None and self._outbox.error(session, str(lid), error):
             return
         request_id = str(error.get("request_id") or "")
         if request_id.startswith("sync-") and session.sync_in_flight:
@@ -808,12 +639,12 @@ class ChatClient:
                 session.spawn(self._sync_later(session, delay), "parley-sync-retry")
         self._emit("error", error)
 
-    async def _sync_later(self, session: _Session, delay: float) -> None:
+    async def _sync_later(self, session: Session, delay: float) -> None:
         await asyncio.sleep(delay)
-        with contextlib.suppress(_SessionLost):
+        with contextlib.suppress(SessionLost):
             await self._request_sync(session)
 
-    async def _on_chat_message(self, session: _Session, message: Mapping[str, Any]) -> None:
+    async def _on_chat_message(self, session: Session, message: Mapping[str, Any]) -> None:
         lid = message.get("local_id")
         lid = str(lid) if lid is not None else None
         cid = str(message["conversation_id"])
@@ -822,23 +653,19 @@ class ChatClient:
             self._baselined.add(cid)
             if not self._history:
                 self._dispatch(st.history_skipped(cid, int(message["seq"]) - 1))
-        if lid is not None and self._is_queued(lid):
+        if lid is not None and self._outbox.is_queued(lid):
             # The ack: the entry leaves the disk first, so that whatever the state no
             # longer holds as queued is gone from the file too.
-            await self._io(self._queue.remove, lid)
+            await self._outbox.forget(lid)
         self._dispatch(st.message_received(message))
         if lid is not None:
-            fut = session.acks.get(lid)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            self._sent_before.discard(lid)
-            self._release_waiters(lid)
+            self._outbox.acked(session, lid)
         conv = self._state["conversations"]["byId"][cid]
         if conv["synced_seq"] < conv["last_seq"]:
             self._caught_up = False
             await self._request_sync(session)
 
-    async def _request_sync(self, session: _Session) -> None:
+    async def _request_sync(self, session: Session) -> None:
         if session.sync_in_flight:
             session.sync_again = True
             return
@@ -854,7 +681,7 @@ class ChatClient:
             {"action": "sync", "cursors": cursors, "request_id": f"sync-{session.sync_count}"},
         )
 
-    async def _on_sync_complete(self, session: _Session, data: Mapping[str, Any]) -> None:
+    async def _on_sync_complete(self, session: Session, data: Mapping[str, Any]) -> None:
         self._dispatch(st.sync_completed(data))
         session.sync_in_flight = False
         again, session.sync_again = session.sync_again, False
@@ -876,7 +703,30 @@ class ChatClient:
         self._emit("synced", {})
         self._check_predicates()
 
-    def _kick_receipts(self, session: _Session) -> None:
+    def _want_members(self, cid: str) -> None:
+        """Fetch a conversation's members (REST), needed to turn receipts into statuses.
+
+        Only conversations seen in ``connection.established`` alone lack them, and only
+        once a receipt arrives for them; a failed fetch is tried again on a later one.
+        """
+        if cid in self._member_fetches or self._token is None:
+            return
+        self._member_fetches.add(cid)
+        self._events.track(asyncio.ensure_future(self._fetch_members(cid, self._token)))
+
+    async def _fetch_members(self, cid: str, token: str) -> None:
+        url = f"{http_base(self.url)}/api/conversations/{urllib.parse.quote(cid, safe='')}"
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, get_json, url, token, self._open_timeout)
+        except (OSError, ValueError) as exc:
+            log.info("could not fetch conversation %s: %s", cid, exc)
+            self._member_fetches.discard(cid)
+            return
+        if isinstance(data, dict) and str(data.get("id")) == cid:
+            self._dispatch(st.conversation_updated(data))
+
+    def _kick_receipts(self, session: Session) -> None:
         """Send pending receipts now, then at most every ``receipt_interval`` s.
 
         Receipts are cursors on the server, so a batch stands for every earlier message:
@@ -885,15 +735,15 @@ class ChatClient:
         if session.receipts is None or session.receipts.done():
             session.receipts = session.spawn(self._receipt_flusher(session), "parley-receipts")
 
-    async def _receipt_flusher(self, session: _Session) -> None:
+    async def _receipt_flusher(self, session: Session) -> None:
         try:
             while self._pending_delivered or self._pending_read:
                 await self._flush_receipts(session)
                 await asyncio.sleep(self._receipt_interval)
-        except _SessionLost:
+        except SessionLost:
             pass
 
-    async def _flush_receipts(self, session: _Session) -> None:
+    async def _flush_receipts(self, session: Session) -> None:
         for action, pending in (
             ("mark_delivered", self._pending_delivered),
             ("mark_read", self._pending_read),
@@ -915,22 +765,3 @@ class ChatClient:
 def new_local_id() -> str:
     """A fresh ``local_id``: never all digits, so never mistaken for a server id."""
     return f"py_{uuid.uuid4().hex}"
-
-
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying it (only to know when to refresh)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        exp = claims.get("exp")
-    except (IndexError, ValueError, AttributeError):
-        return None
-    return float(exp) if isinstance(exp, int | float) else None
-
-
-def _decode(raw: str | bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None

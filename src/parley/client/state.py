@@ -25,8 +25,8 @@ Rules the reducer keeps (tested in ``tests/client/test_state.py``):
   order; an entry leaves only on its ack or when the message fails for good.
 * Receipts are per-user cursors (read / delivered up to a ``seq``), as on the server. An
   own message becomes ``delivered`` (``read``) once every other member's cursor reaches
-  its ``seq``; while a conversation's member list is unknown, the members that sent
-  receipts stand in for it.
+  its ``seq``. While a conversation's member list is unknown the cursors are kept but no
+  status moves; ``chat/conversationUpdated`` with the members applies them.
 """
 
 from __future__ import annotations
@@ -644,23 +644,34 @@ def _on_receipt_received(
         receipt = {"read_seq": old["read_seq"], "delivered_seq": max(old["delivered_seq"], upto)}
     if receipt == old:
         return state, ()
-    receipts = {**conv["receipts"], user: receipt}
-    conv = {**conv, "receipts": receipts}
+    conv = {**conv, "receipts": {**conv["receipts"], user: receipt}}
+    return _apply_receipts(_with_conversations(state, {cid: conv}), cid)
+
+
+def _apply_receipts(state: ChatState, cid: str) -> tuple[ChatState, tuple[str, ...]]:
+    """Move own messages to delivered / read as far as every other member's cursor allows.
+
+    Nothing moves while the member list is unknown: who "every other member" is decides.
+    """
+    conv = state["conversations"]["byId"][cid]
     self_id = state["connection"]["userId"]
-    if conv["member_ids"] is not None:
-        others = [u for u in conv["member_ids"] if u != self_id]
-    else:
-        others = [u for u in receipts if u != self_id]
+    if conv["member_ids"] is None or self_id is None:
+        return state, ()
+    others = [u for u in conv["member_ids"] if u != self_id]
+    if not others:
+        return state, ()
+    receipts = conv["receipts"]
     empty: Receipt = {"read_seq": 0, "delivered_seq": 0}
-    read_upto = min((receipts.get(u, empty)["read_seq"] for u in others), default=0)
-    deliv_upto = min((receipts.get(u, empty)["delivered_seq"] for u in others), default=0)
+    read_upto = min(receipts.get(u, empty)["read_seq"] for u in others)
+    deliv_upto = min(receipts.get(u, empty)["delivered_seq"] for u in others)
     read_upto = max(read_upto, conv["read_upto"])
     deliv_upto = max(deliv_upto, read_upto, conv["delivered_upto"])
+    if read_upto == conv["read_upto"] and deliv_upto == conv["delivered_upto"]:
+        return state, ()
     ranges = ((conv["read_upto"], read_upto), (conv["delivered_upto"], deliv_upto))
     conv = {**conv, "read_upto": read_upto, "delivered_upto": deliv_upto}
     state = _with_conversations(state, {cid: conv})
-    if self_id is None:
-        return state, ()
+    msgs = state["messages"]
     new_by_id: dict[str, MessageRecord] | None = None
     changed: list[str] = []
     for lo, hi in ranges:
@@ -675,7 +686,7 @@ def _on_receipt_received(
             status = status_advanced(rec["status"], _own_status_floor(conv, seq))
             if status is not rec["status"]:
                 if new_by_id is None:
-                    new_by_id = dict(by_id)
+                    new_by_id = dict(msgs["byId"])
                 new_by_id[mid] = {**rec, "status": status}
                 changed.append(mid)
     if new_by_id is None:
@@ -722,7 +733,10 @@ def _on_conversation_updated(
         "active": active,
         "last_seq": max(conv["last_seq"], int(data.get("last_seq") or 0)),
     }
-    return _with_conversations(state, {cid: new}), ()
+    state = _with_conversations(state, {cid: new})
+    if new["member_ids"] != conv["member_ids"]:
+        return _apply_receipts(state, cid)
+    return state, ()
 
 
 def _on_sync_completed(

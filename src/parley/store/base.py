@@ -14,7 +14,7 @@ runs against each backend):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -153,8 +153,12 @@ class Store(Protocol):
         """Remove a member. Raises ``NotFoundError`` (conversation or membership)."""
 
     # -- messages ------------------------------------------------------------
-    async def append_message(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        """Commit a message; ``(record, created)``. Returns after the commit is durable.
+    def append_message(self, message: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
+        """Commit a message; ``(record, created)``, once the commit is durable.
+
+        May be a coroutine function, or a plain function that queues the write at once
+        and returns a future (the SQLite backend: no task per message). Appends
+        submitted in order by one caller commit in that order.
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a

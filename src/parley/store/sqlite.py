@@ -471,8 +471,10 @@ class SQLiteStore:
         return Conversation(str(cid), kind, title, sorted(cs.members), created_at, cs.last_seq)
 
     # ------------------------------------------------------------------ messages
-    async def append_message(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        return await self._submit(self._op_append, message)
+    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[MessageRecord, bool]]:
+        # Queued synchronously: the caller's order is the commit order, and no task is
+        # made per message.
+        return self._submit(self._op_append, message)
 
     def _op_append(
         self, conn: sqlite3.Connection, state: _WriterState, m: NewMessage
