@@ -66,6 +66,29 @@ class RateLimiter:
         return (1.0 - self.tokens) / self.rate
 
 
+class Flusher:
+    """Coalesces writes: each connection's frames of one loop iteration go out in one
+    ``writelines`` (one system call) at the end of the iteration."""
+
+    __slots__ = ("dirty", "scheduled")
+
+    def __init__(self) -> None:
+        self.dirty: list[WsPeer] = []
+        self.scheduled = False
+
+    def mark(self, peer: WsPeer) -> None:
+        self.dirty.append(peer)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for peer in dirty:
+            peer.flush()
+
+
 class WsPeer:
     """A live WebSocket connection (the service's ``Peer``)."""
 
@@ -73,8 +96,10 @@ class WsPeer:
         "client_id",
         "close_task",
         "closing",
+        "flusher",
         "max_buffer",
         "metrics",
+        "pending",
         "transport",
         "user_id",
         "ws",
@@ -88,6 +113,7 @@ class WsPeer:
         client_id: str,
         max_buffer: int,
         metrics: Metrics,
+        flusher: Flusher,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -95,11 +121,23 @@ class WsPeer:
         self.client_id = client_id
         self.max_buffer = max_buffer
         self.metrics = metrics
+        self.flusher = flusher
         self.closing = False
         self.close_task: asyncio.Task[None] | None = None
+        self.pending: list[bytes] | None = None  # frames of this loop iteration
 
     def write(self, wire: bytes) -> None:
         if self.closing:
+            return
+        if self.pending is None:
+            self.pending = [wire]
+            self.flusher.mark(self)
+        else:
+            self.pending.append(wire)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None or self.closing or self.ws.closed:
             return
         transport = self.transport
         if transport.is_closing():
@@ -107,11 +145,16 @@ class WsPeer:
         if transport.get_write_buffer_size() > self.max_buffer:
             self.close_soon(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbound buffer full")
             return
-        transport.write(wire)
+        if len(pending) == 1:
+            transport.write(pending[0])
+        else:
+            transport.writelines(pending)
 
     def close_soon(self, code: int, reason: str) -> None:
         if self.closing:
             return
+        if code != CloseCode.TRY_AGAIN_LATER:
+            self.flush()  # what was queued before the close goes out before it
         self.closing = True
         self.metrics.closed.labels(str(code)).inc()
         self.close_task = asyncio.ensure_future(close_ws(self.ws, self.transport, code, reason))
@@ -166,6 +209,7 @@ class WebSocketEndpoint:
         self.metrics = metrics
         self.open: set[web.WebSocketResponse] = set()
         self.accepting = True
+        self.flusher = Flusher()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         s = self.settings
@@ -195,6 +239,7 @@ class WebSocketEndpoint:
             self.service.next_client_id(identity.user_id),
             s.max_buffer_bytes,
             self.metrics,
+            self.flusher,
         )
         self.open.add(ws)
         self.metrics.connections.inc()
@@ -293,6 +338,7 @@ class WebSocketEndpoint:
     async def shutdown(self) -> None:
         """Refuse new connections and close every open one with 1001."""
         self.accepting = False
+        self.flusher.flush()
         await asyncio.gather(
             *(
                 close_ws(ws, None, CloseCode.GOING_AWAY, "server shutting down")
