@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import secrets
-from functools import partial
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
