@@ -22,7 +22,7 @@ Workloads (``--only``, comma-separated; default all):
 Writes ``RESULTS.md``, ``results.json`` and PNG plots into ``--out`` (bench/results).
 ``--quick`` shrinks every workload to a smoke run of a few minutes.
 
-    .venv/bin/python bench/run.py                 # the full run (about an hour)
+    .venv/bin/python bench/run.py                 # the full run (1 to 1.5 hours)
     .venv/bin/python bench/run.py --quick --only fanout,memory
 """
 
@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -304,12 +304,16 @@ class Plan:
     capacity_max: int
     idle_connections: int
     ack_senders: tuple[int, ...]
+    fanout_start: float = 2000.0  # delivered msgs/s of a fan-out series' first step
+    ack_start: float = 200.0  # msgs/s of an acks series' first step
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 3, 1, 200, (2, 10, 100), 2.0, 500, 1500, 1000, (1, 50))
-        return cls(False, 10, 3, 1000, (2, 10, 100), 1.4, 1000, 15000, 10000, (1, 50))
+        return cls(
+            False, 10, 3, 1000, (2, 10, 100), 1.4, 1000, 15000, 10000, (1, 50), 5000.0, 500.0
+        )
 
 
 class Suite:
@@ -386,7 +390,7 @@ class Suite:
                         *("--room-size", str(room)),
                         *("--senders", str(plan.fanout_connections)),
                     ]
-                    start = max(20.0, 2000 / max(1, room - 1))
+                    start = max(20.0, plan.fanout_start / max(1, room - 1))
                     steps = self.rising(server, args, start, passes, f"{system}/{room}")
                 out.setdefault(str(room), {})[system] = steps
         self.results["fanout"] = out
@@ -448,7 +452,9 @@ class Suite:
                             *("--connections", str(2 * senders), "--room-size", "2"),
                             *("--senders", str(senders)),
                         ]
-                        steps = self.rising(server, args, 200.0, passes, f"{name}/{senders}")
+                        steps = self.rising(
+                            server, args, self.plan.ack_start, passes, f"{name}/{senders}"
+                        )
                     out.setdefault(name, {})[str(senders)] = steps
         finally:
             if pg is not None:
@@ -533,6 +539,19 @@ async def _pg_admin(url: str, statement: str) -> None:
 # Report
 
 
+def all_steps(node: Any) -> Iterator[dict[str, Any]]:
+    """Every generator result in a results tree."""
+    if isinstance(node, dict):
+        if "generator_cpu" in node:
+            yield node
+        else:
+            for value in node.values():
+                yield from all_steps(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from all_steps(value)
+
+
 def best(steps: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     passing = [s for s in steps if s.get("pass")]
     return max(passing, key=lambda s: s[key]) if passing else None
@@ -563,7 +582,11 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
     res = suite.results
     env = environment()
     (out / "results.json").write_text(
-        json.dumps({"environment": env, "command": command, "results": res}, indent=1) + "\n"
+        json.dumps(
+            {"environment": env, "command": command, "machine_busy": suite.busy, "results": res},
+            indent=1,
+        )
+        + "\n"
     )
     plots = make_plots(res, out)
     lines = [
@@ -578,7 +601,7 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
         "persists every message before acking it; the peers persist nothing.",
         "",
     ]
-    gen_max = 0.0
+    gen_max = max((s.get("generator_cpu", 0.0) for s in all_steps(res)), default=0.0)
     if "fanout" in res:
         lines += ["## Fan-out: highest delivered msgs/s with p99 delivery ≤ 200 ms", ""]
         systems = sorted({s for by in res["fanout"].values() for s in by}, key=SYSTEMS.index)
@@ -588,7 +611,6 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
             cells = []
             for system in systems:
                 b = best(by.get(system, []), "delivered_per_s")
-                gen_max = max(gen_max, *(s.get("generator_cpu", 0) for s in by.get(system, [])))
                 cells.append(
                     f"{b['delivered_per_s']:,.0f} (p99 {b['delivery_latency_ms']['p99']:.0f} ms)"
                     if b
@@ -649,9 +671,11 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
         f"- Machine load before a series, at most: {100 * busiest:.0f}% of all CPUs"
         + (" — **not quiet: these numbers are skewed**" if busiest > 0.05 else " (quiet)")
         + ".",
-        f"- Highest generator CPU share in any fan-out step: {100 * gen_max:.0f}% of its core "
+        f"- Highest generator CPU share in any step: {100 * gen_max:.0f}% of its core "
         "(below 100%: the generator kept up; each step's share is in results.json, with "
         "the server's share over the same window).",
+        "- PostgreSQL (acks) is the server given by `--postgres`, not pinned: its CPU is "
+        "not in the server's share.",
         "- Latencies are measured from each message's *scheduled* send time (open loop), "
         "from full histograms (log buckets, < 1% error).",
         "",
@@ -694,7 +718,7 @@ def make_plots(res: dict[str, Any], out: Path) -> list[Path]:
         for ax, room in zip(axes[0], rooms, strict=True):
             for system, steps in res["fanout"][room].items():
                 ok = [s for s in steps if "failed" not in s]
-                ok.sort(key=lambda s: s["delivered_per_s"])
+                ok.sort(key=lambda s: s["rate"])  # in offered order: overload bends back
                 xs = [s["delivered_per_s"] for s in ok]
                 ax.plot(xs, [s["delivery_latency_ms"]["p99"] for s in ok], "o-", label=system)
             ax.axhline(200, color="grey", linestyle="--", linewidth=1)

@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -244,6 +245,8 @@ class WsClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.upgraded.done():
             data = self._upgrade(data)
+            if not data or not self.upgraded.done() or self.upgraded.exception():
+                return
         buf = self._buffer + data if self._buffer else data
         now = time.monotonic()
         pos, size = 0, len(buf)
@@ -375,6 +378,7 @@ async def open_websocket(
     ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     loop = asyncio.get_running_loop()
+    client: WsClient | None = None
     try:
         async with asyncio.timeout(within):
             _, client = await loop.create_connection(
@@ -386,6 +390,8 @@ async def open_websocket(
             )
             await client.upgraded
     except (OSError, TimeoutError) as exc:
+        if client is not None and client.transport is not None:
+            client.transport.abort()
         raise SetupError(f"connect {url.split('?')[0]}: {exc!r}") from exc
     return client
 
@@ -685,8 +691,8 @@ class Bench:
             raise
         self.stats.connect.record(int((time.monotonic() - started) * 1e6))
         conn.ws = ws
-        ws.on_text = lambda frame, now: self._on_frame(conn, frame, now)
-        ws.on_lost = lambda code: self._on_lost(conn, code)
+        ws.on_text = functools.partial(self._on_frame, conn)  # called from C: no extra frame
+        ws.on_lost = functools.partial(self._on_lost, conn)
         while not ws.inbox.empty():  # frames that came right behind the handshake's
             frame = ws.inbox.get_nowait()
             if frame is not None:

@@ -5,6 +5,8 @@ No timing assertions: only that messages flowed, nothing was lost and nothing fa
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import random
 import subprocess
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.bench import Histogram, format_table, main
+from parley.bench import Histogram, SetupError, WsClient, format_table, main
 from tests.support.server import ParleyServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +140,67 @@ def test_histogram_since_and_merge() -> None:
     assert 69_000 < delta.percentile(0.5) < 71_000
     snap.merge(delta)
     assert snap.count == a.count
+
+
+class _Transport:
+    """Records what the client writes; no socket."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_ws_client_frames_on_bytes() -> None:
+    """Upgrade response and frames cut at every 7th byte still come out whole."""
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    client = WsClient(b"GET / HTTP/1.1\r\n\r\n", key)
+    transport = _Transport()
+    client.connection_made(transport)  # type: ignore[arg-type]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    response = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    big = b"x" * 300
+    stream = (
+        response
+        + b"\x81\x05hello"
+        + b"\x81\x7e"
+        + len(big).to_bytes(2)
+        + big
+        + b"\x01\x03abc\x80\x03def"  # a fragmented text message
+        + b"\x89\x02hi"  # a ping
+    )
+    for i in range(0, len(stream), 7):
+        client.data_received(stream[i : i + 7])
+    received = []
+    while not client.inbox.empty():
+        received.append(client.inbox.get_nowait())
+    assert client.upgraded.done() and client.upgraded.exception() is None
+    assert received == [b"hello", big, b"abcdef"]
+    pong = transport.written[-1]
+    assert pong[0] == 0x8A and pong[1] == 0x80 | 2  # masked pong, same payload
+    mask = pong[2:6]
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(pong[6:])) == b"hi"
+
+    assert client.send_text(b"payload")
+    frame = transport.written[-1]
+    assert frame[0] == 0x81 and frame[1] == 0x80 | 7
+    mask = frame[2:6]
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(frame[6:])) == b"payload"
+
+
+async def test_ws_client_refused_upgrade() -> None:
+    client = WsClient(b"GET / HTTP/1.1\r\n\r\n", b"k")
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.data_received(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(SetupError, match="403"):
+        await client.upgraded
