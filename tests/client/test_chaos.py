@@ -33,6 +33,12 @@ from tests.support.server import ParleyServer, free_port
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS_SECONDS = float(os.environ.get("PARLEY_CHAOS_SECONDS", "15"))
 SEED = int(os.environ.get("PARLEY_CHAOS_SEED", str(random.randrange(1 << 30))))
+# When the server is SIGKILLed, as fractions of the run: twice, or every ~20 s if longer.
+KILL_AT = (
+    (0.3, 0.65)
+    if CHAOS_SECONDS < 50
+    else tuple((i + 0.5) / (CHAOS_SECONDS // 20) for i in range(int(CHAOS_SECONDS // 20)))
+)
 TOKEN_TTL = 4  # seconds: every client is closed with 4003 and refreshes during the run
 SENT_OR_BETTER = {"sent", "delivered", "read"}
 
@@ -191,7 +197,7 @@ async def _run(
             await asyncio.sleep(rng.uniform(0.03, 0.12))  # pacing, as people type
 
     async def killer() -> None:
-        for fraction in (0.3, 0.65):
+        for fraction in KILL_AT:
             await asyncio.sleep(CHAOS_SECONDS * fraction - (time.monotonic() - started))
             srv.kill()
             # Connections made from now on reach the restarted server.
@@ -325,7 +331,7 @@ async def _run(
     assert lost == duplicated == out_of_order == 0
     assert not not_sent, not_sent[:10]
     assert figures["messages_sent"] == total
-    assert figures["server_kills"] == 2 and figures["connections_cut"] > 0
+    assert figures["server_kills"] == len(KILL_AT) and figures["connections_cut"] > 0
     assert figures["token_refreshes"] > 0
     assert all(
         r["status"] != MessageStatus.FAILED

@@ -65,6 +65,33 @@ async def test_send_receive_and_status_lifecycle(
     assert a.state["messages"]["byConversation"][conv["id"]] == (rec["id"], reply["id"])
 
 
+async def test_group_status_waits_for_every_member(
+    server: ParleyServer, uid: Callable[[str], str], make_client: MakeClient
+) -> None:
+    alice, bob, carol = uid("alice"), uid("bob"), uid("carol")
+    conv = await create_conversation(server, alice, [bob, carol], title="trio")
+    a = await make_client(server, alice)  # learns the group from connection.established only
+    b = await make_client(server, bob)
+    by_bob = asyncio.ensure_future(
+        a.wait_for_event("delivered", lambda d: d["user_id"] == bob, timeout=10)
+    )
+    rec = await a.send_message(conv["id"], "to both")
+    await by_bob
+    # The members are fetched on the first receipt; bob alone does not make it delivered.
+    await a.wait_for(lambda s: s["conversations"]["byId"][conv["id"]]["member_ids"], 10)
+    assert a.message(rec["id"] or "")["status"] == "sent"  # type: ignore[index]
+    c = await make_client(server, carol)  # syncs, and marks it delivered by itself
+    await a.wait_for(lambda _s: a.message(rec["id"] or "")["status"] == "delivered", 10)  # type: ignore[index]
+    read_by_bob = asyncio.ensure_future(
+        a.wait_for_event("read", lambda d: d["user_id"] == bob, timeout=10)
+    )
+    await b.mark_read(conv["id"])
+    await read_by_bob
+    assert a.message(rec["id"] or "")["status"] == "delivered"  # type: ignore[index]
+    await c.mark_read(conv["id"])
+    await a.wait_for(lambda _s: a.message(rec["id"] or "")["status"] == "read", 10)  # type: ignore[index]
+
+
 async def test_typing_and_live_conversation_created(
     server: ParleyServer, uid: Callable[[str], str], make_client: MakeClient
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from parley.auth import mint_token
 from parley.client import AccessDenied, ChatClient, ClientClosed
 from parley.codes import CloseCode, ErrorCode, MessageStatus
 
@@ -150,8 +151,10 @@ class FakeServer:
         elif action == "sync":
             if self.sync_errors:
                 err = {**self.sync_errors.pop(0), "request_id": frame.get("request_id")}
+                then_complete = err.pop("then_complete", False)
                 await ws.send(json.dumps({"type": "error", "error": err}))
-                return
+                if not then_complete:
+                    return
             done = {}
             for cid, msgs in self.history.items():
                 after = int(frame["cursors"].get(cid, 0))
@@ -215,7 +218,7 @@ async def test_three_tries_one_second_apart_then_failed_with_the_error_kept(
     assert rec["status"] == MessageStatus.FAILED
     assert rec["error"] == {**error, "local_id": rec["local_id"]}
     assert len(fake.sent("send_message")) == 3
-    assert 1.9 <= elapsed < 4.0
+    assert 1.9 <= elapsed < 6.0
     assert statuses == ["failed"]
     assert c.state["messageQueue"] == ()
     # It can be sent again by hand, with the same local id.
@@ -377,9 +380,38 @@ async def test_a_rate_limited_sync_is_tried_again(
     assert len(fake.sent("sync")) == 2 and len(c.messages("1")) == 1
 
 
+async def test_a_refused_cursor_does_not_end_the_sync(
+    fake: FakeServer, clients: list[ChatClient]
+) -> None:
+    # As the real server does: an error for the cursor, then sync.complete all the same.
+    fake.add("1", BOB, "x")
+    fake.sync_errors = [{"code": "FORBIDDEN", "message": "not a member", "then_complete": True}]
+    c = client_for(fake, clients)
+    errors: list[dict[str, Any]] = []
+    c.on("error", errors.append)
+    await c.connect()
+    await c.wait_for(lambda _s: c.caught_up, 10)
+    assert len(fake.sent("sync")) == 1 and errors[0]["code"] == "FORBIDDEN"
+
+
 async def test_send_while_never_connected_returns_at_once(clients: list[ChatClient]) -> None:
     c = ChatClient("ws://127.0.0.1:9/ws", token="t")
     clients.append(c)
     rec = await c.send_message("1", "later")
     assert rec["status"] == MessageStatus.SENDING
     assert [e["content"] for e in c.state["messageQueue"]] == ["later"]
+
+
+async def test_an_expired_token_is_replaced_before_connecting(
+    fake: FakeServer, clients: list[ChatClient]
+) -> None:
+    secret = "a-secret-that-is-long-enough-for-hs256-use"
+    old = mint_token(secret, "alice", ttl=60, now=time.time() - 120)
+    new = mint_token(secret, "alice", ttl=60)
+
+    async def provider() -> str:
+        return new
+
+    c = client_for(fake, clients, token=old, token_provider=provider)
+    await c.connect()
+    assert fake.tokens == [new]

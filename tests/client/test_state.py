@@ -305,6 +305,7 @@ def test_group_status_waits_for_every_other_member() -> None:
 def test_receipts_never_touch_others_messages_and_own_receipts_do_not_count() -> None:
     s = run(
         established(("1", 0)),
+        st.conversation_updated({"id": "1", "member_ids": [ME, "bob"]}),
         st.message_received(msg(1, sender="bob")),
         st.message_received(msg(2, sender=ME, local_id="l2")),
         receipt("read", ME, "102"),
@@ -313,6 +314,26 @@ def test_receipts_never_touch_others_messages_and_own_receipts_do_not_count() ->
     s = run(receipt("read", "bob", "102"), state=s)
     assert s["messages"]["byId"]["101"]["status"] == MessageStatus.SENT
     assert s["messages"]["byId"]["102"]["status"] == MessageStatus.READ
+
+
+def test_receipts_wait_for_the_member_list() -> None:
+    s = run(
+        established(("1", 0)),
+        st.message_received(msg(1, sender=ME, local_id="l1")),
+        st.message_received(msg(2, sender=ME, local_id="l2")),
+        receipt("read", "bob", "101"),
+        receipt("delivered", "carol", "102"),
+    )
+    # Who must have read it is not known yet: nothing moves.
+    assert s["messages"]["byId"]["101"]["status"] == MessageStatus.SENT
+    s, changed = st.reduce_with_changes(
+        s, st.conversation_updated({"id": "1", "member_ids": [ME, "bob", "carol"]})
+    )
+    assert changed == ("101",)
+    assert s["messages"]["byId"]["101"]["status"] == MessageStatus.DELIVERED
+    assert s["messages"]["byId"]["102"]["status"] == MessageStatus.SENT
+    s = run(st.conversation_updated({"id": "1", "member_ids": [ME, "bob"]}), state=s)
+    assert s["messages"]["byId"]["101"]["status"] == MessageStatus.READ
 
 
 def test_an_ack_after_the_receipts_gets_the_status_at_once() -> None:

@@ -60,7 +60,7 @@ log = logging.getLogger("parley.client")
 TokenProvider = Callable[[], Awaitable[str]]
 
 TOKEN_MARGIN = 1.0  # seconds: a token this close to its expiry is replaced before use
-RECEIPT_BATCH = 100  # message ids per mark_delivered / mark_read frame
+RECEIPT_BATCH = 100  # at most this many (the newest) message ids per receipt frame
 
 
 class ChatClient:
@@ -269,9 +269,10 @@ class ChatClient:
         rec = self._record(local_id)
         if rec["status"] != MessageStatus.FAILED:
             return rec
-        self._dispatch(st.retry_message(local_id))
-        entry = next(e for e in self._state["messageQueue"] if e["local_id"] == local_id)
-        await self._outbox.put(entry)
+        action = st.retry_message(local_id)
+        queued = st.reduce(self._state, action)["messageQueue"]
+        await self._outbox.put(next(e for e in queued if e["local_id"] == local_id))  # disk first
+        self._dispatch(action)
         await self._outbox.wait(local_id, self._session is not None)
         return self._record(local_id)
 
@@ -365,7 +366,13 @@ class ChatClient:
         old_convs = old["conversations"]["byId"]
         skipped = action["payload"] if action["type"] == st.HISTORY_SKIPPED else None
         self_id = new["connection"]["userId"]
-        for cid, conv in new["conversations"]["byId"].items():
+        new_convs = new["conversations"]["byId"]
+        if action["type"] == st.MESSAGE_RECEIVED:  # the common case: one conversation moved
+            touched = [str(action["payload"]["conversation_id"])]
+        else:
+            touched = list(new_convs)
+        for cid in touched:
+            conv = new_convs[cid]
             prev = old_convs.get(cid)
             lo = prev["synced_seq"] if prev is not None else 0
             if conv["synced_seq"] <= lo:
@@ -631,10 +638,14 @@ class ChatClient:
         if lid is not None and self._outbox.error(session, str(lid), error):
             return
         request_id = str(error.get("request_id") or "")
-        if request_id.startswith("sync-") and session.sync_in_flight:
+        code = error.get("code")
+        # A cursor the server refuses (FORBIDDEN, NOT_FOUND) still ends in sync.complete;
+        # any other error ends the sync request without one.
+        refused_cursor = code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND)
+        if request_id.startswith("sync-") and session.sync_in_flight and not refused_cursor:
             session.sync_in_flight = False
             session.sync_again = False
-            if error.get("code") in (ErrorCode.RATE_LIMITED, ErrorCode.MESSAGE_FAILED):
+            if code in (ErrorCode.RATE_LIMITED, ErrorCode.MESSAGE_FAILED):
                 delay = max(self._retry_delay, float(error.get("retry_after_ms") or 0) / 1000)
                 session.spawn(self._sync_later(session, delay), "parley-sync-retry")
         self._emit("error", error)
@@ -750,12 +761,18 @@ class ChatClient:
         ):
             while pending:
                 cid, queued = next(iter(pending.items()))
-                ids = queued[:RECEIPT_BATCH]
+                if action == "mark_delivered":
+                    # These ids come in seq order and the server keeps receipts as
+                    # cursors: the newest stand for all before them; one frame is enough.
+                    taken, ids = len(queued), queued[-RECEIPT_BATCH:]
+                else:  # the application's ids, in its order: all of them, in chunks
+                    taken = min(len(queued), RECEIPT_BATCH)
+                    ids = queued[:taken]
                 await self._send(
                     session, {"action": action, "conversation_id": cid, "message_ids": ids}
                 )
                 # Lists only grow at the end, also while the frame was being sent.
-                rest = pending[cid][len(ids) :]
+                rest = pending[cid][taken:]
                 if rest:
                     pending[cid] = rest
                 else:
