@@ -16,6 +16,7 @@ Rules (SPEC §2–§4):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -166,9 +167,16 @@ def _explain(data: str | bytes) -> Command:
 
 
 # --------------------------------------------------------------------------- events
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso(ts: float) -> str:
     """ISO 8601 UTC with millisecond precision and ``Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    ms = int(ts * 1000)  # floor, also before 1970
+    second, millis = divmod(ms, 1000)
+    return f"{_iso_second(second)}.{millis:03d}Z"
 
 
 class WireAttachment(msgspec.Struct):

@@ -245,11 +245,11 @@ class ChatService:
             return
         record, created = done.result()
         if created:
-            self.metrics.messages.inc()
+            self.metrics.messages += 1
             self.metrics.ack_latency.observe(time.perf_counter() - started)
             self.publish_message(record)
         else:
-            self.metrics.duplicates.inc()
+            self.metrics.duplicates += 1
             self._spawn(self._resend_original(peer, record))
 
     async def _resend_original(self, peer: Peer, record: MessageRecord) -> None:
@@ -311,6 +311,7 @@ class ChatService:
         sender_frame = p.encode_chat_message(wire)
         self._publish(
             Envelope(
+                origin=self.node_id,
                 kind="conversation",
                 conversation_id=record.conversation_id,
                 frame=msgspec.Raw(frame),
@@ -386,6 +387,7 @@ class ChatService:
         )
         self._publish(
             Envelope(
+                origin=self.node_id,
                 kind="conversation",
                 conversation_id=cid,
                 frame=msgspec.Raw(frame),
@@ -436,7 +438,14 @@ class ChatService:
             return
         event = "messages_read" if kind == "read" else "messages_delivered"
         frame = p.encode_event(event, p.receipt_data(peer.user_id, cid, ids, self.clock()))
-        self._publish(Envelope(kind="conversation", conversation_id=cid, frame=msgspec.Raw(frame)))
+        self._publish(
+            Envelope(
+                origin=self.node_id,
+                kind="conversation",
+                conversation_id=cid,
+                frame=msgspec.Raw(frame),
+            )
+        )
 
     # ------------------------------------------------------------------ sync
     async def _sync(self, peer: Peer, cmd: p.Sync) -> None:
@@ -524,6 +533,7 @@ class ChatService:
         frame = p.encode_event(event, self.conversation_data(conv))
         self._publish(
             Envelope(
+                origin=self.node_id,
                 kind="conversation",
                 conversation_id=conv.id,
                 frame=msgspec.Raw(frame),
@@ -535,13 +545,20 @@ class ChatService:
     def close_user(self, user_id: str, code: int, reason: str) -> None:
         """Close every connection of a user on every node."""
         self._publish(
-            Envelope(kind="users", user_ids=[user_id], close_code=code, close_reason=reason)
+            Envelope(
+                origin=self.node_id,
+                kind="users",
+                user_ids=[user_id],
+                close_code=code,
+                close_reason=reason,
+            )
         )
 
     # ------------------------------------------------------------------ fan-out
     def _publish(self, env: Envelope) -> None:
-        """Deliver to this node's connections now, and to the other nodes by the broker."""
-        env = msgspec.structs.replace(env, origin=self.node_id)
+        """Deliver to this node's connections now, and to the other nodes by the broker.
+
+        Every envelope of this node carries ``origin=self.node_id``."""
         self._deliver(env)
         self.broker.publish(env)
 
@@ -590,7 +607,7 @@ class ChatService:
             for peer in self.peers.get(user, ()):
                 peer.write(wire)
                 n += 1
-        self.metrics.deliveries.inc(n)
+        self.metrics.deliveries += n
 
     def _apply_membership(self, cid: str, members: Sequence[str]) -> None:
         new = set(members)
