@@ -197,7 +197,7 @@ async def test_zombie_connection_is_reaped(tmp_path: Any) -> None:
 
 
 async def test_slow_consumer_is_closed_and_bystander_gets_everything(tmp_path: Any) -> None:
-    args = ["--max-buffer-bytes", "65536", "--rate-limit", "0"]
+    args = ["--max-buffer-bytes", str(512 * 1024), "--rate-limit", "0"]
     with ParleyServer(tmp_path, extra_args=args) as srv:
         conv = await conversation(srv, "alice", "bob", title="room")
         status, _ = await api(
@@ -210,23 +210,28 @@ async def test_slow_consumer_is_closed_and_bystander_gets_everything(tmp_path: A
         sock = _ws_handshake(srv.port, srv.token("slow"), rcvbuf=4096)  # and never read
         bob = await connect(srv, "bob")
         alice = await connect(srv, "alice")
-        n = 1000
-        for i in range(n):
-            await alice.send(
-                {
-                    "action": "send_message",
-                    "conversation_id": conv["id"],
-                    "content": f"{i}:" + "x" * 9000,
-                    "local_id": f"s{i}",
-                }
-            )
-        got = [(await bob.expect("chat_message", timeout=30))["message"]["seq"] for _ in range(n)]
-        assert got == list(range(1, n + 1))
-        status, text = await api("GET", f"{srv.http_url}/metrics")
-        assert 'parley_connections_closed_by_server_total{code="1013"} 1.0' in text
-        sock.close()
-        await bob.close()
-        await alice.close()
+        try:
+            n, got = 1200, []
+            for i in range(n):
+                await alice.send(
+                    {
+                        "action": "send_message",
+                        "conversation_id": conv["id"],
+                        "content": f"{i}:" + "x" * 9000,
+                        "local_id": f"s{i}",
+                    }
+                )
+                if i % 50 == 49:  # bob reads along, as a healthy client does
+                    while len(got) <= i:
+                        got.append((await bob.expect("chat_message", timeout=30))["message"]["seq"])
+            assert got == list(range(1, n + 1))
+            # ~10 MB went to "slow", far past its buffer and the kernel's: it was closed.
+            status, text = await api("GET", f"{srv.http_url}/metrics")
+            assert 'parley_connections_closed_by_server_total{code="1013"} 1.0' in text
+        finally:
+            sock.close()
+            await bob.close()
+            await alice.close()
 
 
 async def test_frames_over_limit_and_invalid_utf8(tmp_path: Any) -> None:
