@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from parley.bench import Histogram, SetupError, WsClient, format_table, main
+from parley.bench import main
+from parley.bench.cli import format_table
+from parley.bench.histogram import Histogram
+from parley.bench.wsclient import SetupError, WsClient
 from tests.support.server import ParleyServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
