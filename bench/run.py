@@ -347,6 +347,7 @@ class Suite:
     ) -> list[dict[str, Any]]:
         """Steps of rising rate until one fails ``passes`` twice in a row (a single slow
         hiccup must not end a series); then one step between the last pass and the fail.
+        A system that fails the first step is stepped down by halves until it passes.
         """
         steps: list[dict[str, Any]] = []
 
@@ -361,8 +362,14 @@ class Suite:
         good: float | None = None
         while rate < 1e7:
             if not step(rate) and not step(rate):
+                if good is None and rate > 20:
+                    rate = max(20.0, rate / 2)  # the first step was already too fast: go down
+                    continue
                 if good is not None and rate / good > 1.15:
                     step((good * rate) ** 0.5)
+                break
+            if good is None and steps and not steps[0]["pass"]:
+                step((rate * rate * 2) ** 0.5)  # between this pass and the failure above it
                 break
             good = rate
             rate *= self.plan.step_factor

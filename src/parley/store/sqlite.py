@@ -52,8 +52,6 @@ MIGRATIONS: list[str] = [
         kind TEXT NOT NULL,
         title TEXT,
         created_at REAL NOT NULL,
-        last_seq INTEGER NOT NULL DEFAULT 0,
-        last_activity REAL NOT NULL,
         direct_key TEXT UNIQUE
     );
     CREATE TABLE members (
@@ -96,6 +94,14 @@ _MESSAGE_COLUMNS = (
     "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to, has_attachments"
 )
 _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
+# A conversation's last seq and activity are read off its newest message (the
+# (conversation_id, seq) index makes that one lookup), so an append writes only the
+# message row: no per-batch UPDATE of every conversation it touched.
+_LAST_SEQ = "coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0)"
+_LAST_ACTIVITY = (
+    "coalesce((SELECT sent_at FROM messages WHERE conversation_id = c.id"
+    " ORDER BY seq DESC LIMIT 1), c.created_at)"
+)
 _CACHE_LIMIT = 20_000
 _BATCH_MAX = 1024
 _STOP = object()
@@ -112,8 +118,6 @@ def _int_id(value: str) -> int | None:
 class _ConvState:
     last_seq: int
     members: set[str]
-    dirty: bool = False
-    last_activity: float = 0.0
 
 
 @dataclass(slots=True)
@@ -269,13 +273,6 @@ class SQLiteStore:
                     results.append((op.future, op.fn(conn, state, *op.args), None))
                 except StoreError as exc:
                     results.append((op.future, None, exc))
-            for conv_id, cs in state.conv.items():
-                if cs.dirty:
-                    conn.execute(
-                        "UPDATE conversations SET last_seq = ?, last_activity = ? WHERE id = ?",
-                        (cs.last_seq, cs.last_activity, conv_id),
-                    )
-                    cs.dirty = False
             conn.execute("COMMIT")
         except Exception as exc:  # a storage failure: nothing of the batch is kept
             try:
@@ -296,7 +293,7 @@ class SQLiteStore:
         if cs is not None:
             return cs
         row = conn.execute(
-            "SELECT last_seq, last_activity FROM conversations WHERE id = ?", (conv_id,)
+            f"SELECT {_LAST_SEQ} FROM conversations c WHERE id = ?", (conv_id,)
         ).fetchone()
         if row is None:
             raise NotFoundError("conversation not found")
@@ -306,9 +303,9 @@ class SQLiteStore:
                 "SELECT user_id FROM members WHERE conversation_id = ?", (conv_id,)
             )
         }
-        cs = _ConvState(last_seq=row[0], members=members, last_activity=row[1])
+        cs = _ConvState(last_seq=row[0], members=members)
         if len(state.conv) >= _CACHE_LIMIT:
-            for key in [k for k, v in state.conv.items() if not v.dirty][: _CACHE_LIMIT // 2]:
+            for key in list(state.conv)[: _CACHE_LIMIT // 2]:
                 del state.conv[key]
         state.conv[conv_id] = cs
         return cs
@@ -354,9 +351,8 @@ class SQLiteStore:
             if row is not None:
                 return _load_conversation(conn, row[0]), False
         cur = conn.execute(
-            "INSERT INTO conversations (kind, title, created_at, last_activity, direct_key)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (kind, title, created_at, created_at, direct_key),
+            "INSERT INTO conversations (kind, title, created_at, direct_key) VALUES (?, ?, ?, ?)",
+            (kind, title, created_at, direct_key),
         )
         conv_id = cur.lastrowid
         assert conv_id is not None
@@ -364,7 +360,7 @@ class SQLiteStore:
             "INSERT INTO members (conversation_id, user_id) VALUES (?, ?)",
             [(conv_id, m) for m in members],
         )
-        state.conv[conv_id] = _ConvState(0, set(members), last_activity=created_at)
+        state.conv[conv_id] = _ConvState(0, set(members))
         return (
             Conversation(str(conv_id), kind, title, members, created_at, 0),
             True,
@@ -388,7 +384,7 @@ class SQLiteStore:
             rows = c.execute(
                 "SELECT c.id, m.read_seq FROM members m JOIN conversations c"
                 " ON c.id = m.conversation_id WHERE m.user_id = ?"
-                " ORDER BY c.last_activity DESC, c.id DESC",
+                f" ORDER BY {_LAST_ACTIVITY} DESC, c.id DESC",
                 (user_id,),
             ).fetchall()
             out = []
@@ -413,7 +409,7 @@ class SQLiteStore:
     async def user_conversations(self, user_id: str) -> dict[str, int]:
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT c.id, c.last_seq FROM members m JOIN conversations c"
+                f"SELECT c.id, {_LAST_SEQ} FROM members m JOIN conversations c"
                 " ON c.id = m.conversation_id WHERE m.user_id = ? ORDER BY c.id",
                 (user_id,),
             ).fetchall()
@@ -534,8 +530,6 @@ class SQLiteStore:
         msg_id = cur.lastrowid
         assert msg_id is not None
         cs.last_seq = seq
-        cs.last_activity = m.sent_at
-        cs.dirty = True
         records: list[AttachmentRecord] = []
         upload_iter = iter(uploads)
         for att in m.attachments:
@@ -755,7 +749,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:
     row = conn.execute(
-        "SELECT id, kind, title, created_at, last_seq FROM conversations WHERE id = ?",
+        f"SELECT id, kind, title, created_at, {_LAST_SEQ} FROM conversations c WHERE id = ?",
         (conv_id,),
     ).fetchone()
     if row is None:
