@@ -92,7 +92,11 @@ class ChatService:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.frame = framer
-        self._secret = (settings.secret or "").encode() or b"parley"
+        if settings.secret:
+            self.url_secret = settings.secret.encode()
+        else:  # RS256/ES256 only: links signed with a key of this process alone
+            log.warning("no --secret: attachment links are valid on this node only")
+            self.url_secret = secrets.token_bytes(32)
         # Local index, for connected users only (set when a user's first connection
         # registers; dropped when its last one goes).
         self.peers: dict[str, set[Peer]] = {}
@@ -325,7 +329,7 @@ class ChatService:
         ttl = self.settings.attachment_url_ttl
         # Round the expiry up to the hour, so a link is stable (and cacheable) for a while.
         expires = (int(self.clock() + ttl) // 3600 + 1) * 3600
-        path = att.signed_path(self._secret, record.id, record.filename, expires)
+        path = att.signed_path(self.url_secret, record.id, record.filename, expires)
         base = (self.settings.public_url or "").rstrip("/")
         return base + path
 

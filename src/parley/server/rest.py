@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parley import attachments as att
@@ -207,15 +207,14 @@ class Rest:
         data: bytes | None = None
         filename: str | None = None
         while (part := await reader.next()) is not None:
-            if not isinstance(part, type(part)) or not hasattr(part, "read_chunk"):
-                continue
-            name = getattr(part, "name", None)
-            if name == "type":
-                declared = (await part.text())[:16]  # type: ignore[union-attr]
-            elif name == "file":
-                filename = getattr(part, "filename", None)
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: not ours
+            if part.name == "type":
+                declared = (await part.text())[:16]
+            elif part.name == "file":
+                filename = part.filename
                 chunks = bytearray()
-                while chunk := await part.read_chunk(65536):  # type: ignore[union-attr]
+                while chunk := await part.read_chunk(65536):
                     chunks += chunk
                     if len(chunks) > limit:
                         raise _error(
@@ -249,7 +248,9 @@ class Rest:
         except ValueError:
             raise _error(403, ErrorCode.FORBIDDEN, "missing or bad signature") from None
         sig = request.query.get("sig", "")
-        if not att.verify_signature(self.service._secret, aid, expires, sig, self.service.clock()):
+        if not att.verify_signature(
+            self.service.url_secret, aid, expires, sig, self.service.clock()
+        ):
             raise _error(403, ErrorCode.FORBIDDEN, "missing, bad or expired signature")
         found = await self.service.store.get_attachment(aid)
         if found is None:
