@@ -165,6 +165,8 @@ class SQLiteStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._keepalive: sqlite3.Connection | None = None  # keeps a memory DB alive
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self._closed = False
         self.batches = 0  # committed write batches (for metrics)
         self.batched_ops = 0
@@ -181,14 +183,23 @@ class SQLiteStore:
         self._writer.start()
         await ready
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parley-sqlite-reader")
+        if not self._uri:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_main, name="parley-sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
         if self._writer is not None:
             self._queue.put(_STOP)
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            await loop.run_in_executor(None, self._writer.join)
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.join)
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
@@ -235,6 +246,8 @@ class SQLiteStore:
         try:
             conn = _connect(self.path, self._uri, self.synchronous)
             _migrate(conn)
+            if not self._uri:  # checkpoints run beside the writer, never inside a commit
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException as exc:  # report start-up failure to start()
             loop.call_soon_threadsafe(ready.set_exception, exc)
             return
@@ -261,6 +274,20 @@ class SQLiteStore:
                 results = self._run_batch(conn, state, batch)
                 loop.call_soon_threadsafe(_resolve, results)
         conn.close()
+
+    def _checkpoint_main(self) -> None:
+        """Copy the WAL back into the database every second (PASSIVE: never blocks the
+        writer), so a commit never pays for a checkpoint; a last full one at close."""
+        conn = _connect(self.path, self._uri, self.synchronous)
+        try:
+            while not self._stop_checkpoints.wait(1.0):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or locked: try again next second
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def _run_batch(
         self, conn: sqlite3.Connection, state: _WriterState, batch: list[_Op]
