@@ -52,6 +52,8 @@ MIGRATIONS: list[str] = [
         kind TEXT NOT NULL,
         title TEXT,
         created_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        last_activity REAL NOT NULL,
         direct_key TEXT UNIQUE
     );
     CREATE TABLE members (
@@ -87,6 +89,11 @@ MIGRATIONS: list[str] = [
         data BLOB NOT NULL
     );
     CREATE INDEX attachments_by_message ON attachments (message_id);
+    """,
+    # 2: a conversation's last seq and activity are read off its newest message
+    """
+    ALTER TABLE conversations DROP COLUMN last_seq;
+    ALTER TABLE conversations DROP COLUMN last_activity;
     """,
 ]
 
