@@ -23,6 +23,13 @@ ConversationKind = Literal["direct", "group"]
 ReceiptKind = Literal["read", "delivered"]
 
 
+def row_id(value: str | None) -> int | None:
+    """The integer behind a wire id (a decimal string), or None when it names no row."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
+
+
 class StoreError(Exception):
     """Base of the errors a store raises for a caller's request it refuses."""
 

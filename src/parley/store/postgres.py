@@ -44,6 +44,7 @@ from parley.store.base import (
     NotFoundError,
     ReceiptKind,
     StoreError,
+    row_id,
 )
 
 log = logging.getLogger(__name__)
@@ -138,13 +139,6 @@ class _Connection(Protocol):
     async def fetchval(self, query: str, *args: object) -> Any: ...
     async def execute(self, query: str, *args: object) -> str: ...
     def transaction(self) -> contextlib.AbstractAsyncContextManager[object]: ...
-
-
-def _int_id(value: str | None) -> int | None:
-    """The bigint behind a wire id, or None when it cannot name a row."""
-    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
-        return None
-    return int(value)
 
 
 def _attachment(row: Row) -> AttachmentRecord:
@@ -372,7 +366,7 @@ class PostgresStore:
         return None if row is None else _conversation(row, row["member_ids"])
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return None
         async with self._acquire() as conn:
@@ -438,7 +432,7 @@ class PostgresStore:
         return {str(r["id"]): int(r["last_seq"]) for r in rows}
 
     async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
         async with self._acquire() as conn, conn.transaction():
@@ -456,7 +450,7 @@ class PostgresStore:
         return conversation
 
     async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
         async with self._acquire() as conn, conn.transaction():
@@ -553,7 +547,7 @@ class PostgresStore:
 
         # 2. Validate each remaining message on its own (before any lock is taken).
         todo = [i for i, r in enumerate(results) if r is None]
-        conv_ids = {i: _int_id(msgs[i].conversation_id) for i in todo}
+        conv_ids = {i: row_id(msgs[i].conversation_id) for i in todo}
         rows = await conn.fetch(
             """SELECT c.id, m.user_id
                FROM conversations c LEFT JOIN members m ON m.conversation_id = c.id
@@ -564,7 +558,7 @@ class PostgresStore:
         )
         known = {int(r["id"]) for r in rows}
         membership = {(int(r["id"]), r["user_id"]) for r in rows if r["user_id"] is not None}
-        reply_ids = [rid for i in todo if (rid := _int_id(msgs[i].reply_to)) is not None]
+        reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
         reply_conv: dict[int, int] = {}
         if reply_ids:
             reply_conv = {
@@ -635,7 +629,7 @@ class PostgresStore:
             for i, cid in targets.items():
                 seqs[i] = next_seq[cid]
                 next_seq[cid] += 1
-            replies = {i: _int_id(msgs[i].reply_to) for i in valid}
+            replies = {i: row_id(msgs[i].reply_to) for i in valid}
             inserted = await conn.fetch(
                 """INSERT INTO messages
                        (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
@@ -685,7 +679,7 @@ class PostgresStore:
         if (cid, m.sender_id) not in membership:
             return ForbiddenError("not a member of the conversation")
         if m.reply_to is not None:
-            rid = _int_id(m.reply_to)
+            rid = row_id(m.reply_to)
             if rid is None or reply_conv.get(rid) != cid:
                 return NotFoundError("reply_to is not a message of this conversation")
         for a in m.attachments:
@@ -743,7 +737,7 @@ class PostgresStore:
         after_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[MessageRecord], bool]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return [], False
         limit = max(limit, 0)
@@ -775,10 +769,10 @@ class PostgresStore:
         message_ids: Sequence[str],
         kind: ReceiptKind,
     ) -> list[str]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
-        wanted = list(dict.fromkeys(i for m in message_ids if (i := _int_id(m)) is not None))
+        wanted = list(dict.fromkeys(i for m in message_ids if (i := row_id(m)) is not None))
         async with self._acquire() as conn:
             row = await conn.fetchrow(
                 """SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1
@@ -815,7 +809,7 @@ class PostgresStore:
         return [str(i) for i in wanted if i in seq_of]
 
     async def get_cursors(self, conversation_id: str) -> list[Cursor]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return []
         async with self._acquire() as conn:

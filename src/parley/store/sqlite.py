@@ -36,6 +36,7 @@ from parley.store.base import (
     NotFoundError,
     ReceiptKind,
     StoreError,
+    row_id,
 )
 
 T = TypeVar("T")
@@ -112,13 +113,6 @@ _LAST_ACTIVITY = (
 _CACHE_LIMIT = 20_000
 _BATCH_MAX = 1024
 _STOP = object()
-
-
-def _int_id(value: str) -> int | None:
-    """Wire ids are decimal strings; anything else names nothing."""
-    if not value.isdigit() or len(value) > 18:
-        return None
-    return int(value)
 
 
 @dataclass(slots=True)
@@ -401,7 +395,7 @@ class SQLiteStore:
         )
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return None
 
@@ -451,7 +445,7 @@ class SQLiteStore:
         return {str(cid): seq for cid, seq in rows}
 
     async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
         return await self._submit(self._op_add_members, cid, sorted(set(user_ids)))
@@ -474,7 +468,7 @@ class SQLiteStore:
         return self._conversation_from_cache(conn, cid, cs)
 
     async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
         return await self._submit(self._op_remove_member, cid, user_id)
@@ -509,7 +503,7 @@ class SQLiteStore:
     def _op_append(
         self, conn: sqlite3.Connection, state: _WriterState, m: NewMessage
     ) -> tuple[MessageRecord, bool]:
-        cid = _int_id(m.conversation_id)
+        cid = row_id(m.conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
         cs = self._conv_state(conn, state, cid)
@@ -520,7 +514,7 @@ class SQLiteStore:
             raise ForbiddenError("not a member of this conversation")
         reply_to: int | None = None
         if m.reply_to is not None:
-            reply_to = _int_id(m.reply_to)
+            reply_to = row_id(m.reply_to)
             row = (
                 conn.execute("SELECT conversation_id FROM messages WHERE id = ?", (reply_to,))
                 if reply_to is not None
@@ -609,7 +603,7 @@ class SQLiteStore:
         after_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[MessageRecord], bool]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return [], False
         limit = max(1, limit)
@@ -645,10 +639,10 @@ class SQLiteStore:
         message_ids: Sequence[str],
         kind: ReceiptKind,
     ) -> list[str]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError("conversation not found")
-        ids = [i for i in (_int_id(x) for x in message_ids) if i is not None]
+        ids = [i for i in (row_id(x) for x in message_ids) if i is not None]
         return await self._submit(self._op_advance, cid, user_id, ids, kind)
 
     def _op_advance(
@@ -690,7 +684,7 @@ class SQLiteStore:
         return [str(i) for i in ids if str(i) in wanted]
 
     async def get_cursors(self, conversation_id: str) -> list[Cursor]:
-        cid = _int_id(conversation_id)
+        cid = row_id(conversation_id)
         if cid is None:
             return []
         rows = await self._read(
