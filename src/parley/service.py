@@ -131,13 +131,7 @@ class ChatService:
         self.peers.setdefault(user, set()).add(peer)
         if first:
             self.user_convs[user] = set()
-        try:
-            convs = await self.store.user_conversations(user)
-        except BaseException:
-            self.disconnect(peer)
-            raise
-        if peer not in self.peers.get(user, ()):
-            raise ConnectionResetError("closed while connecting")
+        convs = await self.store.user_conversations(user)  # on failure the caller disconnects
         mine = self.user_convs[user]
         for cid in convs:
             mine.add(cid)
