@@ -39,6 +39,11 @@ class Settings:
         None, "absolute base URL for attachment links (unset: relative /attachments/… links)"
     )
     sqlite_synchronous: str = _s("FULL", "SQLite synchronous pragma: FULL or NORMAL")
+    commit_delay: float = _s(
+        0.002,
+        "SQLite: seconds a commit waits for more messages while several users are sending"
+        " (group commit; 0: off)",
+    )
     max_frame_bytes: int = _s(16 * 1024 * 1024, "largest WebSocket frame (close 1009 above)")
     max_content_length: int = _s(10_000, "largest message content, in characters")
     max_attachment_bytes: int = _s(10 * 1024 * 1024, "largest attachment, decoded bytes")

@@ -68,7 +68,11 @@ def build_app(
 ) -> web.Application:
     """The whole server as an aiohttp application; backends start with the app."""
     metrics = Metrics()
-    store = store or open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    store = store or open_store(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        commit_delay=settings.commit_delay,
+    )
     broker = broker or open_broker(settings.redis)
     service = ChatService(settings, store, broker, metrics=metrics, clock=clock, framer=ws_frame)
     verifier = make_verifier(settings)
