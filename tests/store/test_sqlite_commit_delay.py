@@ -4,21 +4,27 @@ sender never waits for one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from parley.store.base import NewMessage
 from parley.store.sqlite import SQLiteStore
 
 
-async def _store(tmp_path: Path, delay: float) -> tuple[SQLiteStore, str]:
+@contextlib.asynccontextmanager
+async def _store(tmp_path: Path, delay: float) -> AsyncIterator[tuple[SQLiteStore, str]]:
     store = SQLiteStore(str(tmp_path / "p.db"), commit_delay=delay)
     store.sibling_window = 60.0  # any two senders count as concurrent, however slow CI is
     await store.start()
-    conv, _ = await store.create_conversation(
-        ["alice", "bob"], kind="group", title=None, created_at=time.time()
-    )
-    return store, conv.id
+    try:
+        conv, _ = await store.create_conversation(
+            ["alice", "bob"], kind="group", title=None, created_at=time.time()
+        )
+        yield store, conv.id
+    finally:
+        await store.close()
 
 
 def _msg(conv: str, sender: str, local_id: str) -> NewMessage:
@@ -26,8 +32,7 @@ def _msg(conv: str, sender: str, local_id: str) -> NewMessage:
 
 
 async def test_a_lone_sender_never_waits_for_the_commit_delay(tmp_path: Path) -> None:
-    store, conv = await _store(tmp_path, delay=600.0)
-    try:
+    async with _store(tmp_path, delay=600.0) as (store, conv):
         before = store.batches
         for i in range(5):  # one in flight at a time, as a client awaiting its ack
             record, created = await asyncio.wait_for(
@@ -35,13 +40,10 @@ async def test_a_lone_sender_never_waits_for_the_commit_delay(tmp_path: Path) ->
             )
             assert created and record.seq == i + 1
         assert store.batches - before == 5
-    finally:
-        await store.close()
 
 
 async def test_a_second_sender_joins_the_first_ones_commit(tmp_path: Path) -> None:
-    store, conv = await _store(tmp_path, delay=2.0)
-    try:
+    async with _store(tmp_path, delay=2.0) as (store, conv):
         await store.append_message(_msg(conv, "alice", "a0"))  # alone: committed at once
         batches, ops = store.batches, store.batched_ops
         first = store.append_message(_msg(conv, "bob", "b0"))  # another sender: wait
@@ -51,18 +53,13 @@ async def test_a_second_sender_joins_the_first_ones_commit(tmp_path: Path) -> No
         assert (b0.seq, a1.seq) == (2, 3)
         assert store.batches - batches == 1, "both messages should share one commit"
         assert store.batched_ops - ops == 2
-    finally:
-        await store.close()
 
 
 async def test_no_commit_delay_commits_each_message_as_it_comes(tmp_path: Path) -> None:
-    store, conv = await _store(tmp_path, delay=0.0)
-    try:
+    async with _store(tmp_path, delay=0.0) as (store, conv):
         await store.append_message(_msg(conv, "alice", "a0"))
         batches = store.batches
         first = store.append_message(_msg(conv, "bob", "b0"))
         await asyncio.wait_for(asyncio.shield(first), timeout=30)
         await store.append_message(_msg(conv, "alice", "a1"))
         assert store.batches - batches == 2
-    finally:
-        await store.close()

@@ -137,6 +137,27 @@ class _Op:
     source: str | None = None  # who asked (a sender id): drives the commit delay
 
 
+class _Siblings:
+    """Whether several senders are active: two different ones seen within ``window``."""
+
+    __slots__ = ("last_pair", "last_seen", "last_source", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.last_source: str | None = None
+        self.last_seen = self.last_pair = -1.0  # monotonic times
+
+    def see(self, source: str | None, now: float) -> bool:
+        """Note an operation of ``source`` (None: not a sender's); True if others are
+        sending too, so a commit should wait for them."""
+        if source is None:
+            return False
+        if source != self.last_source and now - self.last_seen < self.window:
+            self.last_pair = now
+        self.last_source, self.last_seen = source, now
+        return now - self.last_pair < self.window
+
+
 @dataclass(slots=True)
 class _WriterState:
     conv: dict[int, _ConvState] = field(default_factory=dict)
@@ -268,9 +289,8 @@ class SQLiteStore:
         loop.call_soon_threadsafe(ready.set_result, None)
         state = _WriterState()
         stopping = False
-        delay, window = self.commit_delay, self.sibling_window
-        last_source: str | None = None
-        last_seen = last_siblings = -1.0  # monotonic times
+        delay = self.commit_delay
+        siblings = _Siblings(self.sibling_window)
         while not stopping:
             item = self._queue.get()
             batch: list[_Op] = []
@@ -278,14 +298,8 @@ class SQLiteStore:
                 stopping = True
             else:
                 batch.append(item)  # type: ignore[arg-type]
-                source = item.source  # type: ignore[attr-defined]
-                if delay and source is not None:
-                    now = time.monotonic()
-                    if source != last_source and now - last_seen < window:
-                        last_siblings = now
-                    last_source, last_seen = source, now
-                    if now - last_siblings < window:
-                        time.sleep(delay)  # others are sending: let them join this commit
+            if delay and batch and siblings.see(batch[0].source, time.monotonic()):
+                time.sleep(delay)  # others are sending: let them join this commit
             while len(batch) < _BATCH_MAX:
                 try:
                     item = self._queue.get_nowait()
@@ -295,10 +309,10 @@ class SQLiteStore:
                     stopping = True
                     continue
                 batch.append(item)  # type: ignore[arg-type]
-                if item.source is not None:  # type: ignore[attr-defined]
-                    if item.source != last_source:  # type: ignore[attr-defined]
-                        last_siblings = time.monotonic()
-                    last_source = item.source  # type: ignore[attr-defined]
+            if delay and len(batch) > 1:
+                now = time.monotonic()
+                for op in batch[1:]:
+                    siblings.see(op.source, now)
             if batch:
                 results = self._run_batch(conn, state, batch)
                 loop.call_soon_threadsafe(_resolve, results)
