@@ -152,3 +152,25 @@ def verify_signature(secret: bytes, attachment_id: str, expires: int, sig: str, 
     if expires < now:
         return False
     return hmac.compare_digest(_signature(secret, attachment_id, expires), sig)
+
+
+_LINK_INFO = b"parley attachment links v1"
+
+
+def link_key(secret: str | None) -> bytes:
+    """The key attachment links are signed with: HKDF-SHA256 (RFC 5869) of the server
+    secret, so a link never exposes anything usable to forge a token. With no secret (a
+    public-key JWT setup), a random key of this process alone."""
+    if secret is None:
+        return secrets.token_bytes(32)
+    prk = hmac.new(b"parley-hkdf-salt", secret.encode(), hashlib.sha256).digest()
+    return hmac.new(prk, _LINK_INFO + b"\x01", hashlib.sha256).digest()
+
+
+def content_disposition(disposition: str, filename: str) -> str:
+    """``Content-Disposition`` with an ASCII ``filename`` and the exact UTF-8 name in
+    ``filename*`` (RFC 6266, RFC 5987)."""
+    fallback = (
+        "".join(ch if " " <= ch < "\x7f" and ch not in '"\\%' else "_" for ch in filename) or "file"
+    )
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -61,6 +61,15 @@ class Settings:
     )
     typing_timeout: float = _s(8.0, "seconds after which typing expires without refresh")
     sync_page: int = _s(100, "messages per conversation per sync reply")
+    max_members: int = _s(10_000, "members per conversation (413 above)")
+    max_members_per_request: int = _s(
+        1_000, "user ids per create-conversation or add-members request (413 above)"
+    )
+    max_conversations_per_hour: int = _s(
+        100, "conversations one user may create per hour (429 above)"
+    )
+    rest_rate_limit: float = _s(20.0, "REST requests per second per user (429 above; 0: off)")
+    rest_rate_burst: float = _s(100.0, "REST token-bucket burst size per user")
     attachment_url_ttl: int = _s(86_400, "seconds a signed attachment URL stays valid")
     shutdown_timeout: float = _s(10.0, "seconds to drain on SIGTERM")
     log_level: str = _s("INFO", "DEBUG, INFO, WARNING or ERROR")

@@ -41,6 +41,20 @@ class Metrics:
             registry=r,
         )
 
+    # The service's reporting interface (``parley.service.ServiceMetrics``).
+    def error_sent(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    def message_committed(self, ack_seconds: float) -> None:
+        self.messages += 1
+        self.ack_latency.observe(ack_seconds)
+
+    def duplicate_answered(self) -> None:
+        self.duplicates += 1
+
+    def frames_delivered(self, n: int) -> None:
+        self.deliveries += n
+
 
 class _HotCounters(Collector):
     def __init__(self, metrics: Metrics) -> None:

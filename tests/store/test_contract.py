@@ -56,7 +56,7 @@ def att_meta(att_id: str, uploader: str, **kw: object) -> AttachmentRecord:
 
 async def group(store: Store, *members: str, title: str | None = "team") -> str:
     conv, created = await store.create_conversation(
-        members, kind="group", title=title, created_at=time.time()
+        members, kind="group", title=title, created_at=time.time(), creator_id=members[0]
     )
     assert created
     return conv.id
@@ -138,7 +138,7 @@ async def test_users_are_active_unless_deactivated(store: Store, uid: Uid) -> No
 async def test_create_group_conversation(store: Store, uid: Uid) -> None:
     a, b, c = uid("carol"), uid("alice"), uid("bob")
     conv, created = await store.create_conversation(
-        [a, b, c, b], kind="group", title="Team", created_at=T0
+        [a, b, c, b], kind="group", title="Team", created_at=T0, creator_id=a
     )
     assert created
     assert conv.kind == "group"
@@ -151,7 +151,7 @@ async def test_create_group_conversation(store: Store, uid: Uid) -> None:
 
     # The same members again make a second group: only direct conversations dedupe.
     again, created = await store.create_conversation(
-        [a, b, c], kind="group", title="Team", created_at=T0
+        [a, b, c], kind="group", title="Team", created_at=T0, creator_id=a
     )
     assert created and again.id != conv.id
 
@@ -164,16 +164,16 @@ async def test_get_unknown_conversation_is_none(store: Store) -> None:
 async def test_direct_conversation_exists_once(store: Store, uid: Uid) -> None:
     a, b = uid("alice"), uid("bob")
     first, created = await store.create_conversation(
-        [a, b], kind="direct", title=None, created_at=T0
+        [a, b], kind="direct", title=None, created_at=T0, creator_id=a
     )
     assert created and first.kind == "direct" and first.member_ids == sorted([a, b])
     second, created = await store.create_conversation(
-        [b, a], kind="direct", title=None, created_at=T0 + 5
+        [b, a], kind="direct", title=None, created_at=T0 + 5, creator_id=b
     )
     assert not created
     assert second == first
     other, created = await store.create_conversation(
-        [a, uid("carol")], kind="direct", title=None, created_at=T0
+        [a, uid("carol")], kind="direct", title=None, created_at=T0, creator_id=a
     )
     assert created and other.id != first.id
 
@@ -183,7 +183,11 @@ async def test_direct_conversation_created_concurrently_exists_once(store: Store
     results = await asyncio.gather(
         *(
             store.create_conversation(
-                [a, b] if i % 2 else [b, a], kind="direct", title=None, created_at=T0
+                [a, b] if i % 2 else [b, a],
+                kind="direct",
+                title=None,
+                created_at=T0,
+                creator_id=a,
             )
             for i in range(10)
         )
@@ -198,7 +202,7 @@ async def test_user_conversations_and_membership_changes(store: Store, uid: Uid)
     assert await store.user_conversations(a) == {conv: 0}
     assert await store.user_conversations(c) == {}
 
-    updated = await store.add_members(conv, [c, b])
+    updated = await store.add_members(conv, [c, b], max_members=100)
     assert updated.member_ids == sorted([a, b, c])
     assert await store.user_conversations(c) == {conv: 0}
 
@@ -215,14 +219,16 @@ async def test_user_conversations_and_membership_changes(store: Store, uid: Uid)
     with pytest.raises(NotFoundError):
         await store.remove_member("999999999", a)
     with pytest.raises(NotFoundError):
-        await store.add_members("999999999", [a])
+        await store.add_members("999999999", [a], max_members=100)
 
 
 async def test_list_conversations_most_recent_first(store: Store, uid: Uid) -> None:
     a, b = uid("alice"), uid("bob")
     old = await group(store, a, b, title="old")
     new = await group(store, a, b, title="new")
-    quiet, _ = await store.create_conversation([a, b], kind="direct", title=None, created_at=T0)
+    quiet, _ = await store.create_conversation(
+        [a, b], kind="direct", title=None, created_at=T0, creator_id=a
+    )
 
     summaries = await store.list_conversations(a)
     assert [s.conversation.id for s in summaries] == [new, old, quiet.id]

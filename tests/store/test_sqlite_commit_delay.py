@@ -20,7 +20,7 @@ async def _store(tmp_path: Path, delay: float) -> AsyncIterator[tuple[SQLiteStor
     await store.start()
     try:
         conv, _ = await store.create_conversation(
-            ["alice", "bob"], kind="group", title=None, created_at=time.time()
+            ["alice", "bob"], kind="group", title=None, created_at=time.time(), creator_id="alice"
         )
         yield store, conv.id
     finally:

@@ -22,7 +22,7 @@ from parley.config import Settings, parse_list
 from parley.metrics import Metrics
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
-from parley.service import ChatService
+from parley.service import ChatService, Limits
 from parley.store import open_store
 from parley.store.base import Store
 
@@ -59,6 +59,20 @@ def make_verifier(settings: Settings) -> TokenVerifier:
     )
 
 
+def service_limits(settings: Settings) -> Limits:
+    """The chat domain's limits, from the server's settings."""
+    return Limits(
+        max_content_length=settings.max_content_length,
+        max_attachment_bytes=settings.max_attachment_bytes,
+        max_members=settings.max_members,
+        max_members_per_request=settings.max_members_per_request,
+        max_conversations_per_hour=settings.max_conversations_per_hour,
+        typing_timeout=settings.typing_timeout,
+        sync_page=settings.sync_page,
+        attachment_url_ttl=settings.attachment_url_ttl,
+    )
+
+
 def build_app(
     settings: Settings,
     *,
@@ -74,10 +88,19 @@ def build_app(
         commit_delay=settings.commit_delay,
     )
     broker = broker or open_broker(settings.redis)
-    service = ChatService(settings, store, broker, metrics=metrics, clock=clock, framer=ws_frame)
+    service = ChatService(
+        service_limits(settings),
+        store,
+        broker,
+        secret=settings.secret,
+        public_url=settings.public_url,
+        metrics=metrics,
+        clock=clock,
+        framer=ws_frame,
+    )
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
-    rest = Rest(settings, service, verifier)
+    rest = Rest(settings, service, verifier, metrics)
 
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.max_attachment_bytes + 1024 * 1024

@@ -1,4 +1,5 @@
-"""REST API (SPEC §5): conversations, history, attachments, health, metrics, OpenAPI.
+"""REST API (docs/protocol.md, "REST"): conversations, history, attachments, health,
+metrics, OpenAPI. A thin adapter: every request becomes one ``ChatService`` call.
 
 Every error is ``{"error": {"code", "message"}}`` with the matching HTTP status.
 """
@@ -6,7 +7,9 @@ Every error is ``{"error": {"code", "message"}}`` with the matching HTTP status.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,10 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parley import attachments as att
 from parley.auth import AuthError, Identity, TokenVerifier
-from parley.codes import CloseCode, ErrorCode
+from parley.codes import ErrorCode
 from parley.config import Settings
+from parley.metrics import Metrics
 from parley.service import ChatService, ServiceError
-from parley.store.base import AttachmentRecord
+from parley.service.rules import strict_int
 
 log = logging.getLogger("parley.rest")
 
@@ -31,13 +35,17 @@ STATUS = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.MESSAGE_FAILED: 500,
 }
-MAX_HISTORY_PAGE = 200
-_USER_ID = re.compile(r"^[^\x00-\x1f]{1,128}$")
+MAX_SEQ = 2**62
 _DEMO_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+_BUCKETS_MAX = 100_000  # users tracked by the REST rate limit before idle ones are dropped
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 def json_body(data: Any, status: int = 200) -> web.Response:
@@ -55,15 +63,63 @@ class AddMembers(msgspec.Struct):
     member_ids: list[str]
 
 
+class UpdateConversation(msgspec.Struct):
+    title: str | None
+
+
 class DemoLogin(msgspec.Struct):
     name: str
 
 
+class _Bucket:
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
+
+
+class RestRateLimit:
+    """A token bucket per user: ``rate`` requests per second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.buckets: dict[str, _Bucket] = {}
+
+    def retry_after(self, user_id: str, now: float) -> float:
+        """0 when the request may go ahead (and is counted), else seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        b = self.buckets.get(user_id)
+        if b is None:
+            if len(self.buckets) >= _BUCKETS_MAX:
+                self._prune(now)
+            b = self.buckets[user_id] = _Bucket(self.burst, now)
+        b.tokens = min(self.burst, b.tokens + (now - b.at) * self.rate)
+        b.at = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return 0.0
+        return (1.0 - b.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = self.burst / self.rate
+        for user in [u for u, b in self.buckets.items() if now - b.at >= full]:
+            del self.buckets[user]
+        if len(self.buckets) >= _BUCKETS_MAX:
+            self.buckets.clear()
+
+
 class Rest:
-    def __init__(self, settings: Settings, service: ChatService, verifier: TokenVerifier) -> None:
+    def __init__(
+        self, settings: Settings, service: ChatService, verifier: TokenVerifier, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.service = service
         self.verifier = verifier
+        self.metrics_registry = metrics.registry
+        self.limiter = RestRateLimit(settings.rest_rate_limit, settings.rest_rate_burst)
         self.demo_users: dict[str, None] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -71,6 +127,7 @@ class Rest:
             web.post("/api/conversations", self.create_conversation),
             web.get("/api/conversations", self.list_conversations),
             web.get("/api/conversations/{id}", self.get_conversation),
+            web.patch("/api/conversations/{id}", self.update_conversation),
             web.post("/api/conversations/{id}/members", self.add_members),
             web.delete("/api/conversations/{id}/members/{user_id}", self.remove_member),
             web.get("/api/conversations/{id}/messages", self.messages),
@@ -92,14 +149,26 @@ class Rest:
 
     # ------------------------------------------------------------------ helpers
     def identity(self, request: web.Request) -> Identity:
+        """The caller's verified token, counted against its REST rate limit."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             raise _error(401, "UNAUTHORIZED", "missing bearer token")
         try:
-            return self.verifier.verify(token.strip())
+            me = self.verifier.verify(token.strip())
         except AuthError as exc:
             raise _error(401, "UNAUTHORIZED", str(exc)) from None
+        wait = self.limiter.retry_after(me.user_id, time.monotonic())
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.settings.rest_rate_limit:g} requests per second;"
+                f" retry after {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+        return me
 
     @staticmethod
     async def body(request: web.Request, kind: type[Any]) -> Any:
@@ -113,10 +182,6 @@ class Rest:
     async def create_conversation(self, request: web.Request) -> web.Response:
         me = self.identity(request)
         body = await self.body(request, CreateConversation)
-        if not body.member_ids or not all(_USER_ID.match(m) for m in body.member_ids):
-            raise _error(400, ErrorCode.INVALID_MESSAGE, "member_ids must be non-empty user ids")
-        if len(body.member_ids) > 10_000:
-            raise _error(413, ErrorCode.PAYLOAD_TOO_LARGE, "too many members")
         conv, _created = await self.service.create_conversation(
             me.user_id, body.member_ids, body.title
         )
@@ -124,78 +189,56 @@ class Rest:
 
     async def list_conversations(self, request: web.Request) -> web.Response:
         me = self.identity(request)
-        summaries = await self.service.store.list_conversations(me.user_id)
-        out = []
-        for s in summaries:
-            data = self.service.conversation_data(s.conversation)
-            last = s.last_message
-            if last is not None:
-                cursors = await self.service.store.get_cursors(last.conversation_id)
-                data["last_message"] = self.service.history_message(last, cursors, me.user_id)
-            else:
-                data["last_message"] = None
-            data["unread_count"] = s.unread_count
-            out.append(data)
-        return json_body({"conversations": out})
+        return json_body({"conversations": await self.service.list_conversations(me.user_id)})
 
     async def get_conversation(self, request: web.Request) -> web.Response:
         me = self.identity(request)
-        conv = await self._member_conversation(me, request.match_info["id"])
+        conv = await self.service.member_conversation(me.user_id, request.match_info["id"])
+        return json_body(self.service.conversation_data(conv))
+
+    async def update_conversation(self, request: web.Request) -> web.Response:
+        me = self.identity(request)
+        body = await self.body(request, UpdateConversation)
+        conv = await self.service.set_title(
+            me.user_id, request.match_info["id"], body.title, admin=me.admin
+        )
         return json_body(self.service.conversation_data(conv))
 
     async def add_members(self, request: web.Request) -> web.Response:
         me = self.identity(request)
         body = await self.body(request, AddMembers)
-        if not body.member_ids or not all(_USER_ID.match(m) for m in body.member_ids):
-            raise _error(400, ErrorCode.INVALID_MESSAGE, "member_ids must be non-empty user ids")
-        try:
-            conv = await self.service.add_members(
-                me.user_id, request.match_info["id"], body.member_ids
-            )
-        except ServiceError as exc:
-            raise _error(STATUS[exc.code], exc.code, exc.message) from None
+        conv = await self.service.add_members(
+            me.user_id, request.match_info["id"], body.member_ids, admin=me.admin
+        )
         return json_body(self.service.conversation_data(conv))
 
     async def remove_member(self, request: web.Request) -> web.Response:
         me = self.identity(request)
-        try:
-            conv = await self.service.remove_member(
-                me.user_id, request.match_info["id"], request.match_info["user_id"]
-            )
-        except ServiceError as exc:
-            raise _error(STATUS[exc.code], exc.code, exc.message) from None
+        conv = await self.service.remove_member(
+            me.user_id, request.match_info["id"], request.match_info["user_id"], admin=me.admin
+        )
         return json_body(self.service.conversation_data(conv))
 
     async def messages(self, request: web.Request) -> web.Response:
         me = self.identity(request)
-        conv = await self._member_conversation(me, request.match_info["id"])
         q = request.query
-        try:
-            before = int(q["before_seq"]) if q.get("before_seq") else None
-            after = int(q["after_seq"]) if q.get("after_seq") else None
-            limit = int(q.get("limit") or 50)
-        except ValueError:
-            raise _error(
-                400, ErrorCode.INVALID_MESSAGE, "before_seq, after_seq, limit: integers"
-            ) from None
-        if limit < 1 or limit > MAX_HISTORY_PAGE:
-            raise _error(400, ErrorCode.INVALID_MESSAGE, f"limit must be 1..{MAX_HISTORY_PAGE}")
-        messages, more = await self.service.store.get_messages(
-            conv.id, before_seq=before, after_seq=after, limit=limit
+        before = strict_int(q.get("before_seq"), "before_seq", low=0, high=MAX_SEQ)
+        after = strict_int(q.get("after_seq"), "after_seq", low=0, high=MAX_SEQ)
+        limit = strict_int(q.get("limit"), "limit", low=1, high=self.service.limits.history_page)
+        wire, more = await self.service.history(
+            me.user_id,
+            request.match_info["id"],
+            before_seq=before,
+            after_seq=after,
+            limit=50 if limit is None else limit,
         )
-        cursors = await self.service.store.get_cursors(conv.id) if messages else []
-        wire = [self.service.history_message(m, cursors, me.user_id) for m in messages]
         return json_body({"messages": wire, "has_more": more})
-
-    async def _member_conversation(self, me: Identity, cid: str) -> Any:
-        try:
-            return await self.service.member_conversation(me.user_id, cid)
-        except ServiceError as exc:
-            raise _error(STATUS[exc.code], exc.code, exc.message) from None
 
     # ------------------------------------------------------------------ attachments
     async def upload(self, request: web.Request) -> web.Response:
         me = self.identity(request)
+        await self.service.authorize(me.user_id)
+        # Only the transport's part here: stop reading a body that is too large.
         limit = self.settings.max_attachment_bytes
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             raise _error(413, ErrorCode.PAYLOAD_TOO_LARGE, f"attachment larger than {limit} bytes")
@@ -225,44 +268,23 @@ class Rest:
                 data = bytes(chunks)
         if not data:
             raise _error(400, ErrorCode.INVALID_MESSAGE, "multipart field `file` is required")
-        try:
-            content_type = att.check_type(declared, data)
-        except att.AttachmentError as exc:
-            raise _error(400, ErrorCode.INVALID_MESSAGE, str(exc)) from None
-        meta = AttachmentRecord(
-            id=att.new_attachment_id(),
-            type=declared,
-            filename=att.sanitize_filename(unquote(filename) if filename else None),
-            size=len(data),
-            content_type=content_type,
-            uploader_id=me.user_id,
-            created_at=self.service.clock(),
+        wire = await self.service.upload(
+            me.user_id, declared, unquote(filename) if filename else None, data
         )
-        await self.service.store.put_attachment(meta, data)
-        return json_body(self.service.wire_attachment(meta), status=201)
+        return json_body(wire, status=201)
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        aid = request.match_info["id"]
-        try:
-            expires = int(request.query.get("exp", ""))
-        except ValueError:
-            raise _error(403, ErrorCode.FORBIDDEN, "missing or bad signature") from None
-        sig = request.query.get("sig", "")
-        if not att.verify_signature(
-            self.service.url_secret, aid, expires, sig, self.service.clock()
-        ):
-            raise _error(403, ErrorCode.FORBIDDEN, "missing, bad or expired signature")
-        found = await self.service.store.get_attachment(aid)
-        if found is None:
-            raise _error(404, ErrorCode.NOT_FOUND, "attachment not found")
-        meta, data = found
+        meta, data = await self.service.download(
+            request.match_info["id"], request.query.get("exp", ""), request.query.get("sig", "")
+        )
         inline = meta.content_type in att.INLINE_SAFE
-        disposition = "inline" if inline else "attachment"
         return web.Response(
             body=data,
             content_type=meta.content_type if inline else "application/octet-stream",
             headers={
-                "Content-Disposition": f'{disposition}; filename="{meta.filename}"',
+                "Content-Disposition": att.content_disposition(
+                    "inline" if inline else "attachment", meta.filename
+                ),
                 "X-Content-Type-Options": "nosniff",
                 "Content-Security-Policy": "default-src 'none'; sandbox",
                 "Cache-Control": "private, max-age=3600",
@@ -274,17 +296,17 @@ class Rest:
         me = self.identity(request)
         if not me.admin:
             raise _error(403, ErrorCode.FORBIDDEN, "admin token required")
+        await self.service.authorize(me.user_id)
         return request.match_info["user_id"]
 
     async def deactivate(self, request: web.Request) -> web.Response:
         user = await self._admin(request)
-        await self.service.store.set_user_active(user, False)
-        self.service.close_user(user, CloseCode.ACCESS_DENIED, "user deactivated")
+        await self.service.set_user_active(user, False)
         return json_body({"user_id": user, "active": False})
 
     async def activate(self, request: web.Request) -> web.Response:
         user = await self._admin(request)
-        await self.service.store.set_user_active(user, True)
+        await self.service.set_user_active(user, True)
         return json_body({"user_id": user, "active": True})
 
     # ------------------------------------------------------------------ operations
@@ -292,13 +314,7 @@ class Rest:
         return json_body({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        checks: dict[str, str] = {}
-        try:
-            await self.service.store.ping()
-            checks["store"] = "ok"
-        except Exception as exc:
-            checks["store"] = f"error: {exc}"
-        checks["broker"] = "ok" if self.service.broker.healthy else "degraded"
+        checks = await self.service.readiness()
         ready = checks["store"] == "ok"
         return json_body(
             {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -306,7 +322,7 @@ class Rest:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.service.metrics.registry)
+        body = generate_latest(self.metrics_registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
@@ -332,18 +348,22 @@ class Rest:
         return json_body({"token": token, "user_id": name})
 
     async def demo_list(self, request: web.Request) -> web.Response:
-        self.identity(request)
+        me = self.identity(request)
+        await self.service.authorize(me.user_id)
         return json_body({"users": list(self.demo_users)})
 
 
 class ApiError(Exception):
     """Raised by handlers; the error middleware turns it into a JSON error response."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = str(code)
         self.message = message
+        self.headers = headers
 
 
 def _error(status: int, code: str, message: str) -> ApiError:
@@ -355,7 +375,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     except ServiceError as exc:
         return error_response(STATUS[exc.code], exc.code, exc.message)
     except web.HTTPException as exc:

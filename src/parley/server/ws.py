@@ -282,7 +282,7 @@ class WebSocketEndpoint:
         if self.service.connection_count(identity.user_id) >= s.max_connections_per_user:
             return CloseCode.TRY_AGAIN_LATER, "too many connections for this user", "user_capacity"
         try:
-            active = await self.service.store.is_user_active(identity.user_id)
+            active = await self.service.is_user_active(identity.user_id)
         except Exception:
             log.exception("user lookup failed")
             return CloseCode.INTERNAL_ERROR, "internal error", "error"

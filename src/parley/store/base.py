@@ -1,15 +1,41 @@
 """The storage seam: records and the ``Store`` protocol every backend implements.
 
-Guarantees every backend must give (checked by ``tests/store/test_contract.py``, which
-runs against each backend):
+The domain rules (who may add whom, what a message may contain, direct conversations,
+owners) live once, above the stores, in ``parley.service.rules``. A store implements
+only what a transaction must guarantee, and every backend gives the same answers
+(checked by ``tests/store/test_contract.py``, which runs against each backend).
+
+Guarantees every backend gives:
 
 * ``append_message`` returns only after the message is durably committed.
 * ``(sender_id, local_id)`` is unique: appending the same pair again returns the original
   record with ``created=False`` and writes nothing.
 * ``seq`` is per conversation, starts at 1 and has no gaps; commit order is ``seq`` order.
 * Receipt cursors (read / delivered up to a ``seq``) never go backwards, and
-  ``delivered_seq >= read_seq`` always holds.
-* A direct conversation between the same two users exists at most once.
+  ``delivered_seq >= read_seq`` always holds. A member removed and added again gets back
+  the cursors it had.
+* Poison isolation: when one message of a group commit cannot be stored, the others of
+  the batch are committed all the same; only that one fails.
+* Errors carry the texts below (``NOT_MEMBER`` …), the same on every backend.
+
+The transaction rule (what a store checks *inside* the transaction that writes, because
+a check made before it could be stale by the time it commits):
+
+1. An append, a receipt and every membership change of one conversation are serialised
+   on that conversation (SQLite: its single writer; PostgreSQL: the conversation's row
+   lock, taken first). Inside it, an append checks that the sender is a member, that
+   ``reply_to`` is a message of the same conversation and that each uploaded attachment
+   exists, was uploaded by the sender and is linked to no message yet (it is linked to
+   at most one, ever). A member removed concurrently with a send either sees the message
+   committed before the removal, or the send refused.
+2. A direct conversation has exactly its two members: ``add_members`` refuses it
+   (``ForbiddenError``). While both are members, the pair has at most one direct
+   conversation (``create_conversation`` returns it); once one of them leaves, the pair
+   is free and a new ``create_conversation`` makes a new one.
+3. ``add_members`` refuses to grow a conversation past ``max_members``
+   (``LimitError``), counted inside the transaction.
+4. A group that loses its last owner while it still has members hands ownership to the
+   longest-standing member, in the transaction of the removal.
 """
 
 from __future__ import annotations
@@ -21,6 +47,25 @@ import msgspec
 
 ConversationKind = Literal["direct", "group"]
 ReceiptKind = Literal["read", "delivered"]
+
+# Error texts, the same on every backend.
+CONVERSATION_NOT_FOUND = "conversation not found"
+NOT_MEMBER = "not a member of this conversation"
+REPLY_NOT_FOUND = "reply_to is not a message of this conversation"
+DIRECT_IS_TWO = "a direct conversation has exactly its two members"
+MEMBERSHIP_NOT_FOUND = "not a member of this conversation"
+
+
+def attachment_not_found(attachment_id: str) -> str:
+    return f"attachment {attachment_id} not found"
+
+
+def attachment_unusable(attachment_id: str) -> str:
+    return f"attachment {attachment_id} cannot be used (someone else's, or already sent)"
+
+
+def too_many_members(cap: int) -> str:
+    return f"a conversation has at most {cap} members"
 
 
 def row_id(value: str | None) -> int | None:
@@ -39,7 +84,12 @@ class NotFoundError(StoreError):
 
 
 class ForbiddenError(StoreError):
-    """The user is not a member of the conversation (or does not own the attachment)."""
+    """The user is not a member of the conversation (or does not own the attachment),
+    or the change is one a direct conversation never takes."""
+
+
+class LimitError(StoreError):
+    """The change would go past a cap (members per conversation)."""
 
 
 class AttachmentRecord(msgspec.Struct, frozen=True):
@@ -96,6 +146,8 @@ class Conversation(msgspec.Struct, frozen=True):
     member_ids: list[str]  # sorted
     created_at: float
     last_seq: int
+    # groups: creator first, then in the order they became owners; direct: empty
+    owner_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class ConversationSummary(msgspec.Struct, frozen=True):
@@ -138,14 +190,19 @@ class Store(Protocol):
         kind: ConversationKind,
         title: str | None,
         created_at: float,
+        creator_id: str,
     ) -> tuple[Conversation, bool]:
         """Create a conversation; ``(conversation, created)``.
 
-        For ``kind="direct"`` (exactly two distinct members) an existing direct
-        conversation between the same two users is returned with ``created=False``.
+        A group's first owner is ``creator_id``. For ``kind="direct"`` (exactly two
+        distinct members) the pair's current direct conversation is returned with
+        ``created=False`` (transaction rule 2).
         """
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    async def conversations_created_since(self, user_id: str, since: float) -> int:
+        """How many conversations ``user_id`` created at or after ``since``."""
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         """The user's conversations, most recently active first."""
@@ -153,11 +210,19 @@ class Store(Protocol):
     async def user_conversations(self, user_id: str) -> dict[str, int]:
         """``{conversation_id: last_seq}`` for every conversation the user belongs to."""
 
-    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
-        """Add members (already-members are ignored). Raises ``NotFoundError``."""
+    async def add_members(
+        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+    ) -> Conversation:
+        """Add members (already-members are ignored); re-added members get back their
+        cursors. Raises ``NotFoundError``, ``ForbiddenError`` (a direct conversation)
+        or ``LimitError`` (more than ``max_members`` in all)."""
 
     async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
-        """Remove a member. Raises ``NotFoundError`` (conversation or membership)."""
+        """Remove a member (transaction rules 2 and 4). Raises ``NotFoundError``
+        (conversation or membership)."""
+
+    async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
+        """Change a group's title. Raises ``NotFoundError``."""
 
     # -- messages ------------------------------------------------------------
     def append_message(self, message: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
@@ -169,8 +234,11 @@ class Store(Protocol):
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a
-        member, attachment uploaded by someone else). A duplicate ``(sender_id,
-        local_id)`` returns the original record with ``created=False``.
+        member, attachment uploaded by someone else or already linked to a message),
+        checked inside the writing transaction (transaction rule 1). A duplicate
+        ``(sender_id, local_id)`` returns the original record with ``created=False``.
+        Any other failure of this one message (a value the database cannot keep)
+        raises for it alone; the rest of its batch commits.
         """
 
     async def get_messages(
@@ -186,6 +254,7 @@ class Store(Protocol):
         With ``after_seq`` the page starts right after it (oldest first, for sync);
         otherwise it is the newest ``limit`` messages below ``before_seq`` (or the
         newest overall). ``has_more`` says whether more exist in the paging direction.
+        ``limit < 1`` raises ``ValueError``.
         """
 
     # -- receipts ------------------------------------------------------------

@@ -27,24 +27,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
 
 from parley.store.base import (
+    CONVERSATION_NOT_FOUND,
+    DIRECT_IS_TWO,
+    MEMBERSHIP_NOT_FOUND,
+    NOT_MEMBER,
+    REPLY_NOT_FOUND,
     AttachmentRecord,
     Conversation,
     ConversationKind,
     ConversationSummary,
     Cursor,
     ForbiddenError,
+    LimitError,
     MessageRecord,
     NewMessage,
     NotFoundError,
     ReceiptKind,
     StoreError,
+    attachment_not_found,
+    attachment_unusable,
     row_id,
+    too_many_members,
 )
 
 log = logging.getLogger(__name__)
@@ -120,6 +130,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # Group owners, join order and the creator. A direct conversation that ever had
+        # other than two members becomes a group; a group's first member (by user id)
+        # becomes its owner.
+        """
+        ALTER TABLE conversations ADD COLUMN creator_id text;
+        ALTER TABLE members ADD COLUMN joined_at double precision NOT NULL DEFAULT 0;
+        ALTER TABLE members ADD COLUMN owner_since double precision;
+        CREATE INDEX conversations_by_creator ON conversations (creator_id, created_at);
+        UPDATE conversations c SET kind = 'group', direct_a = NULL, direct_b = NULL
+            WHERE kind = 'direct'
+              AND (SELECT count(*) FROM members m WHERE m.conversation_id = c.id) <> 2;
+        UPDATE members m SET owner_since = 0
+            FROM (SELECT conversation_id, min(user_id COLLATE "C") AS user_id
+                  FROM members GROUP BY conversation_id) f
+            JOIN conversations c ON c.id = f.conversation_id AND c.kind = 'group'
+            WHERE m.conversation_id = f.conversation_id AND m.user_id = f.user_id;
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
@@ -176,7 +206,14 @@ def _conversation(row: Row, member_ids: Iterable[str]) -> Conversation:
         member_ids=sorted(member_ids),  # in Python: the database collation may differ
         created_at=float(row["created_at"]),
         last_seq=int(row["last_seq"]),
+        owner_ids=list(row["owner_ids"] or ()),
     )
+
+
+# The owners of conversation ``c``, in the order they became owners.
+_OWNERS = """ARRAY(SELECT o.user_id FROM members o
+                   WHERE o.conversation_id = c.id AND o.owner_since IS NOT NULL
+                   ORDER BY o.owner_since, o.user_id COLLATE "C") AS owner_ids"""
 
 
 async def _attachments_of(
@@ -318,26 +355,30 @@ class PostgresStore:
         kind: ConversationKind,
         title: str | None,
         created_at: float,
+        creator_id: str,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         pair: tuple[str | None, str | None] = (None, None)
         if kind == "direct":
             if len(members) != 2:
-                raise ValueError("a direct conversation has exactly two distinct members")
+                raise ValueError(DIRECT_IS_TWO)
             pair = (members[0], members[1])
+        owners = [creator_id] if kind == "group" and creator_id in members else []
         async with self._acquire() as conn, conn.transaction():
             # A concurrent insert of the same pair waits here for the other transaction,
             # then does nothing; the SELECT below (a new snapshot) then sees its row.
             row = await conn.fetchrow(
                 """INSERT INTO conversations
-                       (kind, title, created_at, last_activity, direct_a, direct_b)
-                   VALUES ($1, $2, $3, $3, $4, $5)
+                       (kind, title, created_at, last_activity, direct_a, direct_b, creator_id)
+                   VALUES ($1, $2, $3, $3, $4, $5, $6)
                    ON CONFLICT (direct_a, direct_b) DO NOTHING
-                   RETURNING id, kind, title, created_at, last_seq""",
+                   RETURNING id, kind, title, created_at, last_seq, $7::text[] AS owner_ids""",
                 kind,
                 title,
                 created_at,
                 *pair,
+                creator_id,
+                owners,
             )
             if row is None:
                 existing = await conn.fetchval(
@@ -347,19 +388,31 @@ class PostgresStore:
                 assert conversation is not None
                 return conversation, False
             await conn.execute(
-                """INSERT INTO members (conversation_id, user_id)
-                   SELECT $1, unnest($2::text[])""",
+                """INSERT INTO members (conversation_id, user_id, joined_at, owner_since)
+                   SELECT $1, u, $3::float8, CASE WHEN u = ANY($4::text[]) THEN $3::float8 END
+                   FROM unnest($2::text[]) AS u""",
                 row["id"],
                 members,
+                created_at,
+                owners,
             )
         return _conversation(row, members), True
+
+    async def conversations_created_since(self, user_id: str, since: float) -> int:
+        async with self._acquire() as conn:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM conversations WHERE creator_id = $1 AND created_at >= $2",
+                user_id,
+                since,
+            )
+        return int(n)
 
     @staticmethod
     async def _conversation(conn: _Connection, conversation_id: int) -> Conversation | None:
         row = await conn.fetchrow(
-            """SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
+            f"""SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
                       ARRAY(SELECT user_id FROM members m WHERE m.conversation_id = c.id)
-                          AS member_ids
+                          AS member_ids, {_OWNERS}
                FROM conversations c WHERE c.id = $1""",
             conversation_id,
         )
@@ -375,9 +428,9 @@ class PostgresStore:
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         async with self._acquire() as conn:
             rows = await conn.fetch(
-                """SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
+                f"""SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
                           ARRAY(SELECT user_id FROM members m2 WHERE m2.conversation_id = c.id)
-                              AS member_ids,
+                              AS member_ids, {_OWNERS},
                           (SELECT count(*) FROM messages u
                             WHERE u.conversation_id = c.id
                               AND u.seq > COALESCE(r.read_seq, 0)
@@ -431,19 +484,45 @@ class PostgresStore:
             )
         return {str(r["id"]): int(r["last_seq"]) for r in rows}
 
-    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
+    @staticmethod
+    async def _lock_conversation(conn: _Connection, cid: int) -> str:
+        """Take the conversation's row lock (the one appends take: transaction rule 1);
+        its kind. Raises ``NotFoundError``."""
+        kind = await conn.fetchval(
+            "SELECT kind FROM conversations WHERE id = $1 FOR NO KEY UPDATE", cid
+        )
+        if kind is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        return str(kind)
+
+    async def add_members(
+        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        wanted = sorted(set(user_ids))
         async with self._acquire() as conn, conn.transaction():
-            exists = await conn.fetchval("SELECT 1 FROM conversations WHERE id = $1", cid)
-            if exists is None:
-                raise NotFoundError("conversation not found")
+            kind = await self._lock_conversation(conn, cid)
+            current = {
+                r["user_id"]
+                for r in await conn.fetch(
+                    "SELECT user_id FROM members WHERE conversation_id = $1", cid
+                )
+            }
+            new = [u for u in wanted if u not in current]
+            if new and kind == "direct":
+                raise ForbiddenError(DIRECT_IS_TWO)
+            if len(current) + len(new) > max_members:
+                raise LimitError(too_many_members(max_members))
+            # Cursors live in their own table: a member coming back finds its own.
             await conn.execute(
-                """INSERT INTO members (conversation_id, user_id)
-                   SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING""",
+                """INSERT INTO members (conversation_id, user_id, joined_at)
+                   SELECT $1, unnest($2::text[]), $3
+                   ON CONFLICT DO NOTHING""",
                 cid,
-                sorted(set(user_ids)),
+                new,
+                time.time(),
             )
             conversation = await self._conversation(conn, cid)
         assert conversation is not None
@@ -452,15 +531,43 @@ class PostgresStore:
     async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
         async with self._acquire() as conn, conn.transaction():
+            kind = await self._lock_conversation(conn, cid)
             removed = await conn.fetchval(
                 "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING 1",
                 cid,
                 user_id,
             )
             if removed is None:
-                raise NotFoundError("conversation or membership not found")
+                raise NotFoundError(MEMBERSHIP_NOT_FOUND)
+            if kind == "direct":  # the pair is free to open a new direct conversation
+                await conn.execute(
+                    "UPDATE conversations SET direct_a = NULL, direct_b = NULL WHERE id = $1",
+                    cid,
+                )
+            else:  # the last owner left: the longest-standing member becomes owner
+                await conn.execute(
+                    """UPDATE members SET owner_since = $2
+                       WHERE conversation_id = $1
+                         AND NOT EXISTS (SELECT 1 FROM members o WHERE o.conversation_id = $1
+                                         AND o.owner_since IS NOT NULL)
+                         AND user_id = (SELECT user_id FROM members WHERE conversation_id = $1
+                                        ORDER BY joined_at, user_id COLLATE "C" LIMIT 1)""",
+                    cid,
+                    time.time(),
+                )
+            conversation = await self._conversation(conn, cid)
+        assert conversation is not None
+        return conversation
+
+    async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
+        cid = row_id(conversation_id)
+        if cid is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        async with self._acquire() as conn, conn.transaction():
+            await self._lock_conversation(conn, cid)
+            await conn.execute("UPDATE conversations SET title = $2 WHERE id = $1", cid, title)
             conversation = await self._conversation(conn, cid)
         assert conversation is not None
         return conversation
@@ -481,8 +588,25 @@ class PostgresStore:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit_batch(batch)
-            except Exception as exc:  # the database failed: every message of the batch fails
+                try:
+                    await self._commit_batch(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        raise
+                    # Poison isolation: one message the database cannot take must not
+                    # fail its neighbours; each is committed again on its own.
+                    log.warning(
+                        "message batch of %d failed (%r); retrying one by one", len(batch), exc
+                    )
+                    for p in batch:
+                        if p.future.done():
+                            continue
+                        try:
+                            await self._commit_batch([p])
+                        except Exception as one:
+                            log.warning("message failed: %r", one)
+                            p.future.set_exception(one)
+            except Exception as exc:  # the database failed
                 log.warning("message batch of %d failed: %r", len(batch), exc)
                 for p in batch:
                     if not p.future.done():
@@ -545,48 +669,64 @@ class PostgresStore:
             if record is not None:
                 results[i] = (record, False)
 
-        # 2. Validate each remaining message on its own (before any lock is taken).
+        # 2. Under the conversations' row locks (transaction rule 1), validate each
+        # remaining message on its own, then allocate seqs, insert, commit.
         todo = [i for i, r in enumerate(results) if r is None]
+        if not todo:
+            return [cast(AppendResult | StoreError, r) for r in results]
         conv_ids = {i: row_id(msgs[i].conversation_id) for i in todo}
-        rows = await conn.fetch(
-            """SELECT c.id, m.user_id
-               FROM conversations c LEFT JOIN members m ON m.conversation_id = c.id
-                    AND m.user_id = ANY($2::text[])
-               WHERE c.id = ANY($1::bigint[])""",
-            [c for c in conv_ids.values() if c is not None],
-            list({msgs[i].sender_id for i in todo}),
-        )
-        known = {int(r["id"]) for r in rows}
-        membership = {(int(r["id"]), r["user_id"]) for r in rows if r["user_id"] is not None}
-        reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
-        reply_conv: dict[int, int] = {}
-        if reply_ids:
-            reply_conv = {
-                int(r["id"]): int(r["conversation_id"])
+        async with conn.transaction():
+            known = {
+                int(r["id"])
                 for r in await conn.fetch(
-                    "SELECT id, conversation_id FROM messages WHERE id = ANY($1::bigint[])",
-                    reply_ids,
+                    "SELECT id FROM conversations WHERE id = ANY($1::bigint[])"
+                    " ORDER BY id FOR NO KEY UPDATE",
+                    sorted({c for c in conv_ids.values() if c is not None}),
                 )
             }
-        ref_ids = [a.meta.id for i in todo for a in msgs[i].attachments if a.data is None]
-        uploads: dict[str, AttachmentRecord] = {}
-        if ref_ids:
-            uploads = {
-                r["id"]: _attachment(r)
+            rows = await conn.fetch(
+                """SELECT conversation_id, user_id FROM members
+                   WHERE conversation_id = ANY($1::bigint[]) AND user_id = ANY($2::text[])""",
+                list(known),
+                list({msgs[i].sender_id for i in todo}),
+            )
+            membership = {(int(r["conversation_id"]), r["user_id"]) for r in rows}
+            reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
+            reply_conv: dict[int, int] = {}
+            if reply_ids:
+                reply_conv = {
+                    int(r["id"]): int(r["conversation_id"])
+                    for r in await conn.fetch(
+                        "SELECT id, conversation_id FROM messages WHERE id = ANY($1::bigint[])",
+                        reply_ids,
+                    )
+                }
+            ref_ids = sorted(
+                {a.meta.id for i in todo for a in msgs[i].attachments if a.data is None}
+            )
+            uploads: dict[str, AttachmentRecord] = {}
+            linked: set[str] = set()
+            if ref_ids:
                 for r in await conn.fetch(
-                    f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE id = ANY($1::text[])",
+                    f"""SELECT {_ATTACHMENT_COLUMNS},
+                               EXISTS (SELECT 1 FROM message_attachments ma
+                                       WHERE ma.attachment_id = a.id) AS linked
+                        FROM attachments a WHERE id = ANY($1::text[])
+                        ORDER BY id FOR UPDATE""",
                     ref_ids,
+                ):
+                    uploads[r["id"]] = _attachment(r)
+                    if r["linked"]:
+                        linked.add(r["id"])
+            for i in todo:
+                results[i] = self._refusal(
+                    msgs[i], conv_ids[i], known, membership, reply_conv, uploads, linked
                 )
-            }
-        for i in todo:
-            results[i] = self._refusal(msgs[i], conv_ids[i], known, membership, reply_conv, uploads)
-        valid = [i for i in todo if results[i] is None]
-
-        # 3. Allocate seqs under the conversations' row locks, insert, commit.
-        if valid:
-            targets = {i: cast(int, conv_ids[i]) for i in valid}
-            for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
-                results[i] = (record, True)
+            valid = [i for i in todo if results[i] is None]
+            if valid:
+                targets = {i: cast(int, conv_ids[i]) for i in valid}
+                for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
+                    results[i] = (record, True)
         return [cast(AppendResult | StoreError, r) for r in results]
 
     async def _insert(
@@ -596,56 +736,49 @@ class PostgresStore:
         targets: dict[int, int],
         uploads: dict[str, AttachmentRecord],
     ) -> dict[int, MessageRecord]:
-        """Insert ``msgs[i]`` into conversation ``targets[i]`` for each ``i``, in one
-        transaction; the records by ``i``, once committed."""
+        """Insert ``msgs[i]`` into conversation ``targets[i]`` for each ``i``, inside the
+        caller's transaction, which holds the conversations' row locks; the records by
+        ``i``."""
         valid = list(targets)
-        async with conn.transaction():
-            counts: dict[int, int] = {}
-            activity: dict[int, float] = {}
-            for i, cid in targets.items():
-                counts[cid] = counts.get(cid, 0) + 1
-                activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
-            order = sorted(counts)
-            if len(order) > 1:
-                # Lock in id order, so that two batches never wait on each other in a cycle.
-                await conn.execute(
-                    "SELECT 1 FROM conversations WHERE id = ANY($1::bigint[])"
-                    " ORDER BY id FOR NO KEY UPDATE",
-                    order,
-                )
-            bumped = await conn.fetch(
-                """UPDATE conversations c
-                   SET last_seq = c.last_seq + v.n,
-                       last_activity = GREATEST(c.last_activity, v.t)
-                   FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
-                   WHERE c.id = v.id
-                   RETURNING c.id, c.last_seq""",
-                order,
-                [counts[c] for c in order],
-                [activity[c] for c in order],
-            )
-            next_seq = {int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped}
-            seqs: dict[int, int] = {}
-            for i, cid in targets.items():
-                seqs[i] = next_seq[cid]
-                next_seq[cid] += 1
-            replies = {i: row_id(msgs[i].reply_to) for i in valid}
-            inserted = await conn.fetch(
-                """INSERT INTO messages
-                       (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
-                   SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                                        $5::text[], $6::float8[], $7::bigint[])
-                   RETURNING id, sender_id, local_id""",
-                [targets[i] for i in valid],
-                [seqs[i] for i in valid],
-                [msgs[i].sender_id for i in valid],
-                [msgs[i].local_id for i in valid],
-                [msgs[i].content for i in valid],
-                [msgs[i].sent_at for i in valid],
-                [replies[i] for i in valid],
-            )
-            new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
-            await self._link_attachments(conn, msgs, valid, new_id, uploads)
+        counts: dict[int, int] = {}
+        activity: dict[int, float] = {}
+        for i, cid in targets.items():
+            counts[cid] = counts.get(cid, 0) + 1
+            activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
+        order = sorted(counts)
+        bumped = await conn.fetch(
+            """UPDATE conversations c
+               SET last_seq = c.last_seq + v.n,
+                   last_activity = GREATEST(c.last_activity, v.t)
+               FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
+               WHERE c.id = v.id
+               RETURNING c.id, c.last_seq""",
+            order,
+            [counts[c] for c in order],
+            [activity[c] for c in order],
+        )
+        next_seq = {int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped}
+        seqs: dict[int, int] = {}
+        for i, cid in targets.items():
+            seqs[i] = next_seq[cid]
+            next_seq[cid] += 1
+        replies = {i: row_id(msgs[i].reply_to) for i in valid}
+        inserted = await conn.fetch(
+            """INSERT INTO messages
+                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                    $5::text[], $6::float8[], $7::bigint[])
+               RETURNING id, sender_id, local_id""",
+            [targets[i] for i in valid],
+            [seqs[i] for i in valid],
+            [msgs[i].sender_id for i in valid],
+            [msgs[i].local_id for i in valid],
+            [msgs[i].content for i in valid],
+            [msgs[i].sent_at for i in valid],
+            [replies[i] for i in valid],
+        )
+        new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
+        await self._link_attachments(conn, msgs, valid, new_id, uploads)
         records: dict[int, MessageRecord] = {}
         for i in valid:
             m = msgs[i]
@@ -673,23 +806,29 @@ class PostgresStore:
         membership: set[tuple[int, str]],
         reply_conv: dict[int, int],
         uploads: dict[str, AttachmentRecord],
+        linked: set[str],
     ) -> StoreError | None:
+        """Why ``m`` is refused, or None; a message not refused claims its uploads
+        (adds them to ``linked``), so one upload links to at most one message."""
         if cid is None or cid not in known:
-            return NotFoundError("conversation not found")
+            return NotFoundError(CONVERSATION_NOT_FOUND)
         if (cid, m.sender_id) not in membership:
-            return ForbiddenError("not a member of the conversation")
+            return ForbiddenError(NOT_MEMBER)
         if m.reply_to is not None:
             rid = row_id(m.reply_to)
             if rid is None or reply_conv.get(rid) != cid:
-                return NotFoundError("reply_to is not a message of this conversation")
+                return NotFoundError(REPLY_NOT_FOUND)
+        claimed: set[str] = set()
         for a in m.attachments:
             if a.data is not None:
                 continue
             upload = uploads.get(a.meta.id)
             if upload is None:
-                return NotFoundError(f"attachment {a.meta.id} not found")
-            if upload.uploader_id != m.sender_id:
-                return ForbiddenError(f"attachment {a.meta.id} was uploaded by someone else")
+                return NotFoundError(attachment_not_found(a.meta.id))
+            if upload.uploader_id != m.sender_id or a.meta.id in linked or a.meta.id in claimed:
+                return ForbiddenError(attachment_unusable(a.meta.id))
+            claimed.add(a.meta.id)
+        linked.update(claimed)
         return None
 
     @staticmethod
@@ -737,10 +876,11 @@ class PostgresStore:
         after_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         cid = row_id(conversation_id)
         if cid is None:
             return [], False
-        limit = max(limit, 0)
         forward = after_seq is not None
         async with self._acquire() as conn:
             rows = await conn.fetch(
@@ -771,20 +911,20 @@ class PostgresStore:
     ) -> list[str]:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
         wanted = list(dict.fromkeys(i for m in message_ids if (i := row_id(m)) is not None))
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(
-                """SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1
-                                  AND user_id = $2) AS member
-                   FROM conversations WHERE id = $1""",
+        async with self._acquire() as conn, conn.transaction():
+            exists = await conn.fetchval("SELECT 1 FROM conversations WHERE id = $1", cid)
+            if exists is None:
+                raise NotFoundError(CONVERSATION_NOT_FOUND)
+            # The member row's lock: a removal waits for this receipt (transaction rule 1).
+            member = await conn.fetchval(
+                "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 FOR SHARE",
                 cid,
                 user_id,
             )
-            if row is None:
-                raise NotFoundError("conversation not found")
-            if not row["member"]:
-                raise ForbiddenError("not a member of the conversation")
+            if member is None:
+                raise ForbiddenError(NOT_MEMBER)
             rows = await conn.fetch(
                 """SELECT id, seq FROM messages
                    WHERE conversation_id = $1 AND id = ANY($2::bigint[])""",

@@ -32,18 +32,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from parley.store.base import (
+    CONVERSATION_NOT_FOUND,
+    DIRECT_IS_TWO,
+    MEMBERSHIP_NOT_FOUND,
+    NOT_MEMBER,
+    REPLY_NOT_FOUND,
     AttachmentRecord,
     Conversation,
     ConversationKind,
     ConversationSummary,
     Cursor,
     ForbiddenError,
+    LimitError,
     MessageRecord,
     NewMessage,
     NotFoundError,
     ReceiptKind,
     StoreError,
+    attachment_not_found,
+    attachment_unusable,
     row_id,
+    too_many_members,
 )
 
 T = TypeVar("T")
@@ -103,6 +112,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE conversations DROP COLUMN last_seq;
     ALTER TABLE conversations DROP COLUMN last_activity;
     """,
+    # 3: group owners, join order, the creator, cursors kept across leave and re-join.
+    # A direct conversation that ever had other than two members becomes a group; a
+    # group's first member (by user id) becomes its owner.
+    """
+    ALTER TABLE conversations ADD COLUMN creator_id TEXT;
+    ALTER TABLE members ADD COLUMN joined_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE members ADD COLUMN owner_since REAL;
+    CREATE TABLE past_cursors (
+        conversation_id INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        read_seq INTEGER NOT NULL,
+        delivered_seq INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_by_creator ON conversations (creator_id, created_at);
+    UPDATE conversations SET kind = 'group', direct_key = NULL WHERE kind = 'direct'
+        AND (SELECT count(*) FROM members m WHERE m.conversation_id = conversations.id) != 2;
+    UPDATE members SET owner_since = 0 WHERE (conversation_id, user_id) IN
+        (SELECT m.conversation_id, min(m.user_id) FROM members m
+         JOIN conversations c ON c.id = m.conversation_id
+         WHERE c.kind = 'group' GROUP BY m.conversation_id);
+    """,
 ]
 
 _MESSAGE_COLUMNS = (
@@ -127,6 +158,7 @@ _SIBLING_WINDOW = 0.01  # seconds: two senders this close together → others ar
 class _ConvState:
     last_seq: int
     members: set[str]
+    kind: str
 
 
 @dataclass(slots=True)
@@ -335,26 +367,47 @@ class SQLiteStore:
     def _run_batch(
         self, conn: sqlite3.Connection, state: _WriterState, batch: list[_Op]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                try:
-                    results.append((op.future, op.fn(conn, state, *op.args), None))
-                except StoreError as exc:
-                    results.append((op.future, None, exc))
-            conn.execute("COMMIT")
-        except Exception as exc:  # a storage failure: nothing of the batch is kept
+        """Run ``batch`` in one transaction. An operation that fails with anything but a
+        ``StoreError`` (a value SQLite cannot take) is taken out and the rest run again
+        in a new transaction, so it fails alone (poison isolation); a failing COMMIT
+        fails the whole batch."""
+        done: dict[int, tuple[Any, BaseException | None]] = {}
+        todo = batch
+        while todo:
+            results: list[tuple[_Op, Any, BaseException | None]] = []
+            poison: tuple[_Op, Exception] | None = None
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            state.conv.clear()
-            failure = RuntimeError(f"storage failure: {exc}")
-            return [(op.future, None, failure) for op in batch]
-        self.batches += 1
-        self.batched_ops += len(batch)
-        return results
+                conn.execute("BEGIN IMMEDIATE")
+                for op in todo:
+                    try:
+                        results.append((op, op.fn(conn, state, *op.args), None))
+                    except StoreError as exc:
+                        results.append((op, None, exc))
+                    except Exception as exc:
+                        poison = (op, exc)
+                        raise
+                conn.execute("COMMIT")
+            except Exception as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                state.conv.clear()
+                if poison is None:  # a storage failure: nothing of the batch is kept
+                    failure = RuntimeError(f"storage failure: {exc}")
+                    for op in todo:
+                        done[id(op)] = (None, failure)
+                    break
+                bad, error = poison
+                done[id(bad)] = (None, RuntimeError(f"storage failure: {error!r}"))
+                todo = [op for op in todo if op is not bad]
+                continue
+            for op, value, error_ in results:
+                done[id(op)] = (value, error_)
+            self.batches += 1
+            self.batched_ops += len(todo)
+            break
+        return [(op.future, *done[id(op)]) for op in batch]
 
     # ------------------------------------------------------------------ writer helpers
     @staticmethod
@@ -363,17 +416,17 @@ class SQLiteStore:
         if cs is not None:
             return cs
         row = conn.execute(
-            f"SELECT {_LAST_SEQ} FROM conversations c WHERE id = ?", (conv_id,)
+            f"SELECT {_LAST_SEQ}, kind FROM conversations c WHERE id = ?", (conv_id,)
         ).fetchone()
         if row is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
         members = {
             r[0]
             for r in conn.execute(
                 "SELECT user_id FROM members WHERE conversation_id = ?", (conv_id,)
             )
         }
-        cs = _ConvState(last_seq=row[0], members=members)
+        cs = _ConvState(last_seq=row[0], members=members, kind=row[1])
         if len(state.conv) >= _CACHE_LIMIT:
             for key in list(state.conv)[: _CACHE_LIMIT // 2]:
                 del state.conv[key]
@@ -398,11 +451,12 @@ class SQLiteStore:
         kind: ConversationKind,
         title: str | None,
         created_at: float,
+        creator_id: str,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         if kind == "direct" and len(members) != 2:
-            raise ValueError("a direct conversation has exactly two members")
-        return await self._submit(self._op_create, members, kind, title, created_at)
+            raise ValueError(DIRECT_IS_TWO)
+        return await self._submit(self._op_create, members, kind, title, created_at, creator_id)
 
     def _op_create(
         self,
@@ -412,6 +466,7 @@ class SQLiteStore:
         kind: ConversationKind,
         title: str | None,
         created_at: float,
+        creator_id: str,
     ) -> tuple[Conversation, bool]:
         direct_key = "\x00".join(members) if kind == "direct" else None
         if direct_key is not None:
@@ -421,20 +476,32 @@ class SQLiteStore:
             if row is not None:
                 return _load_conversation(conn, row[0]), False
         cur = conn.execute(
-            "INSERT INTO conversations (kind, title, created_at, direct_key) VALUES (?, ?, ?, ?)",
-            (kind, title, created_at, direct_key),
+            "INSERT INTO conversations (kind, title, created_at, direct_key, creator_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, title, created_at, direct_key, creator_id),
         )
         conv_id = cur.lastrowid
         assert conv_id is not None
+        owners = [creator_id] if kind == "group" and creator_id in members else []
         conn.executemany(
-            "INSERT INTO members (conversation_id, user_id) VALUES (?, ?)",
-            [(conv_id, m) for m in members],
+            "INSERT INTO members (conversation_id, user_id, joined_at, owner_since)"
+            " VALUES (?, ?, ?, ?)",
+            [(conv_id, m, created_at, created_at if m in owners else None) for m in members],
         )
-        state.conv[conv_id] = _ConvState(0, set(members))
+        state.conv[conv_id] = _ConvState(0, set(members), kind)
         return (
-            Conversation(str(conv_id), kind, title, members, created_at, 0),
+            Conversation(str(conv_id), kind, title, members, created_at, 0, owners),
             True,
         )
+
+    async def conversations_created_since(self, user_id: str, since: float) -> int:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM conversations WHERE creator_id = ? AND created_at >= ?",
+                (user_id, since),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         cid = row_id(conversation_id)
@@ -486,45 +553,97 @@ class SQLiteStore:
         )
         return {str(cid): seq for cid, seq in rows}
 
-    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> Conversation:
+    async def add_members(
+        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
-        return await self._submit(self._op_add_members, cid, sorted(set(user_ids)))
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        return await self._submit(
+            self._op_add_members, cid, sorted(set(user_ids)), max_members, time.time()
+        )
 
     def _op_add_members(
-        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_ids: list[str]
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        user_ids: list[str],
+        max_members: int,
+        now: float,
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         new = [u for u in user_ids if u not in cs.members]
-        # A member added later sees the whole history, so its cursors start at 0.
+        if new and cs.kind == "direct":
+            raise ForbiddenError(DIRECT_IS_TWO)
+        if len(cs.members) + len(new) > max_members:
+            raise LimitError(too_many_members(max_members))
+        # A member added later sees the whole history, so its cursors start at 0; a
+        # member coming back gets the cursors it had (cursors never go backwards).
         conn.executemany(
-            "INSERT INTO members (conversation_id, user_id, read_seq, delivered_seq)"
-            " VALUES (?, ?, 0, 0)",
-            [(cid, u) for u in new],
+            "INSERT INTO members (conversation_id, user_id, read_seq, delivered_seq, joined_at)"
+            " VALUES (?1, ?2,"
+            " coalesce((SELECT read_seq FROM past_cursors WHERE conversation_id = ?1"
+            " AND user_id = ?2), 0),"
+            " coalesce((SELECT delivered_seq FROM past_cursors WHERE conversation_id = ?1"
+            " AND user_id = ?2), 0), ?3)",
+            [(cid, u, now) for u in new],
         )
-        if new:
-            conn.execute("UPDATE conversations SET kind = 'group' WHERE id = ?", (cid,))
-            conn.execute("UPDATE conversations SET direct_key = NULL WHERE id = ?", (cid,))
         cs.members.update(new)
         return self._conversation_from_cache(conn, cid, cs)
 
     async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
-        return await self._submit(self._op_remove_member, cid, user_id)
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        return await self._submit(self._op_remove_member, cid, user_id, time.time())
 
     def _op_remove_member(
-        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_id: str
+        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_id: str, now: float
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         if user_id not in cs.members:
-            raise NotFoundError("not a member")
+            raise NotFoundError(MEMBERSHIP_NOT_FOUND)
+        conn.execute(
+            "INSERT INTO past_cursors (conversation_id, user_id, read_seq, delivered_seq)"
+            " SELECT conversation_id, user_id, read_seq, delivered_seq FROM members"
+            " WHERE conversation_id = ? AND user_id = ?"
+            " ON CONFLICT (conversation_id, user_id) DO UPDATE SET"
+            " read_seq = max(read_seq, excluded.read_seq),"
+            " delivered_seq = max(delivered_seq, excluded.delivered_seq)",
+            (cid, user_id),
+        )
         conn.execute(
             "DELETE FROM members WHERE conversation_id = ? AND user_id = ?", (cid, user_id)
         )
         cs.members.discard(user_id)
+        if cs.kind == "direct":  # the pair is free to open a new direct conversation
+            conn.execute("UPDATE conversations SET direct_key = NULL WHERE id = ?", (cid,))
+        elif cs.members:
+            has_owner = conn.execute(
+                "SELECT 1 FROM members WHERE conversation_id = ? AND owner_since IS NOT NULL",
+                (cid,),
+            ).fetchone()
+            if has_owner is None:  # the last owner left: the longest-standing member
+                conn.execute(
+                    "UPDATE members SET owner_since = ? WHERE conversation_id = ? AND user_id ="
+                    " (SELECT user_id FROM members WHERE conversation_id = ?"
+                    " ORDER BY joined_at, user_id LIMIT 1)",
+                    (now, cid, cid),
+                )
+        return self._conversation_from_cache(conn, cid, cs)
+
+    async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
+        cid = row_id(conversation_id)
+        if cid is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        return await self._submit(self._op_set_title, cid, title)
+
+    def _op_set_title(
+        self, conn: sqlite3.Connection, state: _WriterState, cid: int, title: str | None
+    ) -> Conversation:
+        cs = self._conv_state(conn, state, cid)
+        conn.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, cid))
         return self._conversation_from_cache(conn, cid, cs)
 
     @staticmethod
@@ -534,7 +653,9 @@ class SQLiteStore:
         kind, title, created_at = conn.execute(
             "SELECT kind, title, created_at FROM conversations WHERE id = ?", (cid,)
         ).fetchone()
-        return Conversation(str(cid), kind, title, sorted(cs.members), created_at, cs.last_seq)
+        return Conversation(
+            str(cid), kind, title, sorted(cs.members), created_at, cs.last_seq, _owners(conn, cid)
+        )
 
     # ------------------------------------------------------------------ messages
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[MessageRecord, bool]]:
@@ -547,13 +668,13 @@ class SQLiteStore:
     ) -> tuple[MessageRecord, bool]:
         cid = row_id(m.conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
         cs = self._conv_state(conn, state, cid)
         if m.sender_id not in cs.members:
             existing = _find_by_local_id(conn, m.sender_id, m.local_id)
             if existing is not None:
                 return existing, False
-            raise ForbiddenError("not a member of this conversation")
+            raise ForbiddenError(NOT_MEMBER)
         reply_to: int | None = None
         if m.reply_to is not None:
             reply_to = row_id(m.reply_to)
@@ -564,7 +685,7 @@ class SQLiteStore:
             )
             found = row.fetchone() if row is not None else None
             if found is None or found[0] != cid:
-                raise NotFoundError("reply_to message not found in this conversation")
+                raise NotFoundError(REPLY_NOT_FOUND)
         uploads: list[AttachmentRecord] = []
         for att in m.attachments:
             if att.data is None:
@@ -573,9 +694,9 @@ class SQLiteStore:
                     (att.meta.id,),
                 ).fetchone()
                 if row is None:
-                    raise NotFoundError(f"attachment {att.meta.id} not found")
+                    raise NotFoundError(attachment_not_found(att.meta.id))
                 if row[5] != m.sender_id or row[7] is not None:
-                    raise ForbiddenError(f"attachment {att.meta.id} cannot be used")
+                    raise ForbiddenError(attachment_unusable(att.meta.id))
                 uploads.append(AttachmentRecord(*row[:7]))
         seq = cs.last_seq + 1
         cur = conn.execute(
@@ -645,10 +766,11 @@ class SQLiteStore:
         after_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         cid = row_id(conversation_id)
         if cid is None:
             return [], False
-        limit = max(1, limit)
 
         def read(c: sqlite3.Connection) -> tuple[list[MessageRecord], bool]:
             if after_seq is not None:
@@ -683,7 +805,7 @@ class SQLiteStore:
     ) -> list[str]:
         cid = row_id(conversation_id)
         if cid is None:
-            raise NotFoundError("conversation not found")
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
         ids = [i for i in (row_id(x) for x in message_ids) if i is not None]
         return await self._submit(self._op_advance, cid, user_id, ids, kind)
 
@@ -698,7 +820,7 @@ class SQLiteStore:
     ) -> list[str]:
         cs = self._conv_state(conn, state, cid)
         if user_id not in cs.members:
-            raise ForbiddenError("not a member of this conversation")
+            raise ForbiddenError(NOT_MEMBER)
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
@@ -823,14 +945,27 @@ def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:
         (conv_id,),
     ).fetchone()
     if row is None:
-        raise NotFoundError("conversation not found")
+        raise NotFoundError(CONVERSATION_NOT_FOUND)
     members = [
         r[0]
         for r in conn.execute(
             "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY user_id", (conv_id,)
         )
     ]
-    return Conversation(str(row[0]), row[1], row[2], members, row[3], row[4])
+    return Conversation(
+        str(row[0]), row[1], row[2], members, row[3], row[4], _owners(conn, conv_id)
+    )
+
+
+def _owners(conn: sqlite3.Connection, conv_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT user_id FROM members WHERE conversation_id = ? AND owner_since IS NOT NULL"
+            " ORDER BY owner_since, user_id",
+            (conv_id,),
+        )
+    ]
 
 
 def _find_by_local_id(

@@ -1,0 +1,160 @@
+"""Conversations, membership and roles (docs/protocol.md, "Membership and roles").
+
+Every rule is decided in ``parley.service.rules`` on a fresh read of the conversation;
+the store then makes the change in one transaction that re-checks what a race could
+break (``parley.store.base``, "The transaction rule").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from parley import protocol as p
+from parley.broker.base import Envelope
+from parley.codes import CloseCode, ErrorCode
+from parley.service import rules
+from parley.service.errors import ServiceError
+from parley.service.messages import Messages
+from parley.store.base import Conversation, ForbiddenError, LimitError, NotFoundError, StoreError
+
+_HOUR = 3600.0
+
+
+class ChatService(Messages):
+    """The chat domain: what a user may do, and its fan-out to live connections."""
+
+    def conversation_data(self, conv: Conversation) -> dict[str, Any]:
+        return {
+            "id": conv.id,
+            "title": conv.title,
+            "kind": conv.kind,
+            "member_ids": conv.member_ids,
+            "owner_ids": conv.owner_ids,
+            "created_at": p.iso(conv.created_at),
+            "last_seq": conv.last_seq,
+        }
+
+    async def create_conversation(
+        self, user_id: str, member_ids: Sequence[str], title: str | None
+    ) -> tuple[Conversation, bool]:
+        await self.authorize(user_id)
+        ids = rules.check_member_ids(member_ids, self.limits)
+        rules.check_title(title, self.limits)
+        members, kind = rules.new_conversation(user_id, ids, title, self.limits)
+        now = self.clock()
+        recent = await self._store.conversations_created_since(user_id, now - _HOUR)
+        rules.check_creation_rate(recent, self.limits)
+        conv, created = await self._store.create_conversation(
+            members, kind=kind, title=title, created_at=now, creator_id=user_id
+        )
+        if created:
+            self._publish_membership(conv, "conversation.created")
+        return conv, created
+
+    async def member_conversation(self, user_id: str, conversation_id: str) -> Conversation:
+        await self.authorize(user_id)
+        return await self._visible(user_id, conversation_id)
+
+    async def list_conversations(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's conversations, most recent first, with ``last_message`` and
+        ``unread_count``."""
+        await self.authorize(user_id)
+        out = []
+        for s in await self._store.list_conversations(user_id):
+            data = self.conversation_data(s.conversation)
+            last = s.last_message
+            if last is not None:
+                cursors = await self._store.get_cursors(last.conversation_id)
+                data["last_message"] = self.history_message(last, cursors, user_id)
+            else:
+                data["last_message"] = None
+            data["unread_count"] = s.unread_count
+            out.append(data)
+        return out
+
+    async def _existing(self, conversation_id: str) -> Conversation:
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
+        return conv
+
+    async def add_members(
+        self,
+        user_id: str,
+        conversation_id: str,
+        member_ids: Sequence[str],
+        *,
+        admin: bool = False,
+    ) -> Conversation:
+        await self.authorize(user_id)
+        ids = rules.check_member_ids(member_ids, self.limits)
+        conv = await self._existing(conversation_id)
+        rules.may_add(conv, user_id, admin)
+        rules.check_member_cap(len(set(conv.member_ids) | set(ids)), self.limits)
+        try:
+            conv = await self._store.add_members(conv.id, ids, max_members=self.limits.max_members)
+        except StoreError as exc:
+            raise _refusal(exc) from None
+        self._publish_membership(conv, "conversation.updated")
+        return conv
+
+    async def remove_member(
+        self, user_id: str, conversation_id: str, member_id: str, *, admin: bool = False
+    ) -> Conversation:
+        await self.authorize(user_id)
+        conv = await self._existing(conversation_id)
+        rules.may_remove(conv, user_id, admin, member_id)
+        try:
+            conv = await self._store.remove_member(conv.id, member_id)
+        except StoreError as exc:
+            raise _refusal(exc) from None
+        self._publish_membership(conv, "conversation.updated", also=[member_id])
+        return conv
+
+    async def set_title(
+        self, user_id: str, conversation_id: str, title: str | None, *, admin: bool = False
+    ) -> Conversation:
+        await self.authorize(user_id)
+        rules.check_title(title, self.limits)
+        conv = await self._existing(conversation_id)
+        rules.may_retitle(conv, user_id, admin)
+        try:
+            conv = await self._store.set_title(conv.id, title)
+        except StoreError as exc:
+            raise _refusal(exc) from None
+        self._publish_membership(conv, "conversation.updated")
+        return conv
+
+    async def set_user_active(self, user_id: str, active: bool) -> None:
+        """Deactivate (closing the user's connections on every node) or reactivate."""
+        await self._store.set_user_active(user_id, active)
+        if not active:
+            self.close_user(user_id, CloseCode.ACCESS_DENIED, "user deactivated")
+
+    def _publish_membership(
+        self, conv: Conversation, event: str, also: Sequence[str] | None = None
+    ) -> None:
+        frame = p.encode_event(event, self.conversation_data(conv))
+        self._publish(
+            Envelope(
+                origin=self.node_id,
+                kind="conversation",
+                conversation_id=conv.id,
+                frame=msgspec.Raw(frame),
+                members=list(conv.member_ids),
+                also_users=list(also) if also else None,
+            )
+        )
+
+
+def _refusal(exc: StoreError) -> ServiceError:
+    if isinstance(exc, LimitError):
+        return ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc))
+    if isinstance(exc, ForbiddenError):
+        return ServiceError(ErrorCode.FORBIDDEN, str(exc))
+    if isinstance(exc, NotFoundError):
+        return ServiceError(ErrorCode.NOT_FOUND, str(exc))
+    return ServiceError(ErrorCode.MESSAGE_FAILED, str(exc))

@@ -1,0 +1,391 @@
+"""Messages: sends, receipts, sync, history and attachments (docs/protocol.md, "Actions")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from parley import attachments as att
+from parley import protocol as p
+from parley.broker.base import Broker, Envelope
+from parley.codes import ErrorCode
+from parley.service import rules
+from parley.service.errors import ServiceError
+from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
+from parley.service.limits import Limits
+from parley.store.base import (
+    AttachmentRecord,
+    Conversation,
+    Cursor,
+    ForbiddenError,
+    MessageRecord,
+    NewAttachment,
+    NewMessage,
+    NotFoundError,
+    ReceiptKind,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger("parley.service")
+
+
+class Messages(Hub):
+    """Sends, receipts, sync and history on top of the hub."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        store: Store,
+        broker: Broker,
+        *,
+        secret: str | None = None,
+        public_url: str | None = None,
+        metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        framer: Framer = _identity,
+    ) -> None:
+        super().__init__(limits, store, broker, metrics=metrics, clock=clock, framer=framer)
+        if secret is None:  # RS256/ES256 only: links signed with a key of this process alone
+            log.warning("no --secret: attachment links are valid on this node only")
+        self._link_key = att.link_key(secret)
+        self._public_url = (public_url or "").rstrip("/")
+        self._sync_locks: dict[Peer, asyncio.Lock] = {}
+
+    def _forget(self, peer: Peer) -> None:
+        self._sync_locks.pop(peer, None)
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, peer: Peer, cmd: p.Command) -> None:
+        """Act on one command. Slow work runs in tasks; replies go to ``peer.write``."""
+        if isinstance(cmd, p.SendMessage):
+            self._send_message(peer, cmd)
+        elif isinstance(cmd, p.Heartbeat):
+            peer.write(
+                self.frame(p.encode_event("heartbeat_ack", {"timestamp": p.iso(self.clock())}))
+            )
+        elif isinstance(cmd, p.Typing):
+            self._typing_cmd(peer, cmd)
+        elif isinstance(cmd, p.MarkRead):
+            self._spawn(self._receipt(peer, cmd, "read"))
+        elif isinstance(cmd, p.MarkDelivered):
+            self._spawn(self._receipt(peer, cmd, "delivered"))
+        else:
+            self._spawn(self._sync(peer, cmd))
+
+    # ------------------------------------------------------------------ send
+    def _send_message(self, peer: Peer, cmd: p.SendMessage) -> None:
+        """Validate and queue the append; the rest happens when the commit lands."""
+        try:
+            new = self._new_message(peer.user_id, cmd)
+            pending = asyncio.ensure_future(self._store.append_message(new))
+        except ServiceError as exc:
+            self.send_error(
+                peer, exc.code, exc.message, local_id=cmd.local_id, request_id=cmd.request_id
+            )
+            return
+        self._pending.add(pending)
+        pending.add_done_callback(partial(self._appended, peer, cmd, time.perf_counter()))
+
+    def _appended(
+        self,
+        peer: Peer,
+        cmd: p.SendMessage,
+        started: float,
+        done: asyncio.Future[tuple[MessageRecord, bool]],
+    ) -> None:
+        self._pending.discard(done)
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            if isinstance(exc, StoreError):
+                code = (
+                    ErrorCode.FORBIDDEN if isinstance(exc, ForbiddenError) else ErrorCode.NOT_FOUND
+                )
+                message = str(exc)
+            else:
+                log.error("send_message failed: %r", exc)
+                code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
+            self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
+            return
+        record, created = done.result()
+        if created:
+            self._metrics.message_committed(time.perf_counter() - started)
+            self.publish_message(record)
+        else:
+            self._metrics.duplicate_answered()
+            self._spawn(self._resend_original(peer, record))
+
+    async def _resend_original(self, peer: Peer, record: MessageRecord) -> None:
+        """A resend: the original message, with its current status, to that connection."""
+        cursors = await self._store.get_cursors(record.conversation_id)
+        wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
+        peer.write(self.frame(p.encode_chat_message(wire)))
+
+    def _new_message(self, user_id: str, cmd: p.SendMessage) -> NewMessage:
+        rules.check_content(cmd.content, bool(cmd.attachments), self.limits)
+        rules.check_storable(cmd.local_id, "local_id")
+        rules.check_storable(user_id, "user id")
+        now = self.clock()
+        attachments: list[NewAttachment] = []
+        for a in cmd.attachments or ():
+            attachments.append(self._inline_attachment(user_id, a, now))
+        return NewMessage(
+            conversation_id=cmd.conversation_id,
+            sender_id=user_id,
+            local_id=cmd.local_id,
+            content=cmd.content,
+            sent_at=now,
+            reply_to=cmd.reply_to,
+            attachments=attachments,
+        )
+
+    def _inline_attachment(self, user_id: str, a: p.AttachmentIn, now: float) -> NewAttachment:
+        if a.file is None:
+            if a.id is None:
+                raise rules.invalid("attachment needs `file` or `id`")
+            meta = AttachmentRecord(a.id, a.type, "", 0, "", user_id, now)
+            return NewAttachment(meta, None)
+        try:
+            data = att.decode_base64(a.file, self.limits.max_attachment_bytes)
+        except att.AttachmentError as exc:
+            code = ErrorCode.PAYLOAD_TOO_LARGE if exc.too_large else ErrorCode.INVALID_MESSAGE
+            raise ServiceError(code, str(exc)) from None
+        return NewAttachment(self._attachment_meta(user_id, a.type, a.filename, data, now), data)
+
+    def _attachment_meta(
+        self, user_id: str, declared: str, filename: str | None, data: bytes, now: float
+    ) -> AttachmentRecord:
+        """The one check of an attachment, inline or uploaded: size, type sniffed
+        against the declared one, filename sanitised."""
+        if len(data) > self.limits.max_attachment_bytes:
+            raise ServiceError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"attachment larger than {self.limits.max_attachment_bytes} bytes",
+            )
+        if not data:
+            raise rules.invalid("attachment is empty")
+        try:
+            content_type = att.check_type(declared, data)
+        except att.AttachmentError as exc:
+            raise rules.invalid(str(exc)) from None
+        return AttachmentRecord(
+            id=att.new_attachment_id(),
+            type=declared,
+            filename=att.sanitize_filename(filename),
+            size=len(data),
+            content_type=content_type,
+            uploader_id=user_id,
+            created_at=now,
+        )
+
+    def publish_message(self, record: MessageRecord) -> None:
+        wire = self.wire_message(record, "sent", with_local_id=False)
+        frame = p.encode_chat_message(wire)
+        wire.local_id = record.local_id or msgspec.UNSET
+        sender_frame = p.encode_chat_message(wire)
+        self._publish(
+            Envelope(
+                origin=self.node_id,
+                kind="conversation",
+                conversation_id=record.conversation_id,
+                frame=msgspec.Raw(frame),
+                sender_id=record.sender_id,
+                sender_frame=msgspec.Raw(sender_frame),
+            )
+        )
+
+    # ------------------------------------------------------------------ wire records
+    def attachment_url(self, record: AttachmentRecord) -> str:
+        ttl = self.limits.attachment_url_ttl
+        # Round the expiry up to the hour, so a link is stable (and cacheable) for a while.
+        expires = (int(self.clock() + ttl) // 3600 + 1) * 3600
+        path = att.signed_path(self._link_key, record.id, record.filename, expires)
+        return self._public_url + path
+
+    def wire_attachment(self, a: AttachmentRecord) -> p.WireAttachment:
+        return p.WireAttachment(
+            a.id, a.type, self.attachment_url(a), a.filename, a.size, a.content_type
+        )
+
+    def wire_message(self, m: MessageRecord, status: str, *, with_local_id: bool) -> p.WireMessage:
+        return p.WireMessage(
+            id=m.id,
+            conversation_id=m.conversation_id,
+            seq=m.seq,
+            sender_id=m.sender_id,
+            content=m.content,
+            sent_at=p.iso(m.sent_at),
+            status=status,
+            reply_to=m.reply_to,
+            attachments=[self.wire_attachment(a) for a in m.attachments],
+            local_id=m.local_id if with_local_id and m.local_id else msgspec.UNSET,
+        )
+
+    def history_message(
+        self, m: MessageRecord, cursors: Sequence[Cursor], viewer: str
+    ) -> p.WireMessage:
+        return self.wire_message(m, _status(m, cursors), with_local_id=m.sender_id == viewer)
+
+    # ------------------------------------------------------------------ receipts
+    async def _receipt(
+        self, peer: Peer, cmd: p.MarkRead | p.MarkDelivered, kind: ReceiptKind
+    ) -> None:
+        cid = cmd.conversation_id
+        try:
+            ids = await self._store.advance_cursor(cid, peer.user_id, cmd.message_ids, kind)
+        except NotFoundError as exc:
+            self.send_error(peer, ErrorCode.NOT_FOUND, str(exc), request_id=cmd.request_id)
+            return
+        except ForbiddenError as exc:
+            self.send_error(peer, ErrorCode.FORBIDDEN, str(exc), request_id=cmd.request_id)
+            return
+        except Exception:
+            log.exception("receipt failed")
+            self.send_error(
+                peer, ErrorCode.MESSAGE_FAILED, "Failed to store receipt", request_id=cmd.request_id
+            )
+            return
+        if not ids:
+            self.send_error(
+                peer,
+                ErrorCode.NOT_FOUND,
+                "none of message_ids is a message of this conversation",
+                request_id=cmd.request_id,
+            )
+            return
+        event = "messages_read" if kind == "read" else "messages_delivered"
+        frame = p.encode_event(event, p.receipt_data(peer.user_id, cid, ids, self.clock()))
+        self._publish(
+            Envelope(
+                origin=self.node_id,
+                kind="conversation",
+                conversation_id=cid,
+                frame=msgspec.Raw(frame),
+            )
+        )
+
+    # ------------------------------------------------------------------ sync
+    async def _sync(self, peer: Peer, cmd: p.Sync) -> None:
+        """One sync at a time per connection (a second waits); its cost is bounded by
+        the user's own conversations, whatever ``cursors`` holds."""
+        lock = self._sync_locks.get(peer)
+        if lock is None:
+            lock = self._sync_locks[peer] = asyncio.Lock()
+        async with lock:
+            await self._sync_locked(peer, cmd)
+
+    async def _sync_locked(self, peer: Peer, cmd: p.Sync) -> None:
+        user = peer.user_id
+        try:
+            convs = await self._store.user_conversations(user)
+            foreign = rules.foreign_conversations(cmd.cursors, convs)
+            if foreign:
+                self.send_error(
+                    peer,
+                    ErrorCode.FORBIDDEN,
+                    rules.foreign_message(foreign),
+                    request_id=cmd.request_id,
+                )
+            page = self.limits.sync_page
+            complete: dict[str, dict[str, Any]] = {}
+            for cid, last_seq in convs.items():
+                since = cmd.cursors.get(cid, 0)
+                more = False
+                if since < last_seq:
+                    messages, more = await self._store.get_messages(
+                        cid, after_seq=since, limit=page
+                    )
+                    cursors = await self._store.get_cursors(cid) if messages else []
+                    for m in messages:
+                        wire = self.history_message(m, cursors, user)
+                        peer.write(self.frame(p.encode_chat_message(wire)))
+                    if messages:
+                        last_seq = max(last_seq, messages[-1].seq)
+                complete[cid] = {"last_seq": last_seq, "has_more": more}
+        except Exception:
+            log.exception("sync failed")
+            self.send_error(
+                peer, ErrorCode.MESSAGE_FAILED, "sync failed", request_id=cmd.request_id
+            )
+            return
+        peer.write(self.frame(p.encode_event("sync.complete", {"conversations": complete})))
+
+    # ------------------------------------------------------------------ history (REST)
+    async def authorize(self, user_id: str) -> None:
+        """Refuse a deactivated user (``FORBIDDEN``): it can do nothing, anywhere
+        (docs/protocol.md, "Membership and roles")."""
+        if not await self._store.is_user_active(user_id):
+            raise rules.forbidden("user deactivated")
+
+    async def _visible(self, user_id: str, conversation_id: str) -> Conversation:
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
+        rules.may_read(conv, user_id)
+        return conv
+
+    async def history(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> tuple[list[p.WireMessage], bool]:
+        """A page of a conversation's history as the user sees it; ``(messages, has_more)``."""
+        await self.authorize(user_id)
+        if not 1 <= limit <= self.limits.history_page:
+            raise rules.invalid(f"limit must be 1..{self.limits.history_page}")
+        conv = await self._visible(user_id, conversation_id)
+        messages, more = await self._store.get_messages(
+            conv.id, before_seq=before_seq, after_seq=after_seq, limit=limit
+        )
+        cursors = await self._store.get_cursors(conv.id) if messages else []
+        return [self.history_message(m, cursors, user_id) for m in messages], more
+
+    # ------------------------------------------------------------------ attachments
+    async def upload(
+        self, user_id: str, declared: str, filename: str | None, data: bytes
+    ) -> p.WireAttachment:
+        """Store an uploaded attachment, checked as an inline one is."""
+        await self.authorize(user_id)
+        meta = self._attachment_meta(user_id, declared, filename, data, self.clock())
+        await self._store.put_attachment(meta, data)
+        return self.wire_attachment(meta)
+
+    async def download(
+        self, attachment_id: str, expires: str, sig: str
+    ) -> tuple[AttachmentRecord, bytes]:
+        """The attachment a signed link names; ``FORBIDDEN`` for a bad or expired
+        signature, ``NOT_FOUND`` for no such attachment."""
+        try:
+            exp = int(expires) if expires.isascii() and expires.isdigit() else -1
+        except ValueError:
+            exp = -1
+        if exp < 0 or not att.verify_signature(
+            self._link_key, attachment_id, exp, sig, self.clock()
+        ):
+            raise rules.forbidden("missing, bad or expired signature")
+        found = await self._store.get_attachment(attachment_id)
+        if found is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "attachment not found")
+        return found
+
+
+def _status(m: MessageRecord, cursors: Sequence[Cursor]) -> str:
+    """The aggregate status the sender sees: read / delivered by every other member."""
+    others = [c for c in cursors if c.user_id != m.sender_id]
+    if not others:
+        return "sent"
+    if all(c.read_seq >= m.seq for c in others):
+        return "read"
+    if all(c.delivered_seq >= m.seq for c in others):
+        return "delivered"
+    return "sent"
