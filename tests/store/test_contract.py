@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from parley.store import Store, open_store
 from parley.store.base import (
+    CONVERSATION_NOT_FOUND,
+    DIRECT_IS_TWO,
+    MEMBERSHIP_NOT_FOUND,
+    NOT_MEMBER,
+    REPLY_NOT_FOUND,
     AttachmentRecord,
+    Conversation,
     Cursor,
     ForbiddenError,
+    LimitError,
     MessageRecord,
     NewAttachment,
     NewMessage,
     NotFoundError,
+    StoreError,
+    attachment_not_found,
+    attachment_unusable,
+    too_many_members,
 )
 
 from .conftest import create_database, drop_database
@@ -585,3 +596,259 @@ async def test_many_nodes_migrate_a_fresh_database_at_once(uid: Uid) -> None:
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
         await asyncio.to_thread(drop_database, url)
+
+
+# -- membership and roles: the transaction rule (parley.store.base) -----------------------
+
+
+async def direct(store: Store, a: str, b: str) -> Conversation:
+    conv, _ = await store.create_conversation(
+        [a, b], kind="direct", title=None, created_at=time.time(), creator_id=a
+    )
+    return conv
+
+
+async def test_group_owner_is_its_creator_and_direct_has_none(store: Store, uid: Uid) -> None:
+    a, b, c = uid("zoe"), uid("alice"), uid("bob")
+    conv, _ = await store.create_conversation(
+        [a, b, c], kind="group", title="t", created_at=T0, creator_id=a
+    )
+    assert conv.owner_ids == [a]
+    assert (await store.get_conversation(conv.id)) == conv
+    dm = await direct(store, a, b)
+    assert dm.owner_ids == []
+    (summary,) = [s for s in await store.list_conversations(c) if s.conversation.id == conv.id]
+    assert summary.conversation.owner_ids == [a]
+
+
+async def test_direct_conversation_never_takes_a_third_member(store: Store, uid: Uid) -> None:
+    a, b, c = uid("alice"), uid("bob"), uid("carol")
+    dm = await direct(store, a, b)
+    with pytest.raises(ForbiddenError) as err:
+        await store.add_members(dm.id, [c], max_members=100)
+    assert str(err.value) == DIRECT_IS_TWO
+    after = await store.get_conversation(dm.id)
+    assert after is not None and after.member_ids == sorted([a, b]) and after.kind == "direct"
+    assert await store.user_conversations(c) == {}
+    again, created = await store.create_conversation(
+        [a, b], kind="direct", title=None, created_at=time.time(), creator_id=b
+    )
+    assert not created and again.id == dm.id
+    # Adding someone already there changes nothing and is no error.
+    same = await store.add_members(dm.id, [a], max_members=100)
+    assert same.member_ids == sorted([a, b])
+
+
+async def test_leaving_a_direct_conversation_frees_the_pair(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    dm = await direct(store, a, b)
+    await fill(store, dm.id, a, 2)
+    left = await store.remove_member(dm.id, b)
+    assert left.member_ids == [a] and left.kind == "direct"
+    fresh, created = await store.create_conversation(
+        [b, a], kind="direct", title=None, created_at=time.time(), creator_id=b
+    )
+    assert created and fresh.id != dm.id and fresh.last_seq == 0
+    with pytest.raises(ForbiddenError):  # the old one never takes b back
+        await store.add_members(dm.id, [b], max_members=100)
+    again, created = await store.create_conversation(
+        [a, b], kind="direct", title=None, created_at=time.time(), creator_id=a
+    )
+    assert not created and again.id == fresh.id
+
+
+async def test_last_owner_leaving_hands_over_to_longest_standing(store: Store, uid: Uid) -> None:
+    owner, early, late = uid("owner"), uid("zed"), uid("amy")  # "amy" sorts before "zed"
+    conv, _ = await store.create_conversation(
+        [owner, early], kind="group", title="t", created_at=time.time(), creator_id=owner
+    )
+    await store.add_members(conv.id, [late], max_members=100)
+    after = await store.remove_member(conv.id, owner)
+    assert after.owner_ids == [early]
+    assert (await store.get_conversation(conv.id)) == after
+    # A non-owner leaving changes no owner.
+    after = await store.remove_member(conv.id, late)
+    assert after.owner_ids == [early] and after.member_ids == [early]
+    # The last member leaving leaves an empty group with no owner.
+    after = await store.remove_member(conv.id, early)
+    assert after.owner_ids == [] and after.member_ids == []
+
+
+async def test_member_cap_is_checked_in_the_transaction(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    others = [uid(f"u{i}") for i in range(4)]
+    with pytest.raises(LimitError) as err:
+        await store.add_members(conv, others, max_members=5)
+    assert str(err.value) == too_many_members(5)
+    unchanged = await store.get_conversation(conv)
+    assert unchanged is not None and unchanged.member_ids == sorted([a, b])
+    # Concurrent adds that each fit but together do not: the cap holds.
+    results = await asyncio.gather(
+        *(store.add_members(conv, [o], max_members=4) for o in others), return_exceptions=True
+    )
+    assert sum(isinstance(r, LimitError) for r in results) == 2
+    final = await store.get_conversation(conv)
+    assert final is not None and len(final.member_ids) == 4
+
+
+async def test_readded_member_keeps_its_cursors(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    sent = await fill(store, conv, a, 3)
+    await store.advance_cursor(conv, b, [sent[1].id], "read")
+    await store.advance_cursor(conv, b, [sent[2].id], "delivered")
+    await store.remove_member(conv, b)
+    await store.add_members(conv, [b], max_members=100)
+    cursors = {c.user_id: c for c in await store.get_cursors(conv)}
+    assert cursors[b] == Cursor(b, read_seq=2, delivered_seq=3)
+    summary = [s for s in await store.list_conversations(b) if s.conversation.id == conv]
+    assert summary[0].unread_count == 1
+    # A user added for the first time starts from 0.
+    c = uid("carol")
+    await store.add_members(conv, [c], max_members=100)
+    cursors = {x.user_id: x for x in await store.get_cursors(conv)}
+    assert cursors[c] == Cursor(c, 0, 0)
+
+
+async def test_an_upload_links_to_one_message_only(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    meta = att_meta(f"att_{uid('x')}", a)
+    await store.put_attachment(meta, b"\x89PNG")
+    ref = NewAttachment(meta, None)
+    first, created = await store.append_message(msg(conv, a, "l1", attachments=[ref]))
+    assert created and [x.id for x in first.attachments] == [meta.id]
+    with pytest.raises(ForbiddenError) as err:
+        await store.append_message(msg(conv, a, "l2", attachments=[ref]))
+    assert str(err.value) == attachment_unusable(meta.id)
+    with pytest.raises(ForbiddenError):  # nor twice in one message
+        other = att_meta(f"att_{uid('y')}", a)
+        await store.put_attachment(other, b"\x89PNG")
+        twice = NewAttachment(other, None)
+        await store.append_message(msg(conv, a, "l3", attachments=[twice, twice]))
+
+
+async def test_an_upload_sent_twice_at_once_links_once(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    conv = await group(store, a, b)
+    for round_ in range(5):
+        meta = att_meta(f"att_{uid('r')}{round_}", a)
+        await store.put_attachment(meta, b"\x89PNG")
+        ref = NewAttachment(meta, None)
+        results = await asyncio.gather(
+            *(
+                store.append_message(msg(conv, a, f"r{round_}-{i}", attachments=[ref]))
+                for i in range(4)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(r, BaseException) for r in results) == 1, results
+        assert all(isinstance(r, ForbiddenError) for r in results if isinstance(r, BaseException))
+
+
+async def test_limit_below_one_is_refused(store: Store, uid: Uid) -> None:
+    conv = await group(store, uid("alice"), uid("bob"))
+    for limit in (0, -1):
+        with pytest.raises(ValueError):
+            await store.get_messages(conv, limit=limit)
+        with pytest.raises(ValueError):
+            await store.get_messages(conv, after_seq=0, limit=limit)
+
+
+async def test_error_texts_are_the_same_on_every_backend(store: Store, uid: Uid) -> None:
+    a, b, eve = uid("alice"), uid("bob"), uid("eve")
+    conv = await group(store, a, b)
+    other = await group(store, a, eve)
+    (m_other,) = await fill(store, other, a, 1)
+
+    async def text(coro: Awaitable[object]) -> str:
+        try:
+            await coro
+        except StoreError as exc:
+            return str(exc)
+        raise AssertionError("not refused")
+
+    assert await text(store.append_message(msg(conv, eve, "e1"))) == NOT_MEMBER
+    assert await text(store.append_message(msg("999999999", a, "e2"))) == CONVERSATION_NOT_FOUND
+    assert await text(store.append_message(msg("nope", a, "e3"))) == CONVERSATION_NOT_FOUND
+    assert (
+        await text(store.append_message(msg(conv, a, "e4", reply_to=m_other.id))) == REPLY_NOT_FOUND
+    )
+    assert await text(store.append_message(msg(conv, a, "e5", reply_to="x"))) == REPLY_NOT_FOUND
+    ghost = NewAttachment(att_meta("att_ghost", a), None)
+    assert await text(
+        store.append_message(msg(conv, a, "e6", attachments=[ghost]))
+    ) == attachment_not_found("att_ghost")
+    theirs = att_meta(f"att_{uid('t')}", eve)
+    await store.put_attachment(theirs, b"\x89PNG")
+    assert await text(
+        store.append_message(msg(conv, a, "e7", attachments=[NewAttachment(theirs, None)]))
+    ) == attachment_unusable(theirs.id)
+    assert await text(store.advance_cursor(conv, eve, [], "read")) == NOT_MEMBER
+    assert await text(store.advance_cursor("999999999", a, [], "read")) == CONVERSATION_NOT_FOUND
+    assert await text(store.remove_member(conv, eve)) == MEMBERSHIP_NOT_FOUND
+    assert await text(store.remove_member("999999999", a)) == CONVERSATION_NOT_FOUND
+    assert await text(store.add_members("999999999", [a], max_members=10)) == CONVERSATION_NOT_FOUND
+    assert await text(store.set_title("999999999", "x")) == CONVERSATION_NOT_FOUND
+
+
+async def test_set_title_and_creation_count(store: Store, uid: Uid) -> None:
+    a, b = uid("alice"), uid("bob")
+    start = time.time()
+    conv = await group(store, a, b, title="old")
+    renamed = await store.set_title(conv, "new")
+    assert renamed.title == "new" and renamed.owner_ids == [a]
+    assert (await store.get_conversation(conv)) == renamed
+    await direct(store, a, b)
+    assert await store.conversations_created_since(a, start - 1) == 2
+    assert await store.conversations_created_since(b, start - 1) == 0
+    assert await store.conversations_created_since(a, time.time() + 60) == 0
+
+
+# -- poison isolation ----------------------------------------------------------------------
+
+POISON = "bad \ud800 surrogate"  # no UTF-8 encoding: neither database can take it
+
+
+async def test_one_unstorable_message_fails_alone(store: Store, uid: Uid) -> None:
+    victim, attacker = uid("victim"), uid("attacker")
+    conv = await group(store, victim, attacker)
+    for round_ in range(3):
+        sends = [
+            store.append_message(msg(conv, victim, f"v{round_}-{i}", f"fine {i}"))
+            for i in range(20)
+        ]
+        sends.insert(10, store.append_message(msg(conv, attacker, f"p{round_}", POISON)))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        poison = results.pop(10)
+        assert isinstance(poison, Exception) and not isinstance(poison, StoreError)
+        assert all(not isinstance(r, BaseException) for r in results), results
+    history, _ = await store.get_messages(conv, limit=200)
+    assert [m.seq for m in history] == list(range(1, 61))
+    assert all(m.sender_id == victim for m in history)
+    # The store goes on working.
+    record, created = await store.append_message(msg(conv, attacker, "after", "ok"))
+    assert created and record.seq == 61
+
+
+# -- concurrent membership change vs send ----------------------------------------------------
+
+
+async def test_a_member_removed_while_sending(store: Store, uid: Uid) -> None:
+    """Every send commits before the removal or is refused: none lands after it."""
+    a, b = uid("alice"), uid("bob")
+    for round_ in range(10):
+        conv = await group(store, a, b)
+        sends = [store.append_message(msg(conv, b, f"s{round_}-{i}")) for i in range(15)]
+        removal = store.remove_member(conv, b)
+        results = await asyncio.gather(*sends[:5], removal, *sends[5:], return_exceptions=True)
+        removed = results.pop(5)
+        assert isinstance(removed, Conversation)
+        committed = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert all(isinstance(r, ForbiddenError) and str(r) == NOT_MEMBER for r in refused)
+        history, _ = await store.get_messages(conv, limit=200)
+        assert [m.seq for m in history] == list(range(1, len(committed) + 1))
+        # Nothing of b's was committed after the removal took effect.
+        assert all(m.seq <= removed.last_seq for m in history), (removed.last_seq, len(history))

@@ -687,6 +687,7 @@ class SQLiteStore:
             if found is None or found[0] != cid:
                 raise NotFoundError(REPLY_NOT_FOUND)
         uploads: list[AttachmentRecord] = []
+        claimed: set[str] = set()
         for att in m.attachments:
             if att.data is None:
                 row = conn.execute(
@@ -695,8 +696,9 @@ class SQLiteStore:
                 ).fetchone()
                 if row is None:
                     raise NotFoundError(attachment_not_found(att.meta.id))
-                if row[5] != m.sender_id or row[7] is not None:
+                if row[5] != m.sender_id or row[7] is not None or att.meta.id in claimed:
                     raise ForbiddenError(attachment_unusable(att.meta.id))
+                claimed.add(att.meta.id)
                 uploads.append(AttachmentRecord(*row[:7]))
         seq = cs.last_seq + 1
         cur = conn.execute(
