@@ -42,3 +42,58 @@ async def test_version_1_database_upgrades_and_keeps_its_data(tmp_path: Path) ->
         r[0] for r in sqlite3.connect(path).execute("SELECT version FROM schema_migrations")
     ]
     assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_version_2_database_gains_owners(tmp_path: Path) -> None:
+    """Groups get their first member as owner; a direct conversation that grew past two
+    members becomes a group; the pair key of a real direct conversation still works."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for version in (1, 2):
+        for statement in MIGRATIONS[version - 1].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
+    conn.execute(
+        "INSERT INTO conversations (id, kind, title, created_at) VALUES (1, 'group', 't', 1)"
+    )
+    conn.execute(
+        "INSERT INTO conversations (id, kind, title, created_at, direct_key)"
+        " VALUES (2, 'direct', NULL, 1, 'ann' || char(0) || 'bob')"
+    )
+    conn.execute(
+        "INSERT INTO conversations (id, kind, title, created_at, direct_key)"
+        " VALUES (3, 'direct', NULL, 1, 'ann' || char(0) || 'cat')"
+    )
+    for cid, user in [
+        (1, "zed"),
+        (1, "bob"),
+        (2, "ann"),
+        (2, "bob"),
+        (3, "ann"),
+        (3, "cat"),
+        (3, "dan"),
+    ]:
+        conn.execute("INSERT INTO members (conversation_id, user_id) VALUES (?, ?)", (cid, user))
+    conn.close()
+
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    try:
+        grp = await store.get_conversation("1")
+        assert grp is not None and grp.owner_ids == ["bob"] and grp.member_ids == ["bob", "zed"]
+        dm = await store.get_conversation("2")
+        assert dm is not None and dm.kind == "direct" and dm.owner_ids == []
+        grown = await store.get_conversation("3")
+        assert grown is not None and grown.kind == "group" and grown.owner_ids == ["ann"]
+        again, created = await store.create_conversation(
+            ["bob", "ann"], kind="direct", title=None, created_at=2.0, creator_id="bob"
+        )
+        assert not created and again.id == "2"
+        fresh, created = await store.create_conversation(
+            ["ann", "cat"], kind="direct", title=None, created_at=2.0, creator_id="ann"
+        )
+        assert created and fresh.id not in ("1", "2", "3")
+    finally:
+        await store.close()
