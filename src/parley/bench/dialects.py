@@ -135,7 +135,7 @@ class ParleyDialect(Dialect):
 
         async def create(i: int, members: list[Conn]) -> None:
             owner, ids = members[0], [m.user_id for m in members[1:]] or [members[0].user_id]
-            batch = 5000  # the server takes at most 10,000 member ids per request
+            batch = 1000  # the server takes at most 1,000 member ids per request
             created = await post(api, owner.token, {"member_ids": ids[:batch], "title": f"b{i}"})
             keys[i] = str(created["id"])
             for start in range(batch, len(ids), batch):
