@@ -216,3 +216,13 @@ async def test_inline_attachment_base64_data_url(server: ParleyServer, uid: Any)
         )
         msg = (await ws.expect("chat_message"))["message"]
         assert msg["attachments"][0]["size"] == len(PNG)
+
+
+async def test_openapi_documents_owners_and_title_changes(server: ParleyServer) -> None:
+    status, doc = await api("GET", f"{server.http_url}/openapi.json")
+    assert status == 200
+    conv = doc["components"]["schemas"]["Conversation"]
+    assert "owner_ids" in conv["required"] and "owner_ids" in conv["properties"]
+    assert "patch" in doc["paths"]["/api/conversations/{id}"]
+    history = doc["paths"]["/api/conversations/{id}/messages"]["get"]
+    assert "429" in history["responses"] and "413" in history["responses"]

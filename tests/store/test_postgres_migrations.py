@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from parley.store import open_store

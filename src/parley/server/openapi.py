@@ -20,10 +20,17 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
             "description": description,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
         },
-        "400": _err("invalid request"),
+        "400": _err("invalid request or malformed query value (INVALID_MESSAGE)"),
         "401": _err("missing or invalid token"),
-        "403": _err("not a member"),
+        "403": _err("not a member, not allowed by the conversation's roles, or deactivated"),
         "404": _err("not found"),
+        "413": _err("over a cap (members, ids per request, size); the cap is in the message"),
+        "429": {
+            "description": "rate limited (RATE_LIMITED): per-user REST rate, or new"
+            " conversations per hour",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
     }
 
 
@@ -57,12 +64,24 @@ def document() -> dict[str, Any]:
                 },
                 "Conversation": {
                     "type": "object",
-                    "required": ["id", "kind", "member_ids", "created_at", "last_seq"],
+                    "required": [
+                        "id",
+                        "kind",
+                        "member_ids",
+                        "owner_ids",
+                        "created_at",
+                        "last_seq",
+                    ],
                     "properties": {
                         "id": {"type": "string"},
                         "title": {"type": ["string", "null"]},
                         "kind": {"enum": ["direct", "group"]},
                         "member_ids": {"type": "array", "items": {"type": "string"}},
+                        "owner_ids": {
+                            "description": "a group's owners, creator first; empty for direct",
+                            "type": "array",
+                            "items": {"type": "string"},
+                        },
                         "created_at": {"type": "string", "format": "date-time"},
                         "last_seq": {"type": "integer"},
                         "last_message": {
@@ -164,10 +183,29 @@ def document() -> dict[str, Any]:
                 "get": {
                     "parameters": [conv_id],
                     "responses": _ok("the conversation", "Conversation"),
-                }
+                },
+                "patch": {
+                    "summary": "Change a group's title (owners and admin tokens)",
+                    "parameters": [conv_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["title"],
+                                    "properties": {"title": {"type": ["string", "null"]}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": _ok("the updated conversation", "Conversation"),
+                },
             },
             "/api/conversations/{id}/members": {
                 "post": {
+                    "summary": "Add members to a group (owners and admin tokens; never to a"
+                    " direct conversation)",
                     "parameters": [conv_id],
                     "requestBody": {
                         "required": True,
@@ -188,6 +226,8 @@ def document() -> dict[str, Any]:
             },
             "/api/conversations/{id}/members/{user_id}": {
                 "delete": {
+                    "summary": "Leave (own id), or remove another member of a group (owners"
+                    " and admin tokens)",
                     "parameters": [conv_id, _id_param("user_id")],
                     "responses": _ok("the updated conversation", "Conversation"),
                 }
@@ -196,8 +236,16 @@ def document() -> dict[str, Any]:
                 "get": {
                     "parameters": [
                         conv_id,
-                        {"name": "before_seq", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "after_seq", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "before_seq",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "after_seq",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
                         {
                             "name": "limit",
                             "in": "query",
@@ -224,10 +272,9 @@ def document() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {
-                        **_ok("the attachment", "Attachment", "201"),
-                        "413": _err("too large"),
-                    },
+                    "responses": _ok(
+                        "the attachment (sendable with one message)", "Attachment", "201"
+                    ),
                 }
             },
             "/attachments/{id}/{filename}": {
