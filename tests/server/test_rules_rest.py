@@ -315,3 +315,71 @@ async def test_rest_rate_limit_per_user(limited: ParleyServer, uid: Any) -> None
             assert int(r.headers["Retry-After"]) >= 1
     status, _body = await call(limited, "GET", "/api/conversations", b)  # others unaffected
     assert status == 200
+
+
+async def test_victim_beside_a_nul_sender_gets_every_ack(srv: ParleyServer, uid: Any) -> None:
+    victim, attacker = uid("victim"), uid("attacker")
+    conv = await conversation(srv, victim, attacker, title="room")
+    async with await connect(srv, victim) as v, await connect(srv, attacker) as x:
+        for i in range(40):
+            await x.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"\u0000{i}",
+                    "local_id": f"x{i}",
+                }
+            )
+            await v.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": conv["id"],
+                    "content": f"ok {i}",
+                    "local_id": f"v{i}",
+                }
+            )
+        acked: set[str] = set()
+        while len(acked) < 40:  # two PostgreSQL writers may commit two batches either way
+            echo = await v.expect("chat_message")
+            acked.add(echo["message"]["local_id"])
+        assert acked == {f"v{i}" for i in range(40)}
+        assert v.seen("error") == []
+        await x.expect("error", lambda e: e["error"].get("local_id") == "x39")
+        assert {e["error"]["code"] for e in x.seen("error")} == {"INVALID_MESSAGE"}
+    status, page = await call(
+        srv, "GET", f"/api/conversations/{conv['id']}/messages?limit=200", victim
+    )
+    assert status == 200 and [m["seq"] for m in page["messages"]] == list(range(1, 41))
+
+
+async def test_readded_member_keeps_its_read_cursor(srv: ParleyServer, uid: Any) -> None:
+    owner, bob = uid("own"), uid("bob")
+    conv = await conversation(srv, owner, bob, title="team")
+    cid = conv["id"]
+    async with await connect(srv, owner) as ws:
+        for i in range(3):
+            await ws.send(
+                {
+                    "action": "send_message",
+                    "conversation_id": cid,
+                    "content": f"m{i}",
+                    "local_id": f"l{i}",
+                }
+            )
+            last = await ws.expect(
+                "chat_message", lambda e, i=i: e["message"].get("local_id") == f"l{i}"
+            )
+    async with await connect(srv, bob) as ws:
+        await ws.send(
+            {"action": "mark_read", "conversation_id": cid, "message_ids": [last["message"]["id"]]}
+        )
+        await ws.expect("messages_read")
+    status, _ = await call(srv, "DELETE", f"/api/conversations/{cid}/members/{bob}", owner)
+    assert status == 200
+    status, _ = await call(
+        srv, "POST", f"/api/conversations/{cid}/members", owner, {"member_ids": [bob]}
+    )
+    assert status == 200
+    status, body = await call(srv, "GET", "/api/conversations", bob)
+    (item,) = [c for c in body["conversations"] if c["id"] == cid]
+    assert item["unread_count"] == 0
