@@ -13,8 +13,14 @@ How the guarantees hold when several nodes write the same conversation:
   the batch is tried again, when the check finds it.
 * Group commit: ``append_message`` queues the message; writer tasks each take whatever
   is queued (up to ``batch_max``) and commit it in one transaction, so a burst costs one
-  WAL flush instead of one per message. Each message is validated on its own first, so
-  one bad message never fails its neighbours.
+  WAL flush instead of one per message. Each message is validated on its own, inside
+  that transaction after the conversations' row locks are taken (membership, ``reply_to``,
+  uploads not linked yet: ``parley.store.base``, "The transaction rule"), so one refused
+  message never fails its neighbours; and when the transaction itself fails, each
+  message is committed again on its own, so only a message the database cannot take
+  fails (poison isolation).
+* Membership changes take the same conversation row lock first, so an append and a
+  removal of its sender are serialised.
 * Migrations are numbered, recorded in ``schema_migrations`` and applied under a
   transaction-scoped advisory lock, so nodes starting together apply each one once.
 

@@ -14,7 +14,10 @@ sender (one message in flight, waiting for its ack) never waits.
 
 Rule for the writer's operations: an operation raises ``StoreError`` only *before* it
 writes anything, so a refused request never leaves half its rows in the batch. Any other
-exception fails (and rolls back) the whole batch, and the writer's caches are dropped.
+exception in an operation rolls the batch back, drops the writer's caches and runs the
+batch again without that operation, which alone fails (poison isolation); a failing
+COMMIT fails the whole batch. The single writer is what serialises appends and
+membership changes (``parley.store.base``, "The transaction rule").
 """
 
 from __future__ import annotations
