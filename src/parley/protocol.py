@@ -30,6 +30,7 @@ MAX_ID = 64
 MAX_MESSAGE_IDS = 1000
 MAX_ATTACHMENTS = 10
 MAX_SYNC_CONVERSATIONS = 10_000
+MAX_MENTIONS = 1000
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 LocalId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LOCAL_ID)]
@@ -59,6 +60,7 @@ class SendMessage(_Command, tag="send_message"):
     attachments: Annotated[list[AttachmentIn], msgspec.Meta(max_length=MAX_ATTACHMENTS)] | None = (
         None
     )
+    mentions: Annotated[list[Id], msgspec.Meta(max_length=MAX_MENTIONS)] | None = None
 
 
 class Typing(_Command, tag="typing"):
@@ -84,8 +86,96 @@ class Sync(_Command, tag="sync"):
     cursors: Annotated[dict[Id, Seq], msgspec.Meta(max_length=MAX_SYNC_CONVERSATIONS)] = {}
 
 
-Command = SendMessage | Typing | MarkRead | MarkDelivered | Heartbeat | Sync
-ACTIONS = frozenset({"send_message", "typing", "mark_read", "mark_delivered", "heartbeat", "sync"})
+# -- changes to messages: log entries sharing the conversation's seq (docs/protocol.md,
+# "Edits, deletions and reactions")
+MAX_EMOJI = 32  # characters of one reaction (an emoji or a :short_code:)
+Emoji = Annotated[str, msgspec.Meta(max_length=MAX_EMOJI * 4)]  # the rule counts characters
+
+
+class EditMessage(_Command, tag="edit_message"):
+    conversation_id: Id
+    message_id: Id
+    content: str
+
+
+class DeleteMessage(_Command, tag="delete_message"):
+    conversation_id: Id
+    message_id: Id
+
+
+class AddReaction(_Command, tag="add_reaction"):
+    conversation_id: Id
+    message_id: Id
+    emoji: Emoji
+
+
+class RemoveReaction(_Command, tag="remove_reaction"):
+    conversation_id: Id
+    message_id: Id
+    emoji: Emoji
+
+
+MessageChange = EditMessage | DeleteMessage | AddReaction | RemoveReaction
+CHANGE_ACTIONS = frozenset({"edit_message", "delete_message", "add_reaction", "remove_reaction"})
+# The event each change action answers with.
+CHANGE_EVENTS = {
+    "edit_message": "message.updated",
+    "delete_message": "message.deleted",
+    "add_reaction": "reaction.added",
+    "remove_reaction": "reaction.removed",
+}
+
+
+def message_updated_data(conversation_id: str, seq: int, message: WireMessage) -> dict[str, Any]:
+    return {"conversation_id": conversation_id, "seq": seq, "message": message}
+
+
+def message_deleted_data(
+    conversation_id: str, seq: int, message_id: str, deleted_at: float
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "message_id": message_id,
+        "deleted_at": iso(deleted_at),
+    }
+
+
+def reaction_data(
+    conversation_id: str, seq: int, message_id: str, user_id: str, emoji: str
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "message_id": message_id,
+        "user_id": user_id,
+        "emoji": emoji,
+    }
+
+
+def encode_change(event: str, data: dict[str, Any], request_id: str | None = None) -> bytes:
+    """A change event; the requester's copy carries its ``request_id``."""
+    if request_id is not None:
+        data = {**data, "request_id": request_id}
+    return encode_event(event, data)
+
+
+Command = (
+    SendMessage
+    | Typing
+    | MarkRead
+    | MarkDelivered
+    | Heartbeat
+    | Sync
+    | EditMessage
+    | DeleteMessage
+    | AddReaction
+    | RemoveReaction
+)
+ACTIONS = (
+    frozenset({"send_message", "typing", "mark_read", "mark_delivered", "heartbeat", "sync"})
+    | CHANGE_ACTIONS
+)
 
 
 class ProtocolError(Exception):
@@ -188,7 +278,11 @@ class WireAttachment(msgspec.Struct):
     content_type: str
 
 
-class WireMessage(msgspec.Struct, omit_defaults=True):
+class WireMessage(msgspec.Struct):
+    """A message on the wire. Every field is always there (``local_id`` only on the
+    sender's copy): ``edited_at`` null, ``deleted`` false, ``reactions`` {}, ``mentions``
+    [] until they are not."""
+
     id: str
     conversation_id: str
     seq: int
@@ -199,6 +293,10 @@ class WireMessage(msgspec.Struct, omit_defaults=True):
     reply_to: str | None
     attachments: list[WireAttachment]
     local_id: str | msgspec.UnsetType = msgspec.UNSET
+    edited_at: str | None = None
+    deleted: bool = False
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    mentions: list[str] = msgspec.field(default_factory=list)
 
 
 class ChatMessageEvent(msgspec.Struct, tag_field="type", tag="chat_message"):
@@ -269,14 +367,23 @@ def typing_data(user_id: str, conversation_id: str, is_typing: bool, now: float)
 
 
 def established_data(
-    client_id: str, user_id: str, conversations: Mapping[str, int], now: float
+    client_id: str,
+    user_id: str,
+    conversations: Mapping[str, int],
+    now: float,
+    unread: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
+    """``unread``: per conversation, ``read_seq``, ``unread_count`` and ``mention_count``,
+    given beside its ``last_seq``."""
     stamp = iso(now)
+    extra = unread or {}
     return {
         "client_id": client_id,
         "user_id": user_id,
         "active_conversations": list(conversations),
         "timestamp": stamp,
         "server_time": stamp,
-        "conversations": {cid: {"last_seq": seq} for cid, seq in conversations.items()},
+        "conversations": {
+            cid: {"last_seq": seq, **extra.get(cid, {})} for cid, seq in conversations.items()
+        },
     }

@@ -93,6 +93,7 @@ class WsPeer:
     """A live WebSocket connection (the service's ``Peer``)."""
 
     __slots__ = (
+        "admin",
         "client_id",
         "close_task",
         "closing",
@@ -122,6 +123,7 @@ class WsPeer:
         self.max_buffer = max_buffer
         self.metrics = metrics
         self.flusher = flusher
+        self.admin = False  # an admin token's connection (may delete any message)
         self.closing = False
         self.close_task: asyncio.Task[None] | None = None
         self.pending: list[bytes] | None = None  # frames of this loop iteration
@@ -241,6 +243,7 @@ class WebSocketEndpoint:
             self.metrics,
             self.flusher,
         )
+        peer.admin = identity.admin
         self.open.add(ws)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
