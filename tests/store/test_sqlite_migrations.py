@@ -175,6 +175,9 @@ async def test_deleted_content_and_bytes_leave_the_file(tmp_path: Path) -> None:
         await store.delete_message(conv.id, m.id, "ann", 2.0, admin=False)
     finally:
         await store.close()
-    files = [p for p in tmp_path.iterdir() if p.name.startswith("erase.db")]
-    data = b"".join(p.read_bytes() for p in files)
+    data = b"".join(
+        p.read_bytes()
+        for p in (path, path.with_name("erase.db-wal"), path.with_name("erase.db-shm"))
+        if p.exists()
+    )
     assert b"unforgettable" not in data and b"QUOKKA-BYTES" not in data

@@ -64,6 +64,11 @@ class Changes(Messages):
             return
         if changed:
             await self.publish_change(entry, cmd.request_id)
+            if peer.user_id not in self.conv_users.get(entry.conversation_id, ()):
+                # An admin outside the conversation still gets its answer.
+                cursors = await self._store.get_cursors(entry.conversation_id)
+                frame = self.entry_frame(entry, cursors, peer.user_id, cmd.request_id)
+                peer.write(self.frame(frame))
         else:  # nothing changed: the current state, to the requester alone
             cursors = await self._store.get_cursors(entry.conversation_id)
             peer.write(self.frame(self.entry_frame(entry, cursors, peer.user_id, cmd.request_id)))
