@@ -1049,3 +1049,15 @@ async def test_unread_and_mention_counts(store: Store, uid: Uid) -> None:
     assert last is not None and last.id == others[3].id and last.content == "edited"
     assert summaries[conv].conversation.last_seq == 8
     assert summaries[quiet].last_message is None
+
+
+async def test_cursors_of_many_conversations_in_one_call(store: Store, uid: Uid) -> None:
+    a, b = uid("a"), uid("b")
+    one, two = await group(store, a, b), await group(store, a)
+    (m,) = await fill(store, one, a, 1)
+    await store.advance_cursor(one, b, [m.id], "read")
+    many = await store.get_cursors_of([one, two, "nope", "987654321"])
+    assert many[one] == await store.get_cursors(one)
+    assert {c.user_id: c.read_seq for c in many[one]} == {a: 0, b: 1}
+    assert many[two] == [Cursor(a, 0, 0)] and many["nope"] == [] and many["987654321"] == []
+    assert await store.get_cursors_of([]) == {}

@@ -63,12 +63,17 @@ class ChatService(Changes):
         ``read_seq``, ``unread_count`` and ``mention_count``."""
         await self.authorize(user_id)
         out = []
-        for s in await self._store.list_conversations(user_id):
+        summaries = await self._store.list_conversations(user_id)
+        cursors = await self._store.get_cursors_of(
+            [s.conversation.id for s in summaries if s.last_message is not None]
+        )
+        for s in summaries:
             data = self.conversation_data(s.conversation)
             last = s.last_message
             if last is not None:
-                cursors = await self._store.get_cursors(last.conversation_id)
-                data["last_message"] = self.history_message(last, cursors, user_id)
+                data["last_message"] = self.history_message(
+                    last, cursors.get(last.conversation_id, []), user_id
+                )
             else:
                 data["last_message"] = None
             data["read_seq"] = s.read_seq

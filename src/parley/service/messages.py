@@ -103,7 +103,11 @@ class Messages(Hub):
             while held:
                 cmd = held[0]
                 try:
-                    mentions = await self.check_mentions(peer.user_id, cmd) if cmd.mentions else ()
+                    mentions = (
+                        await self.check_mentions(peer.user_id, cmd.conversation_id, cmd.mentions)
+                        if cmd.mentions
+                        else ()
+                    )
                 except ServiceError as exc:
                     held.pop(0)
                     self.send_error(
@@ -130,14 +134,17 @@ class Messages(Hub):
         finally:
             del self._held[peer]
 
-    async def check_mentions(self, user_id: str, cmd: p.SendMessage) -> Sequence[str]:
-        """The distinct mentioned ids of a send, all members (else ``INVALID_MESSAGE``);
-        a sender who is not a member learns nothing about who is."""
-        conv = await self._store.get_conversation(cmd.conversation_id)
+    async def check_mentions(
+        self, user_id: str, conversation_id: str, mentions: Sequence[str]
+    ) -> Sequence[str]:
+        """The distinct mentioned ids of a send (any transport), all members of the
+        conversation (else ``INVALID_MESSAGE``); a sender who is not a member learns
+        nothing about who is (``FORBIDDEN`` first)."""
+        conv = await self._store.get_conversation(conversation_id)
         if conv is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
         rules.may_read(conv, user_id)
-        return rules.check_mentions(cmd.mentions or (), conv)
+        return rules.check_mentions(mentions, conv)
 
     def _append(self, peer: Peer, cmd: p.SendMessage, mentions: Sequence[str]) -> None:
         """Validate and queue the append; the rest happens when the commit lands."""

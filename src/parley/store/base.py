@@ -336,6 +336,10 @@ class Store(Protocol):
     async def get_cursors(self, conversation_id: str) -> list[Cursor]:
         """The receipt cursors of every current member."""
 
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        """``get_cursors`` of many conversations in one query (ids naming no
+        conversation map to ``[]``)."""
+
     async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
         """``{conversation_id: state}`` for every conversation the user belongs to, in
         one query."""

@@ -1050,6 +1050,26 @@ class PostgresStore:
         ]
         return sorted(cursors, key=lambda c: c.user_id)
 
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        out: dict[str, list[Cursor]] = {cid: [] for cid in conversation_ids}
+        ids = [i for i in (row_id(c) for c in conversation_ids) if i is not None]
+        if not ids:
+            return out
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT m.conversation_id, m.user_id, COALESCE(r.read_seq, 0) AS read_seq,
+                          COALESCE(r.delivered_seq, 0) AS delivered_seq
+                   FROM members m LEFT JOIN cursors r
+                        ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id
+                   WHERE m.conversation_id = ANY($1::bigint[])""",
+                ids,
+            )
+        for r in sorted(rows, key=lambda r: r["user_id"]):
+            out.setdefault(str(r["conversation_id"]), []).append(
+                Cursor(r["user_id"], int(r["read_seq"]), int(r["delivered_seq"]))
+            )
+        return out
+
     # -- unread --------------------------------------------------------------
     async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
         async with self._acquire() as conn:

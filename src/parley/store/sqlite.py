@@ -955,6 +955,23 @@ class SQLiteStore:
         )
         return [Cursor(u, r, d) for u, r, d in rows]
 
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        out: dict[str, list[Cursor]] = {cid: [] for cid in conversation_ids}
+        ids = [i for i in (row_id(c) for c in conversation_ids) if i is not None]
+        if not ids:
+            return out
+        marks = ",".join("?" * len(ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT conversation_id, user_id, read_seq, delivered_seq FROM members"
+                f" WHERE conversation_id IN ({marks})",
+                ids,
+            ).fetchall()
+        )
+        for cid, u, r, d in rows:
+            out.setdefault(str(cid), []).append(Cursor(u, r, d))
+        return out
+
     # ------------------------------------------------------------------ unread
     async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
         rows = await self._read(
