@@ -1061,3 +1061,48 @@ async def test_cursors_of_many_conversations_in_one_call(store: Store, uid: Uid)
     assert {c.user_id: c.read_seq for c in many[one]} == {a: 0, b: 1}
     assert many[two] == [Cursor(a, 0, 0)] and many["nope"] == [] and many["987654321"] == []
     assert await store.get_cursors_of([]) == {}
+
+
+async def _mixed_at_once(writers: list[Store], reader: Store, uid: Uid) -> None:
+    users = [uid(f"u{i}") for i in range(8)]
+    conv = await group(writers[0], *users)
+    (first,) = await fill(writers[0], conv, users[0], 1)
+    jobs: list[Awaitable[object]] = []
+    for i in range(80):
+        node, user = writers[i % len(writers)], users[i % len(users)]
+        if i % 3 == 0:
+            jobs.append(node.append_message(msg(conv, user, f"c{i}")))
+        elif i % 3 == 1:
+            jobs.append(
+                node.add_reaction(conv, first.id, user, f":r{i % 5}:", T0, max_reactions=50)
+            )
+        else:
+            jobs.append(node.edit_message(conv, first.id, users[0], f"v{i}", T0))
+    await asyncio.gather(*jobs)
+    entries, more = await reader.get_log(conv, after_seq=0, limit=1000)
+    assert not more
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    c = await reader.get_conversation(conv)
+    assert c is not None and c.last_seq == len(entries)
+    reactions = {(e.user_id, e.emoji) for e in entries if e.kind == "reaction.added"}
+    assert sum(e.kind == "reaction.added" for e in entries) == len(reactions)
+    now = await reader.get_message(first.id)
+    assert now is not None
+    assert {(u, em) for em, us in now.reactions.items() for u in us} == reactions
+    assert now.last_change_seq == max(e.seq for e in entries if e.message.id == first.id)
+
+
+async def test_changes_and_appends_at_once_keep_one_gapless_sequence(
+    store: Store, uid: Uid
+) -> None:
+    await _mixed_at_once([store], store, uid)
+
+
+async def test_many_nodes_change_one_conversation(pg_url: str, uid: Uid) -> None:
+    """Three PostgresStore instances (three nodes) append and change one conversation."""
+    nodes = [open_store(pg_url) for _ in range(3)]
+    await asyncio.gather(*(n.start() for n in nodes))
+    try:
+        await _mixed_at_once(nodes, nodes[2], uid)
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
