@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from parley.codes import ErrorCode
+from parley.protocol import MAX_EMOJI
 from parley.service.errors import ServiceError
 from parley.service.limits import Limits
 from parley.store.base import (
@@ -189,7 +190,7 @@ def strict_int(raw: str | None, name: str, *, low: int, high: int) -> int | None
 # fresh read of the conversation; the store re-checks membership and that the message is
 # not deleted inside the transaction that writes the change.
 
-MAX_EMOJI_LENGTH = 32
+MAX_EMOJI_LENGTH = MAX_EMOJI
 _EMOJI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]")
 
 
