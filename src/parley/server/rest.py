@@ -12,7 +12,6 @@ from urllib.parse import unquote
 
 import msgspec
 from aiohttp import BodyPartReader, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parley import attachments as att
 from parley.auth import AuthError, Identity, TokenVerifier
@@ -78,9 +77,6 @@ class Rest:
             web.get("/attachments/{id}/{filename}", self.download),
             web.post("/api/admin/users/{user_id}/deactivate", self.deactivate),
             web.post("/api/admin/users/{user_id}/activate", self.activate),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
         ]
         if self.settings.demo:
@@ -288,29 +284,6 @@ class Rest:
         return json_body({"user_id": user, "active": True})
 
     # ------------------------------------------------------------------ operations
-    async def healthz(self, request: web.Request) -> web.Response:
-        return json_body({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        checks: dict[str, str] = {}
-        try:
-            await self.service.store.ping()
-            checks["store"] = "ok"
-        except Exception as exc:
-            checks["store"] = f"error: {exc}"
-        checks["broker"] = "ok" if self.service.broker.healthy else "degraded"
-        ready = checks["store"] == "ok"
-        return json_body(
-            {"status": "ok" if ready else "unavailable", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.service.metrics.registry)
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
-
     async def openapi(self, request: web.Request) -> web.Response:
         from parley.server.openapi import document
 
