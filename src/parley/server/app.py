@@ -71,8 +71,9 @@ def body_limit_middleware(settings: Settings) -> Any:
         too_large = _json_error(
             413, "PAYLOAD_TOO_LARGE", f"request body larger than {MAX_JSON_BODY} bytes"
         )
+        # (What is left of a refused body is read and dropped by aiohttp's lingering close,
+        # bounded in time, so the client reads the answer rather than a reset.)
         if length is not None and length > MAX_JSON_BODY:
-            request.protocol.force_close()  # do not read (or wait for) the rest
             return too_large
         if length == 0 or (length is None and not request.body_exists):
             return await handler(request)  # type: ignore[no-any-return]
@@ -81,7 +82,6 @@ def body_limit_middleware(settings: Settings) -> Any:
             async with asyncio.timeout(timeout):
                 await capped.read()  # cached: the handler's read()/json() reuse it
         except web.HTTPRequestEntityTooLarge:
-            request.protocol.force_close()
             return too_large
         except TimeoutError:
             request.protocol.force_close()
