@@ -799,11 +799,10 @@ def _op_put_attachment(
 
 
 def _op_probe_write(conn: sqlite3.Connection, state: object) -> None:
-    """A tiny real write (rewrites one row as it is), for ``ping`` after a write failed."""
-    conn.execute(
-        "UPDATE schema_migrations SET applied_at = applied_at"
-        " WHERE version = (SELECT max(version) FROM schema_migrations)"
-    )
+    """A tiny real write, for ``ping`` after a write failed: a row added and removed in
+    one transaction still writes its page (a row rewritten as it was would not)."""
+    conn.execute("INSERT OR REPLACE INTO schema_migrations VALUES (-1, 0)")
+    conn.execute("DELETE FROM schema_migrations WHERE version = -1")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
