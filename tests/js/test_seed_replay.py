@@ -4,6 +4,7 @@ stored once, in order — rate limits pace the burst instead of dropping it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -33,7 +34,8 @@ async def test_seed_client_replays_300_queued_messages(tmp_path: Path) -> None:
     n = 300
     with ParleyServer(tmp_path) as srv:  # default limits: 50 actions/s, burst 100
         conv = await conversation(srv, "alice", "bob")
-        result = subprocess.run(
+        result = await asyncio.to_thread(
+            subprocess.run,
             [
                 node,
                 "--experimental-websocket",
