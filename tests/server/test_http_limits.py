@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.server.test_ws import conversation
 from tests.support.server import ParleyServer
@@ -135,3 +137,26 @@ async def test_metrics_only_for_allowed_addresses_and_admins(tmp_path: Path) -> 
         assert status == 403
         status, text = await get("127.0.0.2", srv.token("root", admin=True))
         assert status == 200 and "parley_connections" in text
+
+
+def own_non_loopback_address() -> str | None:
+    """An address of this machine outside 127.0.0.0/8 (to reach the server from)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+async def test_metrics_by_default_loopback_only(tmp_path: Path) -> None:
+    address = own_non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    with ParleyServer(tmp_path, extra_args=["--host", "0.0.0.0"]) as srv:
+        status, text = await api("GET", f"{srv.http_url}/metrics")
+        assert status == 200 and "parley_connections" in text
+        status, body = await api("GET", f"http://{address}:{srv.port}/metrics")
+        assert status == 403, body
+        assert body["error"]["code"] == "FORBIDDEN"
