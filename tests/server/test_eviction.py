@@ -17,6 +17,8 @@ from tests.server.test_ws import connect, conversation
 from tests.support.server import ParleyServer
 from tests.support.wsclient import api
 
+EVICTED_1013 = 'parley_connections_closed_by_server_total{code="1013"}'
+
 
 def established_from(server_port: int, client_ports: set[int]) -> set[int]:
     """The client ports of ``client_ports`` the server side still holds ESTABLISHED."""
@@ -82,15 +84,14 @@ async def test_evicted_reader_socket_is_gone_within_10s(tmp_path: Path) -> None:
         try:
             i = 0
             async with asyncio.timeout(60):
-                while await metric(srv, "parley_evictions_total") < 1:
+                while await metric(srv, EVICTED_1013) < 1:
                     for _ in range(20):
                         await alice.send(send(conv["id"], f"s{i}", f"{i}:" + "x" * 9000))
                         i += 1
                     await alice.expect("chat_message", lambda e, n=i: e["message"]["seq"] == n)
             gone_after = await wait_until_gone(srv.port, {port}, timeout=10)
             print(f"evicted socket gone after {gone_after:.2f}s")
-            text = (await api("GET", f"{srv.http_url}/metrics"))[1]
-            assert 'parley_connections_closed_by_server_total{code="1013"} 1.0' in text
+            assert await metric(srv, "parley_evictions_total") == 1.0
             # Everyone else is fine.
             await alice.send({"action": "heartbeat"})
             await alice.expect("heartbeat_ack")
@@ -126,7 +127,7 @@ async def test_memory_of_1000_evicted_readers(tmp_path: Path) -> None:
             rss_connected = rss_kib(srv.proc.pid)
             i = 0
             async with asyncio.timeout(120):
-                while await metric(srv, "parley_evictions_total") < n:
+                while await metric(srv, EVICTED_1013) < n:
                     for _ in range(5):
                         await alice.send(send(conv["id"], f"s{i}", f"{i}:" + "x" * 9000))
                         i += 1
@@ -139,6 +140,7 @@ async def test_memory_of_1000_evicted_readers(tmp_path: Path) -> None:
             await asyncio.sleep(max(0.0, 10 - (time.monotonic() - evicted_at)))  # a measurement
             rss_after = rss_kib(srv.proc.pid)
             assert await metric(srv, "parley_connections") == 1.0  # alice only
+            assert await metric(srv, "parley_evictions_total") == n
             record_figure(
                 "evicted_readers_memory",
                 {
