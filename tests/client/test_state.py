@@ -263,7 +263,7 @@ def test_status_order() -> None:
     assert adv(MessageStatus.READ, MessageStatus.DELIVERED) is MessageStatus.READ
     assert adv(MessageStatus.SENDING, MessageStatus.FAILED) is MessageStatus.FAILED
     assert adv(MessageStatus.SENT, MessageStatus.FAILED) is MessageStatus.SENT
-    assert adv(MessageStatus.FAILED, MessageStatus.SENDING) is MessageStatus.FAILED
+    assert adv(MessageStatus.FAILED, MessageStatus.SENDING) is MessageStatus.SENDING  # a retry
     assert adv(MessageStatus.FAILED, MessageStatus.DELIVERED) is MessageStatus.DELIVERED
 
 

@@ -138,6 +138,22 @@ def backoff_delay_ms(attempt: int, rand: float) -> float:
     return raw + raw * BACKOFF_JITTER * rand
 
 
+def next_status(current: str | None, proposed: str | None) -> str | None:
+    """A message's status after ``proposed`` is reported while it is ``current``: it only
+    moves up (sending → sent → delivered → read); ``failed`` only from ``sending``, and
+    back to ``sending`` only from ``failed`` (a retry). Unknown values change nothing.
+    """
+    if proposed not in STATUS_RANK:
+        return current
+    if current not in STATUS_RANK or current == proposed:
+        return proposed if current not in STATUS_RANK else current
+    if proposed == MessageStatus.FAILED:
+        return proposed if current == MessageStatus.SENDING else current
+    if proposed == MessageStatus.SENDING:
+        return proposed if current == MessageStatus.FAILED else current
+    return proposed if STATUS_RANK[proposed] > STATUS_RANK[str(current)] else current
+
+
 def receipt_floors(others: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
     """``(read_upto, delivered_upto)`` over the receipt cursors ``(read_seq, delivered_seq)``
     of every member but the sender: the highest seq that *every* other member has read,

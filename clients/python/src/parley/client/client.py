@@ -53,14 +53,27 @@ from parley.client.errors import ClientClosed, ClientError
 from parley.client.events import Emitter, Listener
 from parley.client.outbox import Outbox
 from parley.client.queue import OfflineQueue
-from parley.codes import CloseCode, ErrorCode, MessageStatus
+from parley.codes import (
+    BACKOFF_BASE_MS,
+    BACKOFF_CAP_MS,
+    BACKOFF_JITTER,
+    HEARTBEAT_INTERVAL_MS,
+    MAX_MISSED_HEARTBEATS,
+    MAX_RETRIES,
+    RECEIPT_BATCH,
+    RETRY_DELAY_MS,
+    SEND_WINDOW,
+    CloseCode,
+    ErrorCode,
+    LocalErrorCode,
+    MessageStatus,
+)
 
 log = logging.getLogger("parley.client")
 
 TokenProvider = Callable[[], Awaitable[str]]
 
 TOKEN_MARGIN = 1.0  # seconds: a token this close to its expiry is replaced before use
-RECEIPT_BATCH = 100  # at most this many (the newest) message ids per receipt frame
 
 
 class ChatClient:
@@ -83,13 +96,14 @@ class ChatClient:
         token: str | None = None,
         token_provider: TokenProvider | None = None,
         queue_path: str | Path | None = None,
-        heartbeat_interval: float = 30.0,
-        max_missed_heartbeats: int = 3,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        backoff_jitter: float = 0.25,
-        retry_delay: float = 1.0,
-        max_retries: int = 3,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_MS / 1000,
+        max_missed_heartbeats: int = MAX_MISSED_HEARTBEATS,
+        backoff_base: float = BACKOFF_BASE_MS / 1000,
+        backoff_cap: float = BACKOFF_CAP_MS / 1000,
+        backoff_jitter: float = BACKOFF_JITTER,
+        retry_delay: float = RETRY_DELAY_MS / 1000,
+        max_retries: int = MAX_RETRIES,
+        send_window: int = SEND_WINDOW,
         ack_timeout: float = 10.0,
         open_timeout: float = 10.0,
         receipt_interval: float = 0.2,
@@ -148,6 +162,7 @@ class ChatClient:
             retry_delay=retry_delay,
             max_retries=max_retries,
             ack_timeout=ack_timeout,
+            window=send_window,
         )
         entries = queue.entries()
         if entries:
@@ -524,6 +539,13 @@ class ChatClient:
                 frame = decode_frame(raw)
                 if frame is None:
                     log.warning("ignoring a frame that is not a JSON object")
+                    self._emit(
+                        "local_error",
+                        {
+                            "code": LocalErrorCode.BAD_FRAME,
+                            "message": "a frame that is not a JSON object",
+                        },
+                    )
                     continue
                 try:
                     if not session.established:
@@ -540,7 +562,9 @@ class ChatClient:
                 except Exception as exc:
                     # A peer's bad frame must not end the client.
                     log.exception("could not handle a %r frame", frame.get("type"))
-                    self._emit("error", {"code": "BAD_FRAME", "message": repr(exc)})
+                    self._emit(
+                        "local_error", {"code": LocalErrorCode.BAD_FRAME, "message": repr(exc)}
+                    )
         except ConnectionClosed:
             pass
         finally:
@@ -708,7 +732,10 @@ class ChatClient:
                 return
             # The server announced messages that sync does not return: do not spin.
             log.warning("sync made no progress; gaps remain: %s", st.gaps(self._state))
-            self._emit("error", {"code": "SYNC_STALLED", "message": "sync made no progress"})
+            self._emit(
+                "local_error",
+                {"code": LocalErrorCode.SYNC_STALLED, "message": "sync made no progress"},
+            )
             return
         self._caught_up = True
         self._emit("synced", {})

@@ -1,13 +1,17 @@
-"""The send discipline: on disk first, one message in flight, retries, replay.
+"""The send discipline: on disk first, a bounded window in flight, retries, replay.
 
 * ``put`` commits a message to the offline queue before anything is sent.
-* ``run`` (one per connection) sends the queue oldest first, one message at a time, and
-  waits for each outcome, so messages keep their order, also across reconnects: what a
-  dropped connection left is sent again on the next one with the same ``local_id``.
+* ``run`` (one per connection) sends the queue oldest first, keeping at most ``window``
+  sends unanswered (``parley.codes.SEND_WINDOW``; the web SDK uses the same), so a long
+  offline queue is paced by its acks instead of flooding the server. The server handles a
+  connection's frames in order, so messages keep their order, also across reconnects:
+  what a dropped connection left unanswered is sent again on the next one, in queue
+  order, with the same ``local_id``.
 * An outcome is the ack (``acked``: the echo carrying the ``local_id``) or an error
   (``error``). ``MESSAGE_FAILED`` and unknown codes are tried ``max_retries`` times
-  ``retry_delay`` apart; ``RATE_LIMITED`` waits ``retry_after_ms`` and is not a try;
-  errors no retry can cure fail at once. A lost connection is never a try.
+  ``retry_delay`` apart; ``RATE_LIMITED`` is not a try: nothing more is sent for
+  ``retry_after_ms``, then the refused messages go again in queue order. Errors no retry
+  can cure fail at once. A lost connection is never a try.
 * No answer within ``ack_timeout`` means the link is dead: the connection is aborted.
 
 The state's ``messageQueue`` is the in-memory mirror of the file; the client's reducer
@@ -17,6 +21,7 @@ keeps it, this class keeps the file and the waiting ``send_message`` calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +30,7 @@ from typing import Any, TypeVar
 from parley.client import state as st
 from parley.client.connection import Session, SessionLost, send_frame
 from parley.client.queue import OfflineQueue
-from parley.codes import ErrorCode
+from parley.codes import SEND_WINDOW, ErrorCode
 
 log = logging.getLogger("parley.client")
 T = TypeVar("T")
@@ -52,7 +57,11 @@ class Outbox:
         retry_delay: float,
         max_retries: int,
         ack_timeout: float,
+        window: int = SEND_WINDOW,
     ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._window = window
         self._queue = queue
         self._get_state = get_state
         self._dispatch = dispatch
@@ -123,55 +132,100 @@ class Outbox:
 
     # -- the sender, one per connection -------------------------------------------------
     async def run(self, session: Session) -> None:
-        """Send the queue, oldest first, one message at a time, until the link is lost."""
+        """Send the queue, oldest first, ``window`` at a time, until the link is lost."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Task[Mapping[str, Any] | None]] = {}  # unanswered sends
+        tries: dict[str, int] = {}  # sends refused with a retryable error, per local id
+        not_before: dict[str, float] = {}  # loop time before which a refused send waits
+        paused_until = 0.0  # RATE_LIMITED: nothing is sent before this loop time
         try:
             while True:
                 self._wakeup.clear()
-                queue = self._get_state()["messageQueue"]
-                if not queue:
-                    await self._wakeup.wait()
-                    continue
-                await self._deliver(session, queue[0])
+                now = loop.time()
+                if now >= paused_until:
+                    for entry in list(self._get_state()["messageQueue"]):
+                        if len(waiting) >= self._window:
+                            break
+                        lid = entry["local_id"]
+                        if lid in waiting or not_before.get(lid, 0.0) > now:
+                            continue
+                        if not self.is_queued(lid):
+                            continue  # acked or failed meanwhile
+                        waiting[lid] = await self._send(session, entry, first=lid not in tries)
+                wake = [t for t in (paused_until, *not_before.values()) if t > now]
+                timeout = min(wake) - now if wake else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                for lid, task in list(waiting.items()):
+                    if not task.done():
+                        continue
+                    del waiting[lid]
+                    error = task.result()  # SessionLost when the link died
+                    if error is None:
+                        tries.pop(lid, None)
+                        not_before.pop(lid, None)
+                        continue
+                    code = error.get("code")
+                    if code == ErrorCode.RATE_LIMITED:
+                        delay = max(
+                            self._retry_delay, float(error.get("retry_after_ms") or 0) / 1000
+                        )
+                        paused_until = max(paused_until, loop.time() + delay)
+                        tries.setdefault(lid, 0)
+                    elif code in PERMANENT_ERRORS or tries.get(lid, 0) + 1 >= self._max_retries:
+                        tries.pop(lid, None)
+                        not_before.pop(lid, None)
+                        await self._fail(lid, error)
+                        continue
+                    else:
+                        tries[lid] = tries.get(lid, 0) + 1
+                        not_before[lid] = loop.time() + self._retry_delay
+                    self._stats["resends"] += 1
+                if session.lost:
+                    raise SessionLost
         except SessionLost:
             pass
+        finally:
+            for task in waiting.values():
+                task.cancel()
+            await asyncio.gather(*waiting.values(), return_exceptions=True)
 
-    async def _deliver(self, session: Session, entry: st.QueuedMessage) -> None:
+    async def _send(
+        self, session: Session, entry: st.QueuedMessage, *, first: bool
+    ) -> asyncio.Task[Mapping[str, Any] | None]:
+        """Send ``entry``; the task that waits for its outcome (it wakes the sender)."""
         lid = entry["local_id"]
-        tries = 0
-        while self.is_queued(lid):
-            fut: asyncio.Future[Mapping[str, Any] | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            session.acks[lid] = fut
-            try:
-                if tries == 0 and lid in self._sent_before:
-                    self._stats["replays"] += 1
-                self._sent_before.add(lid)
-                await send_frame(session, entry)
-                tries += 1
-                try:
-                    error = await asyncio.wait_for(fut, self._ack_timeout)
-                except TimeoutError:
-                    # The server answers every send; silence means the link is dead.
-                    log.warning("no ack within %.1fs; reconnecting", self._ack_timeout)
-                    session.abort()
-                    raise SessionLost from None
-            finally:
-                session.acks.pop(lid, None)
-            if error is None:
-                return
-            code = error.get("code")
-            delay = self._retry_delay
-            if code == ErrorCode.RATE_LIMITED:
-                tries -= 1
-                delay = max(delay, float(error.get("retry_after_ms") or 0) / 1000.0)
-            elif code in PERMANENT_ERRORS or tries >= self._max_retries:
-                await self._fail(lid, error)
-                return
-            self._stats["resends"] += 1
-            await asyncio.sleep(delay)
-            if session.lost:
-                raise SessionLost
+        fut: asyncio.Future[Mapping[str, Any] | None] = asyncio.get_running_loop().create_future()
+        session.acks[lid] = fut
+        if first and lid in self._sent_before:
+            self._stats["replays"] += 1
+        self._sent_before.add(lid)
+        try:
+            await send_frame(session, entry)
+        except BaseException:
+            session.acks.pop(lid, None)
+            raise
+        task = asyncio.create_task(self._outcome(session, lid, fut), name="parley-send")
+        task.add_done_callback(lambda _: self._wakeup.set())
+        return task
+
+    async def _outcome(
+        self, session: Session, lid: str, fut: asyncio.Future[Mapping[str, Any] | None]
+    ) -> Mapping[str, Any] | None:
+        try:
+            return await asyncio.wait_for(fut, self._ack_timeout)
+        except TimeoutError:
+            # The server answers every send; silence means the link is dead.
+            log.warning("no ack within %.1fs; reconnecting", self._ack_timeout)
+            session.abort()
+            raise SessionLost from None
+        except asyncio.CancelledError:
+            if fut.cancelled():  # the session ended and cancelled the pending acks
+                raise SessionLost from None
+            raise
+        finally:
+            if session.acks.get(lid) is fut:
+                del session.acks[lid]
 
     async def _fail(self, local_id: str, error: Mapping[str, Any]) -> None:
         self._dispatch(st.message_failed(local_id, error))

@@ -35,17 +35,10 @@ import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
-from parley.codes import MessageStatus
+from parley.codes import MessageStatus, next_status, receipt_floors
 
 ConnectionStatus = Literal["disconnected", "connecting", "connected"]
 ReceiptKind = Literal["read", "delivered"]
-
-_RANK = {
-    MessageStatus.SENDING: 0,
-    MessageStatus.SENT: 1,
-    MessageStatus.DELIVERED: 2,
-    MessageStatus.READ: 3,
-}
 
 
 # -- the store shape -----------------------------------------------------------------
@@ -286,12 +279,8 @@ def reduce_with_changes(state: ChatState, action: Action) -> tuple[ChatState, tu
 
 
 def status_advanced(current: MessageStatus, new: MessageStatus) -> MessageStatus:
-    """The status after ``new`` is reported for a message in ``current`` (forward only)."""
-    if new is MessageStatus.FAILED:
-        return new if current in (MessageStatus.SENDING, MessageStatus.FAILED) else current
-    if current is MessageStatus.FAILED:
-        return new if new is not MessageStatus.SENDING else current
-    return new if _RANK[new] > _RANK[current] else current
+    """The status after ``new`` is reported for a message in ``current`` (``next_status``)."""
+    return MessageStatus(next_status(current, new) or current)
 
 
 def _status(value: object, default: MessageStatus = MessageStatus.SENT) -> MessageStatus:
@@ -662,8 +651,11 @@ def _apply_receipts(state: ChatState, cid: str) -> tuple[ChatState, tuple[str, .
         return state, ()
     receipts = conv["receipts"]
     empty: Receipt = {"read_seq": 0, "delivered_seq": 0}
-    read_upto = min(receipts.get(u, empty)["read_seq"] for u in others)
-    deliv_upto = min(receipts.get(u, empty)["delivered_seq"] for u in others)
+    cursors = [receipts.get(u, empty) for u in others]
+    floors = receipt_floors((c["read_seq"], c["delivered_seq"]) for c in cursors)
+    if floors is None:
+        return state, ()
+    read_upto, deliv_upto = floors
     read_upto = max(read_upto, conv["read_upto"])
     deliv_upto = max(deliv_upto, read_upto, conv["delivered_upto"])
     if read_upto == conv["read_upto"] and deliv_upto == conv["delivered_upto"]:
