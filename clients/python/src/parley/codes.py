@@ -12,7 +12,7 @@ then run ``python scripts/gen_js_protocol.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import IntEnum, StrEnum
 
 
@@ -136,6 +136,13 @@ def backoff_delay_ms(attempt: int, rand: float) -> float:
         raise ValueError("attempt must not be negative")
     raw = min(BACKOFF_BASE_MS * 2.0 ** min(attempt, 64), BACKOFF_CAP_MS)
     return raw + raw * BACKOFF_JITTER * rand
+
+
+def receipt_batch(ids: Sequence[str]) -> list[str]:
+    """The ids one receipt frame carries: the newest ``RECEIPT_BATCH`` of ``ids`` (in seq
+    order). Receipts are cursors, so the newest stand for every earlier one.
+    """
+    return list(ids[-RECEIPT_BATCH:])
 
 
 def next_status(current: str | None, proposed: str | None) -> str | None:

@@ -147,11 +147,12 @@ function conversationOf(state, id) {
   return state.conversations.byId[id] || emptyConversation(id);
 }
 
-/** The other members whose receipts decide the status of `me`'s messages. */
+/**
+ * The other members whose receipts decide the status of `me`'s messages; none while the
+ * member list is unknown (who "every other member" is decides, so nothing moves yet).
+ */
 function receiptUsers(conversation, me) {
-  const members = conversation.member_ids && conversation.member_ids.length
-    ? conversation.member_ids
-    : Object.keys({ ...conversation.delivered_up_to, ...conversation.read_up_to });
+  const members = conversation.member_ids || [];
   return members.filter((u) => u !== me);
 }
 

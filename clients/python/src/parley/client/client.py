@@ -67,6 +67,7 @@ from parley.codes import (
     ErrorCode,
     LocalErrorCode,
     MessageStatus,
+    receipt_batch,
 )
 
 log = logging.getLogger("parley.client")
@@ -791,7 +792,7 @@ class ChatClient:
                 if action == "mark_delivered":
                     # These ids come in seq order and the server keeps receipts as
                     # cursors: the newest stand for all before them; one frame is enough.
-                    taken, ids = len(queued), queued[-RECEIPT_BATCH:]
+                    taken, ids = len(queued), receipt_batch(queued)
                 else:  # the application's ids, in its order: all of them, in chunks
                     taken = min(len(queued), RECEIPT_BATCH)
                     ids = queued[:taken]
