@@ -31,9 +31,13 @@ def test_constants_match_the_fixture() -> None:
         assert getattr(codes, name) == value, name
 
 
-@pytest.mark.parametrize("case", BEHAVIOUR["backoff"], ids=lambda c: f"{c['attempt']}-{c['random']}")
+@pytest.mark.parametrize(
+    "case", BEHAVIOUR["backoff"], ids=lambda c: f"{c['attempt']}-{c['random']}"
+)
 def test_backoff(case: dict[str, Any]) -> None:
-    assert codes.backoff_delay_ms(case["attempt"], case["random"]) == pytest.approx(case["delay_ms"])
+    assert codes.backoff_delay_ms(case["attempt"], case["random"]) == pytest.approx(
+        case["delay_ms"]
+    )
     # The client's own Backoff (seconds) gives the same delay with the same random draw.
     backoff = Backoff(rand=lambda: float(case["random"]))
     assert backoff.delay(case["attempt"]) * 1000 == pytest.approx(case["delay_ms"])
@@ -104,7 +108,9 @@ def project(client: ChatClient, expect: dict[str, Any]) -> dict[str, Any]:
         ]
         for cid in expect["messages"]
     }
-    synced = {cid: state["conversations"]["byId"][cid]["synced_seq"] for cid in expect["synced_seq"]}
+    synced = {
+        cid: state["conversations"]["byId"][cid]["synced_seq"] for cid in expect["synced_seq"]
+    }
     queue = [e["local_id"] for e in state["messageQueue"]]
     return {"messages": messages, "synced_seq": synced, "queue": queue}
 
@@ -141,4 +147,3 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         assert substitute(project(client, scenario["expect"]), back) == scenario["expect"]
     finally:
         await client.close()
-

@@ -124,6 +124,12 @@ MAX_MISSED_HEARTBEATS = 3  # then the connection is presumed dead and replaced
 MAX_RETRIES = 3  # tries of a send refused with a retryable error (RATE_LIMITED is no try)
 RETRY_DELAY_MS = 1000
 SEND_WINDOW = 32  # unacked send_message frames in flight per connection, at most
+# Sends are paced by a token bucket below the server's default rate limit (--rate-limit 50/s,
+# --rate-burst 100), leaving room for receipts, typing and sync: an offline queue's replay
+# never makes the server refuse. A stricter server answers RATE_LIMITED with retry_after_ms,
+# which the SDKs honour (and fall back to one send in flight on that connection).
+SEND_RATE = 40.0  # send_message frames per second (0: not paced)
+SEND_BURST = 80
 TYPING_EXPIRY_SERVER_MS = 8000  # the server sends is_typing: false after this long
 TYPING_REFRESH_MS = 3000  # re-send is_typing: true while typing
 TYPING_IDLE_MS = 3000  # send is_typing: false this long after the last keystroke

@@ -14,6 +14,8 @@ import {
   RECEIPT_BATCH,
   RETRY_DELAY_MS,
   RETRYABLE_ERRORS as RETRYABLE_LIST,
+  SEND_BURST,
+  SEND_RATE,
   TERMINAL_CLOSE_CODES,
 } from './protocol.gen.js';
 
@@ -78,6 +80,41 @@ export function retryDelayFor(error, retryDelay = RETRY_DELAY_MS) {
     return Math.max(Number(error.retry_after_ms) || 0, retryDelay);
   }
   return retryDelay;
+}
+
+/**
+ * Send pacing, a token bucket (the clock is passed in, in ms): `burst` sends at once, then
+ * `rate` per second, below the server's default rate limit. Rate 0: no pacing. The same
+ * as parley/client/pacing.py; tests/fixtures/sdk checks both.
+ */
+export class Pacer {
+  constructor(rate = SEND_RATE, burst = SEND_BURST, now = 0) {
+    this.rate = rate;
+    this.burst = burst;
+    this._tokens = burst;
+    this._at = now;
+  }
+
+  _refill(now) {
+    if (now > this._at) {
+      this._tokens = Math.min(this.burst, this._tokens + ((now - this._at) / 1000) * this.rate);
+      this._at = now;
+    }
+  }
+
+  /** Milliseconds from `now` until the next send may go (0: at once). */
+  wait(now) {
+    if (this.rate === 0) return 0;
+    this._refill(now);
+    return this._tokens >= 1 ? 0 : ((1 - this._tokens) / this.rate) * 1000;
+  }
+
+  /** Count one send made at `now`. */
+  take(now) {
+    if (this.rate === 0) return;
+    this._refill(now);
+    this._tokens -= 1;
+  }
 }
 
 export { CloseCode, ErrorCode };

@@ -6,7 +6,8 @@ import { selectors } from './selectors.js';
 import { ChatWebSocket } from './socket.js';
 import { ParleyApiError, RestClient } from './rest.js';
 import {
-  CloseCode, ErrorCode, LocalErrorCode, MAX_RETRIES, RETRY_DELAY, RETRYABLE_ERRORS, SEND_WINDOW,
+  CloseCode, ErrorCode, LocalErrorCode, MAX_RETRIES, Pacer, RETRY_DELAY, RETRYABLE_ERRORS, SEND_BURST,
+  SEND_RATE, SEND_WINDOW,
   TYPING_EXPIRY_MS, TYPING_IDLE_MS, TYPING_REFRESH_MS, isTerminalClose, receiptBatch, retryDelayFor,
 } from './behaviour.js';
 
@@ -50,6 +51,11 @@ export class ParleyClient {
     this._undelivered = new Map(); // conversation id → Set of message ids to mark delivered
     this._deliveredTimer = null;
     this.sendWindow = options.sendWindow ?? SEND_WINDOW;
+    this.sendRate = options.sendRate ?? SEND_RATE;
+    this.sendBurst = options.sendBurst ?? SEND_BURST;
+    this._window = this.sendWindow; // 1 once the server refused a send on this connection
+    this._pacer = new Pacer(this.sendRate, this.sendBurst, this.now().getTime());
+    this._pacedTimer = null;
     this._inFlight = new Set(); // local ids sent on this connection and not answered yet
     this._established = false;
     this._pauseTimer = null; // while set, nothing new is sent (RATE_LIMITED's retry_after_ms)
@@ -276,6 +282,8 @@ export class ParleyClient {
         this._syncInFlight = false;
         this._established = true;
         this._inFlight.clear();
+        this._window = this.sendWindow;
+        this._pacer = new Pacer(this.sendRate, this.sendBurst, this.now().getTime()); // per connection, as the server's
         for (const timer of this._retryTimers.values()) this.timers.clearTimeout(timer);
         this._retryTimers.clear(); // a new connection: replay the whole queue, in order
         this.sync();
@@ -384,8 +392,10 @@ export class ParleyClient {
     if (localId == null || !this.queue.has(localId)) return;
     this._inFlight.delete(localId);
     if (error.code === ErrorCode.RATE_LIMITED) {
-      // Not a try: the server asks to wait. Nothing new is sent meanwhile, so the replay
-      // of a long offline queue slows down instead of failing.
+      // Not a try: the server asks to wait. Nothing new is sent meanwhile, then one at a
+      // time on this connection (with several in flight a refused message could be
+      // overtaken by a later one the server accepted a moment later).
+      this._window = 1;
       this._pause(retryDelayFor(error, this.retryDelay));
       return;
     }
@@ -412,11 +422,22 @@ export class ParleyClient {
    */
   _pump() {
     if (!this._established || !this.socket.isOpen || this._pauseTimer !== null) return;
+    if (this._pacedTimer !== null) return; // woken when the next token is there
     for (const action of this.queue.entries()) {
-      if (this._inFlight.size >= this.sendWindow) break;
+      if (this._inFlight.size >= this._window) break;
       const localId = action.local_id;
       if (this._inFlight.has(localId) || this._retryTimers.has(localId)) continue;
+      const now = this.now().getTime();
+      const wait = this._pacer.wait(now);
+      if (wait > 0) {
+        this._pacedTimer = this.timers.setTimeout(() => {
+          this._pacedTimer = null;
+          this._pump();
+        }, wait);
+        break;
+      }
       if (!this.socket.send(action)) break;
+      this._pacer.take(now);
       this._inFlight.add(localId);
     }
   }
@@ -432,6 +453,8 @@ export class ParleyClient {
   _unpause() {
     if (this._pauseTimer !== null) this.timers.clearTimeout(this._pauseTimer);
     this._pauseTimer = null;
+    if (this._pacedTimer !== null) this.timers.clearTimeout(this._pacedTimer);
+    this._pacedTimer = null;
   }
 
   /** The SDK's own problems (never a server's `error` frame): 'local_error' {code, message}. */

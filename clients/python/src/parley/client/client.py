@@ -62,6 +62,8 @@ from parley.codes import (
     MAX_RETRIES,
     RECEIPT_BATCH,
     RETRY_DELAY_MS,
+    SEND_BURST,
+    SEND_RATE,
     SEND_WINDOW,
     CloseCode,
     ErrorCode,
@@ -105,6 +107,8 @@ class ChatClient:
         retry_delay: float = RETRY_DELAY_MS / 1000,
         max_retries: int = MAX_RETRIES,
         send_window: int = SEND_WINDOW,
+        send_rate: float = SEND_RATE,
+        send_burst: float = SEND_BURST,
         ack_timeout: float = 10.0,
         open_timeout: float = 10.0,
         receipt_interval: float = 0.2,
@@ -146,13 +150,16 @@ class ChatClient:
         self._caught_up = False
         # Counters for monitoring and tests: WebSocket connections opened, sync requests,
         # sends repeated after an error, queue entries sent again on a later connection,
-        # tokens fetched after a 4003.
+        # tokens fetched after a 4003, sends refused with RATE_LIMITED, the most sends
+        # unanswered at once.
         self.stats = {
             "connections": 0,
             "syncs": 0,
             "resends": 0,
             "replays": 0,
             "token_refreshes": 0,
+            "rate_limited": 0,  # sends the server refused with RATE_LIMITED
+            "max_in_flight": 0,  # the most sends unanswered at once (at most send_window)
         }
         queue = OfflineQueue(queue_path)
         self._outbox = Outbox(
@@ -164,6 +171,8 @@ class ChatClient:
             max_retries=max_retries,
             ack_timeout=ack_timeout,
             window=send_window,
+            rate=send_rate,
+            burst=send_burst,
         )
         entries = queue.entries()
         if entries:

@@ -2,15 +2,18 @@
 
 * ``put`` commits a message to the offline queue before anything is sent.
 * ``run`` (one per connection) sends the queue oldest first, keeping at most ``window``
-  sends unanswered (``parley.codes.SEND_WINDOW``; the web SDK uses the same), so a long
-  offline queue is paced by its acks instead of flooding the server. The server handles a
+  sends unanswered (``parley.codes.SEND_WINDOW``) and pacing them below the server's
+  default rate limit (``SEND_RATE``/s after a burst of ``SEND_BURST``; ``pacing.Pacer``),
+  so a long offline queue never floods the server; the web SDK does the same. The server handles a
   connection's frames in order, so messages keep their order, also across reconnects:
   what a dropped connection left unanswered is sent again on the next one, in queue
   order, with the same ``local_id``.
 * An outcome is the ack (``acked``: the echo carrying the ``local_id``) or an error
   (``error``). ``MESSAGE_FAILED`` and unknown codes are tried ``max_retries`` times
   ``retry_delay`` apart; ``RATE_LIMITED`` is not a try: nothing more is sent for
-  ``retry_after_ms``, then the refused messages go again in queue order. Errors no retry
+  ``retry_after_ms``, then the refused messages go again in queue order, one at a time
+  for the rest of the connection (with several in flight, a refused message could be
+  overtaken by a later one the server accepted a moment later). Errors no retry
   can cure fail at once. A lost connection is never a try.
 * No answer within ``ack_timeout`` means the link is dead: the connection is aborted.
 
@@ -29,8 +32,9 @@ from typing import Any, TypeVar
 
 from parley.client import state as st
 from parley.client.connection import Session, SessionLost, send_frame
+from parley.client.pacing import Pacer
 from parley.client.queue import OfflineQueue
-from parley.codes import SEND_WINDOW, ErrorCode
+from parley.codes import SEND_BURST, SEND_RATE, SEND_WINDOW, ErrorCode
 
 log = logging.getLogger("parley.client")
 T = TypeVar("T")
@@ -58,10 +62,14 @@ class Outbox:
         max_retries: int,
         ack_timeout: float,
         window: int = SEND_WINDOW,
+        rate: float = SEND_RATE,
+        burst: float = SEND_BURST,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._window = window
+        self._rate = rate
+        self._burst = burst
         self._queue = queue
         self._get_state = get_state
         self._dispatch = dispatch
@@ -138,21 +146,31 @@ class Outbox:
         tries: dict[str, int] = {}  # sends refused with a retryable error, per local id
         not_before: dict[str, float] = {}  # loop time before which a refused send waits
         paused_until = 0.0  # RATE_LIMITED: nothing is sent before this loop time
+        pacer = Pacer(self._rate, self._burst, loop.time())  # the server's bucket is per connection
+        window = self._window  # 1 once the server refused a send: order before speed
         try:
             while True:
                 self._wakeup.clear()
                 now = loop.time()
+                next_token = 0.0
                 if now >= paused_until:
                     for entry in list(self._get_state()["messageQueue"]):
-                        if len(waiting) >= self._window:
+                        if len(waiting) >= window:
                             break
                         lid = entry["local_id"]
                         if lid in waiting or not_before.get(lid, 0.0) > now:
                             continue
                         if not self.is_queued(lid):
                             continue  # acked or failed meanwhile
+                        delay = pacer.wait(now)
+                        if delay > 0:
+                            next_token = now + delay
+                            break
+                        pacer.take(now)
                         waiting[lid] = await self._send(session, entry, first=lid not in tries)
-                wake = [t for t in (paused_until, *not_before.values()) if t > now]
+                        if len(waiting) > self._stats["max_in_flight"]:
+                            self._stats["max_in_flight"] = len(waiting)
+                wake = [t for t in (paused_until, next_token, *not_before.values()) if t > now]
                 timeout = min(wake) - now if wake else None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -167,6 +185,8 @@ class Outbox:
                         continue
                     code = error.get("code")
                     if code == ErrorCode.RATE_LIMITED:
+                        self._stats["rate_limited"] += 1
+                        window = 1
                         delay = max(
                             self._retry_delay, float(error.get("retry_after_ms") or 0) / 1000
                         )
