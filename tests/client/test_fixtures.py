@@ -18,6 +18,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from parley import codes
 from parley.client import ChatClient
 from parley.client.backoff import Backoff
+from parley.client.pacing import Pacer
 from parley.client.state import conversation_messages
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sdk"
@@ -147,3 +148,15 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         assert substitute(project(client, scenario["expect"]), back) == scenario["expect"]
     finally:
         await client.close()
+
+
+def test_pacing() -> None:
+    spec = BEHAVIOUR["pacing"]
+    pacer = Pacer(spec["rate"], spec["burst"], now=0.0)
+    now, times = 0.0, []
+    for _ in range(spec["count"]):
+        now += pacer.wait(now)
+        pacer.take(now)
+        times.append(now * 1000)
+    for index, ms in spec["times_ms"].items():
+        assert times[int(index)] == pytest.approx(ms, abs=1e-6), index

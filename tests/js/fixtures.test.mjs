@@ -87,3 +87,18 @@ for (const scenario of FRAMES.scenarios) {
     client.destroy();
   });
 }
+
+test('pacing: the default pacer lets a burst go, then SEND_RATE per second', () => {
+  const spec = BEHAVIOUR.pacing;
+  const pacer = new sdk.Pacer(spec.rate, spec.burst, 0);
+  let now = 0;
+  const times = [];
+  for (let i = 0; i < spec.count; i++) {
+    now += pacer.wait(now);
+    pacer.take(now);
+    times.push(now);
+  }
+  for (const [index, ms] of Object.entries(spec.times_ms)) {
+    assert.ok(Math.abs(times[Number(index)] - ms) < 1e-6, `${index}: ${times[Number(index)]} != ${ms}`);
+  }
+});
