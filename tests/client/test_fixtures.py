@@ -134,7 +134,7 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         ids: dict[str, str] = {}
         for send in scenario.get("sends", []):
             record = await client.send_message(send["conversation_id"], send["content"])
-            ids[send["local_id"]] = record["local_id"]  # queued: not connected yet
+            ids[send["local_id"]] = str(record["local_id"])  # queued: not connected yet
         server = ScriptedServer(substitute(scenario["frames"], ids))
         server.server = await serve(server.handle, "127.0.0.1", 0)
         scripted.append(server)
