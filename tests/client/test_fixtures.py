@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from parley import codes
+from parley import protocol as p
 from parley.client import ChatClient
 from parley.client.backoff import Backoff
 from parley.client.pacing import Pacer
@@ -74,14 +75,15 @@ class ScriptedServer:
     def __init__(self, frames: list[dict[str, Any]]) -> None:
         self.frames = frames
         self.server: Server | None = None
+        self.received: list[str | bytes] = []  # what the client sent
 
     async def handle(self, ws: ServerConnection) -> None:
         for frame in self.frames:
             await ws.send(json.dumps(frame))
         sentinel = {"user_id": "bob", "conversation_id": SENTINEL, "is_typing": True}
         await ws.send(json.dumps({"type": "typing_indicator", "data": sentinel}))
-        async for _ in ws:  # what the client sends is not part of the scenario
-            pass
+        async for raw in ws:  # not part of the scenario, but checked against the protocol
+            self.received.append(raw)
 
     @property
     def url(self) -> str:
@@ -146,6 +148,13 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         await sentinel
         back = {v: k for k, v in ids.items()}
         assert substitute(project(client, scenario["expect"]), back) == scenario["expect"]
+        # Every frame the SDK sent is a command the server's own parser accepts.
+        assert server.received, "the client sent nothing (it sends sync on every connect)"
+        for raw in server.received:
+            assert isinstance(
+                p.parse_frame(raw),
+                p.SendMessage | p.Sync | p.MarkDelivered | p.MarkRead | p.Heartbeat | p.Typing,
+            )
     finally:
         await client.close()
 

@@ -84,6 +84,17 @@ for (const scenario of FRAMES.scenarios) {
     for (const frame of scenario.frames) WS.last.receive(frame);
     await settle();
     assert.deepEqual(project(client, scenario.expect), scenario.expect);
+    // Every frame the SDK sent is a known action with its required fields (protocol.gen.js).
+    const sent = WS.last.frames();
+    assert.ok(sent.length > 0, 'the client sends sync on every connect');
+    for (const frame of sent) {
+      const fields = sdk.ACTION_FIELDS[frame.action];
+      assert.ok(fields, `unknown action ${frame.action}`);
+      for (const name of fields.required) assert.ok(name in frame, `${frame.action} without ${name}`);
+      for (const name of Object.keys(frame)) {
+        assert.ok(name === 'action' || fields.required.includes(name) || fields.optional.includes(name), `${frame.action}.${name}`);
+      }
+    }
     client.destroy();
   });
 }

@@ -6,7 +6,7 @@ import { selectors } from './selectors.js';
 import { ChatWebSocket } from './socket.js';
 import { ParleyApiError, RestClient } from './rest.js';
 import {
-  CloseCode, ErrorCode, LocalErrorCode, MAX_RETRIES, Pacer, RETRY_DELAY, RETRYABLE_ERRORS, SEND_BURST,
+  ActionName, CloseCode, ErrorCode, EventName, LocalErrorCode, MAX_RETRIES, Pacer, RETRY_DELAY, RETRYABLE_ERRORS, SEND_BURST,
   SEND_RATE, SEND_WINDOW,
   TYPING_EXPIRY_MS, TYPING_IDLE_MS, TYPING_REFRESH_MS, isTerminalClose, receiptBatch, retryDelayFor,
 } from './behaviour.js';
@@ -172,7 +172,7 @@ export class ParleyClient {
 
   /** Send is_typing as given (see notifyTyping for the keystroke-driven variant). */
   typing(conversationId, isTyping) {
-    return this.socket.send({ action: 'typing', conversation_id: String(conversationId), is_typing: !!isTyping });
+    return this.socket.send({ action: ActionName.TYPING, conversation_id: String(conversationId), is_typing: !!isTyping });
   }
 
   /** Call on every keystroke: sends is_typing true (refreshed), then false when idle. */
@@ -201,7 +201,7 @@ export class ParleyClient {
     // Receipts are cursors on the server: the newest ids are enough when there are many.
     const ids = receiptBatch(selectors.unreadIds(this.state, cid));
     if (!ids.length) return false;
-    if (!this.socket.send({ action: 'mark_read', conversation_id: cid, message_ids: ids })) return false;
+    if (!this.socket.send({ action: ActionName.MARK_READ, conversation_id: cid, message_ids: ids })) return false;
     // Shown at once; the server's messages_read echo changes nothing more.
     const receipt = { user_id: this.userId, conversation_id: cid, message_ids: ids };
     this._dispatch(chatActions.receiptReceived('read', receipt));
@@ -216,7 +216,7 @@ export class ParleyClient {
     }
     this._syncRequestId = `sync_${++this._syncCount}`;
     const cursors = selectors.syncCursors(this.state);
-    const sent = this.socket.send({ action: 'sync', cursors, request_id: this._syncRequestId });
+    const sent = this.socket.send({ action: ActionName.SYNC, cursors, request_id: this._syncRequestId });
     this._syncInFlight = sent;
     return sent;
   }
@@ -277,7 +277,7 @@ export class ParleyClient {
 
   _onFrame(frame) {
     switch (frame.type) {
-      case 'connection.established':
+      case EventName.CONNECTION_ESTABLISHED:
         this._dispatch(chatActions.connectionEstablished(frame.data || {}));
         this._syncInFlight = false;
         this._established = true;
@@ -290,30 +290,30 @@ export class ParleyClient {
         this.queue.ready.then(() => this._pump());
         this._flushDelivered();
         break;
-      case 'chat_message':
+      case EventName.CHAT_MESSAGE:
         this._onChatMessage(frame.message);
         break;
-      case 'messages_read':
-      case 'messages_delivered':
+      case EventName.MESSAGES_READ:
+      case EventName.MESSAGES_DELIVERED:
         this._dispatch(
-          chatActions.receiptReceived(frame.type === 'messages_read' ? 'read' : 'delivered', frame.data || {}),
+          chatActions.receiptReceived(frame.type === EventName.MESSAGES_READ ? 'read' : 'delivered', frame.data || {}),
         );
         break;
-      case 'typing_indicator':
+      case EventName.TYPING_INDICATOR:
         this._onTyping(frame.data || {});
         break;
-      case 'sync.complete':
+      case EventName.SYNC_COMPLETE:
         this._onSyncComplete(frame.data || {});
         break;
-      case 'conversation.created':
-      case 'conversation.updated': {
+      case EventName.CONVERSATION_CREATED:
+      case EventName.CONVERSATION_UPDATED: {
         if (!frame.data || frame.data.id == null) break;
         const known = String(frame.data.id) in this.state.conversations.byId;
         this._dispatch(chatActions.conversationUpserted(frame.data));
         if (!known) this.sync(); // joined a conversation that may have history
         break;
       }
-      case 'error':
+      case EventName.ERROR:
         this._onError(frame.error || {});
         break;
       default:
@@ -353,7 +353,7 @@ export class ParleyClient {
   _flushDelivered() {
     for (const [cid, ids] of [...this._undelivered]) {
       if (!ids.size) continue;
-      const sent = this.socket.send({ action: 'mark_delivered', conversation_id: cid, message_ids: receiptBatch([...ids]) });
+      const sent = this.socket.send({ action: ActionName.MARK_DELIVERED, conversation_id: cid, message_ids: receiptBatch([...ids]) });
       if (!sent) return; // kept for the next connection
       this._undelivered.delete(cid);
     }

@@ -1,5 +1,5 @@
 import { deepFreeze } from './util.js';
-import { STATUS_RANK, aggregateStatus } from './behaviour.js';
+import { ActionName, STATUS_RANK, aggregateStatus } from './behaviour.js';
 
 // ---------------------------------------------------------------------------------------
 // Redux slice: initial state, action creators, pure reducer
@@ -210,7 +210,7 @@ function previewAttachment(a) {
 /** The `send_message` action for a local message (what is queued and sent). */
 export function toSendAction(message) {
   const action = {
-    action: 'send_message',
+    action: ActionName.SEND_MESSAGE,
     conversation_id: String(message.conversation_id),
     content: message.content,
     local_id: message.local_id,

@@ -1,7 +1,7 @@
 import { Emitter, asAction, defaultSocketUrl, defaultTimers, withToken } from './util.js';
 import { MessageQueue } from './queue.js';
 import {
-  CloseCode, HEARTBEAT_INTERVAL, LocalErrorCode, MAX_MISSED_HEARTBEATS, reconnectDelay, isTerminalClose,
+  ActionName, CloseCode, EventName, HEARTBEAT_INTERVAL, LocalErrorCode, MAX_MISSED_HEARTBEATS, reconnectDelay, isTerminalClose,
 } from './behaviour.js';
 
 // ---------------------------------------------------------------------------------------
@@ -143,8 +143,8 @@ export class ChatWebSocket {
       return;
     }
     if (!frame || typeof frame !== 'object') return;
-    if (frame.type === 'heartbeat_ack') this.missedHeartbeats = 0;
-    if (frame.type === 'connection.established') {
+    if (frame.type === EventName.HEARTBEAT_ACK) this.missedHeartbeats = 0;
+    if (frame.type === EventName.CONNECTION_ESTABLISHED) {
       this.reconnectAttempts = 0;
       this._authFailures = 0;
       this._setStatus('connected');
@@ -253,7 +253,7 @@ export class ChatWebSocket {
       return;
     }
     this.missedHeartbeats += 1;
-    this.ws.send(JSON.stringify({ action: 'heartbeat' }));
+    this.ws.send(JSON.stringify({ action: ActionName.HEARTBEAT }));
   }
 
   _handleOffline() {

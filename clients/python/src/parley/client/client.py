@@ -65,8 +65,10 @@ from parley.codes import (
     SEND_BURST,
     SEND_RATE,
     SEND_WINDOW,
+    ActionName,
     CloseCode,
     ErrorCode,
+    EventName,
     LocalErrorCode,
     MessageStatus,
     receipt_batch,
@@ -275,7 +277,7 @@ class ChatClient:
         if self._closed:
             raise ClientClosed("the client is closed")
         entry: st.QueuedMessage = {
-            "action": "send_message",
+            "action": "send_message",  # ActionName.SEND_MESSAGE (a Literal for the TypedDict)
             "conversation_id": str(conversation_id),
             "content": content,
             "local_id": new_local_id(),
@@ -304,7 +306,11 @@ class ChatClient:
     async def typing(self, conversation_id: str, is_typing: bool = True) -> bool:
         """Tell the others whether the user is typing; False if not connected (dropped)."""
         return await self._send_now(
-            {"action": "typing", "conversation_id": str(conversation_id), "is_typing": is_typing}
+            {
+                "action": ActionName.TYPING,
+                "conversation_id": str(conversation_id),
+                "is_typing": is_typing,
+            }
         )
 
     async def mark_read(
@@ -559,7 +565,7 @@ class ChatClient:
                     continue
                 try:
                     if not session.established:
-                        if frame.get("type") != "connection.established":
+                        if frame.get("type") != EventName.CONNECTION_ESTABLISHED:
                             self._emit("frame", frame)
                             self._route(session, frame)
                             continue
@@ -604,7 +610,7 @@ class ChatClient:
                     session.abort()
                     return
                 session.missed_heartbeats += 1
-                await self._send(session, {"action": "heartbeat"})
+                await self._send(session, {"action": ActionName.HEARTBEAT})
         except SessionLost:
             pass
 
@@ -635,24 +641,24 @@ class ChatClient:
     async def _handle(self, session: Session, frame: Mapping[str, Any]) -> None:
         self._emit("frame", frame)
         kind = frame.get("type")
-        if kind == "chat_message":
+        if kind == EventName.CHAT_MESSAGE:
             await self._on_chat_message(session, frame["message"])
-        elif kind == "heartbeat_ack":
+        elif kind == EventName.HEARTBEAT_ACK:
             session.missed_heartbeats = 0
-        elif kind == "sync.complete":
+        elif kind == EventName.SYNC_COMPLETE:
             await self._on_sync_complete(session, frame.get("data") or {})
-        elif kind in ("messages_read", "messages_delivered"):
+        elif kind in (EventName.MESSAGES_READ, EventName.MESSAGES_DELIVERED):
             data = frame["data"]
-            receipt: st.ReceiptKind = "read" if kind == "messages_read" else "delivered"
+            receipt: st.ReceiptKind = "read" if kind == EventName.MESSAGES_READ else "delivered"
             self._dispatch(st.receipt_received(receipt, data))
             self._emit(receipt, data)
             conv = self._state["conversations"]["byId"].get(str(data["conversation_id"]))
             if conv is not None and conv["member_ids"] is None:
                 self._want_members(conv["id"])
-        elif kind == "typing_indicator":
+        elif kind == EventName.TYPING_INDICATOR:
             self._dispatch(st.typing_received(frame["data"]))
             self._emit("typing", frame["data"])
-        elif kind in ("conversation.created", "conversation.updated"):
+        elif kind in (EventName.CONVERSATION_CREATED, EventName.CONVERSATION_UPDATED):
             self._dispatch(st.conversation_updated(frame["data"]))
             self._baseline()
             self._emit("conversation", frame["data"])
@@ -665,7 +671,7 @@ class ChatClient:
 
     def _route(self, session: Session, frame: Mapping[str, Any]) -> None:
         """Errors: to the send waiting for them, else to ``"error"`` listeners."""
-        if frame.get("type") != "error":
+        if frame.get("type") != EventName.ERROR:
             return
         error = frame.get("error") or {}
         lid = error.get("local_id")
@@ -723,7 +729,11 @@ class ChatClient:
         self.stats["syncs"] += 1
         await self._send(
             session,
-            {"action": "sync", "cursors": cursors, "request_id": f"sync-{session.sync_count}"},
+            {
+                "action": ActionName.SYNC,
+                "cursors": cursors,
+                "request_id": f"sync-{session.sync_count}",
+            },
         )
 
     async def _on_sync_complete(self, session: Session, data: Mapping[str, Any]) -> None:
@@ -793,12 +803,12 @@ class ChatClient:
 
     async def _flush_receipts(self, session: Session) -> None:
         for action, pending in (
-            ("mark_delivered", self._pending_delivered),
-            ("mark_read", self._pending_read),
+            (ActionName.MARK_DELIVERED, self._pending_delivered),
+            (ActionName.MARK_READ, self._pending_read),
         ):
             while pending:
                 cid, queued = next(iter(pending.items()))
-                if action == "mark_delivered":
+                if action == ActionName.MARK_DELIVERED:
                     # These ids come in seq order and the server keeps receipts as
                     # cursors: the newest stand for all before them; one frame is enough.
                     taken, ids = len(queued), receipt_batch(queued)
