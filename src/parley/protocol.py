@@ -69,6 +69,7 @@ from parley.codes import (
     EventName,
     LocalErrorCode,
     MessageStatus,
+    StoreAction,
 )
 
 __all__ = [
@@ -555,6 +556,7 @@ def render_js() -> str:
     enum("MESSAGE_STATES", {m.name: str(m) for m in MessageStatus})
     enum("ActionName", {m.name: str(m) for m in ActionName})
     enum("EventName", {m.name: str(m) for m in EventName})
+    enum("StoreAction", {m.name: str(m) for m in StoreAction})
     enum("STATUS_RANK", {str(k): v for k, v in STATUS_RANK.items()})
     enum(
         "ACTION_FIELDS",

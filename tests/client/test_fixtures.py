@@ -18,6 +18,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from parley import codes
 from parley import protocol as p
 from parley.client import ChatClient
+from parley.client import state as state_module
 from parley.client.backoff import Backoff
 from parley.client.pacing import Pacer
 from parley.client.state import conversation_messages
@@ -169,3 +170,11 @@ def test_pacing() -> None:
         times.append(now * 1000)
     for index, ms in spec["times_ms"].items():
         assert times[int(index)] == pytest.approx(ms, abs=1e-6), index
+
+
+def test_store_action_types() -> None:
+    spec = BEHAVIOUR["store_actions"]
+    assert set(state_module._HANDLERS) == set(spec["both"]) | set(spec["python"])
+    assert set(spec["both"]) | set(spec["python"]) | set(spec["web"]) == {
+        str(a) for a in codes.StoreAction
+    }

@@ -5,6 +5,7 @@ virtual environment pulls only websockets, and the SDK works against a real serv
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import venv
 from pathlib import Path
@@ -45,7 +46,11 @@ async def test_the_sdk_installs_alone_and_talks_to_a_server(tmp_path: Path) -> N
     env = tmp_path / "venv"
     await asyncio.to_thread(venv.create, env, with_pip=True)
     python = str(env / "bin" / "python")
-    await run(python, "-m", "pip", "install", "-q", str(REPO / "clients" / "python"))
+    # From a copy, as a fresh checkout is: pip builds in the source tree, and a build/ left
+    # there by an earlier install must not leak into the wheel.
+    source = tmp_path / "parley-client"
+    shutil.copytree(REPO / "clients" / "python", source, ignore=shutil.ignore_patterns("build"))
+    await run(python, "-m", "pip", "install", "-q", str(source))
     listed = await run(python, "-m", "pip", "list", "--format=freeze")
     names = {line.split("==")[0].lower() for line in listed.split() if "==" in line}
     assert names - {"pip", "setuptools", "wheel"} == {"parley-client", "websockets"}, listed

@@ -113,3 +113,12 @@ test('pacing: the default pacer lets a burst go, then SEND_RATE per second', () 
     assert.ok(Math.abs(times[Number(index)] - ms) < 1e-6, `${index}: ${times[Number(index)]} != ${ms}`);
   }
 });
+
+test('store action types: the reducer handles the shared ones and its own', () => {
+  const spec = BEHAVIOUR.store_actions;
+  assert.deepEqual(new Set(Object.values(sdk.ActionTypes)), new Set([...spec.both, ...spec.web]));
+  assert.deepEqual(new Set(Object.values(sdk.StoreAction)), new Set([...spec.both, ...spec.python, ...spec.web]));
+  // Each is handled: an action of every type gives a state (and the unknown one changes nothing).
+  const state = sdk.chatReducer(undefined, { type: '@@init' });
+  assert.equal(sdk.chatReducer(state, { type: 'chat/unknown' }), state);
+});

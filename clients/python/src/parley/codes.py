@@ -90,6 +90,33 @@ class EventName(StrEnum):
     PRESENCE = "presence"
 
 
+class StoreAction(StrEnum):
+    """``type`` of the actions the SDKs' reducers take (the seed's Redux slice, and the
+    ones it leaves to us). Not on the wire; shared so both stores speak one language.
+    """
+
+    # The seed's.
+    CONNECT = "chat/connect"
+    CONNECTION_ESTABLISHED = "chat/connectionEstablished"
+    SEND_MESSAGE = "chat/sendMessage"
+    MESSAGE_RECEIVED = "chat/messageReceived"
+    UPDATE_MESSAGE_STATUS = "chat/updateMessageStatus"
+    # Both SDKs'.
+    DISCONNECTED = "chat/disconnected"
+    MESSAGE_FAILED = "chat/messageFailed"
+    RECEIPT_RECEIVED = "chat/receiptReceived"
+    TYPING_UPDATED = "chat/typingUpdated"
+    CONVERSATION_UPSERTED = "chat/conversationUpserted"
+    SYNC_COMPLETED = "chat/syncCompleted"
+    # The Python SDK's (its queue and history live outside the store).
+    RETRY_MESSAGE = "chat/retryMessage"
+    QUEUE_LOADED = "chat/queueLoaded"
+    HISTORY_SKIPPED = "chat/historySkipped"
+    # The web SDK's (REST and Redux conveniences).
+    CONVERSATIONS_LOADED = "chat/conversationsLoaded"
+    RESET = "chat/reset"
+
+
 # Close codes after which a client must not reconnect on its own.
 TERMINAL_CLOSE_CODES = frozenset({CloseCode.NORMAL, CloseCode.ACCESS_DENIED})
 

@@ -63,6 +63,25 @@ export const EventName = Object.freeze({
   PRESENCE: "presence",
 });
 
+export const StoreAction = Object.freeze({
+  CONNECT: "chat/connect",
+  CONNECTION_ESTABLISHED: "chat/connectionEstablished",
+  SEND_MESSAGE: "chat/sendMessage",
+  MESSAGE_RECEIVED: "chat/messageReceived",
+  UPDATE_MESSAGE_STATUS: "chat/updateMessageStatus",
+  DISCONNECTED: "chat/disconnected",
+  MESSAGE_FAILED: "chat/messageFailed",
+  RECEIPT_RECEIVED: "chat/receiptReceived",
+  TYPING_UPDATED: "chat/typingUpdated",
+  CONVERSATION_UPSERTED: "chat/conversationUpserted",
+  SYNC_COMPLETED: "chat/syncCompleted",
+  RETRY_MESSAGE: "chat/retryMessage",
+  QUEUE_LOADED: "chat/queueLoaded",
+  HISTORY_SKIPPED: "chat/historySkipped",
+  CONVERSATIONS_LOADED: "chat/conversationsLoaded",
+  RESET: "chat/reset",
+});
+
 export const STATUS_RANK = Object.freeze({
   sending: 0,
   failed: 0,

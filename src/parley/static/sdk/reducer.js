@@ -1,5 +1,5 @@
 import { deepFreeze } from './util.js';
-import { ActionName, STATUS_RANK, aggregateStatus } from './behaviour.js';
+import { ActionName, STATUS_RANK, StoreAction, aggregateStatus } from './behaviour.js';
 
 // ---------------------------------------------------------------------------------------
 // Redux slice: initial state, action creators, pure reducer
@@ -25,19 +25,19 @@ export const initialState = deepFreeze({
 });
 
 export const ActionTypes = Object.freeze({
-  CONNECT: 'chat/connect',
-  CONNECTION_ESTABLISHED: 'chat/connectionEstablished',
-  DISCONNECTED: 'chat/disconnected',
-  SEND_MESSAGE: 'chat/sendMessage',
-  MESSAGE_RECEIVED: 'chat/messageReceived',
-  UPDATE_MESSAGE_STATUS: 'chat/updateMessageStatus',
-  MESSAGE_FAILED: 'chat/messageFailed',
-  RECEIPT_RECEIVED: 'chat/receiptReceived',
-  TYPING_UPDATED: 'chat/typingUpdated',
-  CONVERSATION_UPSERTED: 'chat/conversationUpserted',
-  CONVERSATIONS_LOADED: 'chat/conversationsLoaded',
-  SYNC_COMPLETED: 'chat/syncCompleted',
-  RESET: 'chat/reset',
+  CONNECT: StoreAction.CONNECT,
+  CONNECTION_ESTABLISHED: StoreAction.CONNECTION_ESTABLISHED,
+  DISCONNECTED: StoreAction.DISCONNECTED,
+  SEND_MESSAGE: StoreAction.SEND_MESSAGE,
+  MESSAGE_RECEIVED: StoreAction.MESSAGE_RECEIVED,
+  UPDATE_MESSAGE_STATUS: StoreAction.UPDATE_MESSAGE_STATUS,
+  MESSAGE_FAILED: StoreAction.MESSAGE_FAILED,
+  RECEIPT_RECEIVED: StoreAction.RECEIPT_RECEIVED,
+  TYPING_UPDATED: StoreAction.TYPING_UPDATED,
+  CONVERSATION_UPSERTED: StoreAction.CONVERSATION_UPSERTED,
+  CONVERSATIONS_LOADED: StoreAction.CONVERSATIONS_LOADED,
+  SYNC_COMPLETED: StoreAction.SYNC_COMPLETED,
+  RESET: StoreAction.RESET,
 });
 
 export const chatActions = {

@@ -26,7 +26,7 @@ Rules the reducer keeps (tested in ``tests/client/test_state.py``):
 * Receipts are per-user cursors (read / delivered up to a ``seq``), as on the server. An
   own message becomes ``delivered`` (``read``) once every other member's cursor reaches
   its ``seq``. While a conversation's member list is unknown the cursors are kept but no
-  status moves; ``chat/conversationUpdated`` with the members applies them.
+  status moves; ``chat/conversationUpserted`` with the members applies them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
-from parley.codes import MessageStatus, next_status, receipt_floors
+from parley.codes import MessageStatus, StoreAction, next_status, receipt_floors
 
 ConnectionStatus = Literal["disconnected", "connecting", "connected"]
 ReceiptKind = Literal["read", "delivered"]
@@ -138,20 +138,20 @@ def initial_state() -> ChatState:
 
 
 # -- action creators (the seed's chatActions, and the ones it leaves to us) -----------
-CONNECT = "chat/connect"
-CONNECTION_ESTABLISHED = "chat/connectionEstablished"
-DISCONNECTED = "chat/disconnected"
-SEND_MESSAGE = "chat/sendMessage"
-MESSAGE_RECEIVED = "chat/messageReceived"
-UPDATE_MESSAGE_STATUS = "chat/updateMessageStatus"
-MESSAGE_FAILED = "chat/messageFailed"
-RETRY_MESSAGE = "chat/retryMessage"
-QUEUE_LOADED = "chat/queueLoaded"
-RECEIPT_RECEIVED = "chat/receiptReceived"
-TYPING_RECEIVED = "chat/typingReceived"
-CONVERSATION_UPDATED = "chat/conversationUpdated"
-SYNC_COMPLETED = "chat/syncCompleted"
-HISTORY_SKIPPED = "chat/historySkipped"
+CONNECT = StoreAction.CONNECT
+CONNECTION_ESTABLISHED = StoreAction.CONNECTION_ESTABLISHED
+DISCONNECTED = StoreAction.DISCONNECTED
+SEND_MESSAGE = StoreAction.SEND_MESSAGE
+MESSAGE_RECEIVED = StoreAction.MESSAGE_RECEIVED
+UPDATE_MESSAGE_STATUS = StoreAction.UPDATE_MESSAGE_STATUS
+MESSAGE_FAILED = StoreAction.MESSAGE_FAILED
+RETRY_MESSAGE = StoreAction.RETRY_MESSAGE
+QUEUE_LOADED = StoreAction.QUEUE_LOADED
+RECEIPT_RECEIVED = StoreAction.RECEIPT_RECEIVED
+TYPING_RECEIVED = StoreAction.TYPING_UPDATED
+CONVERSATION_UPDATED = StoreAction.CONVERSATION_UPSERTED
+SYNC_COMPLETED = StoreAction.SYNC_COMPLETED
+HISTORY_SKIPPED = StoreAction.HISTORY_SKIPPED
 
 
 def connect() -> Action:
