@@ -31,7 +31,7 @@ def test_change_actions_parse() -> None:
         ' "mentions": ["1", "2"]}'
     )
     assert isinstance(send, p.SendMessage) and send.mentions == ["1", "2"]
-    assert p.CHANGE_ACTIONS <= p.ACTIONS and set(p.CHANGE_EVENTS) == p.CHANGE_ACTIONS
+    assert {"edit_message", "delete_message", "add_reaction", "remove_reaction"} <= p.ACTIONS
 
 
 @pytest.mark.parametrize(
@@ -72,8 +72,8 @@ def test_messages_always_carry_the_change_fields() -> None:
 
 
 def test_change_events_and_the_requesters_copy() -> None:
-    data = p.reaction_data("7", 5, "9", "u", "👍")
-    plain = json.loads(p.encode_change("reaction.added", data))
+    data = p.ReactionData(conversation_id="7", seq=5, message_id="9", user_id="u", emoji="👍")
+    plain = json.loads(p.encode_change(p.ReactionAddedEvent(data=data)))
     assert plain == {
         "type": "reaction.added",
         "data": {
@@ -84,12 +84,26 @@ def test_change_events_and_the_requesters_copy() -> None:
             "emoji": "👍",
         },
     }
-    mine = json.loads(p.encode_change("reaction.added", data, "r1"))
-    assert mine["data"]["request_id"] == "r1" and "request_id" not in data
-    gone = p.message_deleted_data("7", 6, "9", 0.5)
-    assert gone == {
+    mine = p.ReactionRemovedEvent(
+        data=p.ReactionData(
+            conversation_id="7", seq=5, message_id="9", user_id="u", emoji="👍", request_id="r1"
+        )
+    )
+    decoded = p.parse_event(p.encode_change(mine))
+    assert decoded == mine
+    gone = p.MessageDeletedEvent(
+        data=p.MessageDeletedData(conversation_id="7", seq=6, message_id="9", deleted_at=p.iso(0.5))
+    )
+    assert json.loads(p.encode_change(gone))["data"] == {
         "conversation_id": "7",
         "seq": 6,
         "message_id": "9",
         "deleted_at": "1970-01-01T00:00:00.500Z",
     }
+    msg = p.WireMessage("1", "7", 1, "u", "hi", "2023-12-01T12:00:00.000Z", "sent", None, [])
+    updated = p.MessageUpdatedEvent(
+        data=p.MessageUpdatedData(conversation_id="7", seq=7, message=msg, request_id="e")
+    )
+    back = p.parse_event(p.encode_change(updated))
+    assert isinstance(back, p.MessageUpdatedEvent) and back.data.message.reactions == {}
+    assert back.data.request_id == "e"

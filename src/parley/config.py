@@ -55,6 +55,15 @@ class Settings:
     rate_limit: float = _s(50.0, "actions per second per connection (0: no limit)")
     rate_burst: float = _s(100.0, "token-bucket burst size")
     rate_abuse_strikes: int = _s(50, "rate-limited actions in a row before closing with 1008")
+    rate_max_delay: float = _s(
+        10.0, "seconds an action may wait its turn; one that would wait longer is RATE_LIMITED"
+    )
+    rate_queue_bytes: int = _s(
+        1024 * 1024, "bytes of actions waiting their turn per connection; past it, reading stops"
+    )
+    metrics_allow: str = _s(
+        "127.0.0.0/8,::1", "comma-separated addresses/networks served /metrics (else admin token)"
+    )
     handshake_timeout: float = _s(10.0, "seconds allowed for the HTTP upgrade")
     ping_interval: float = _s(
         30.0, "seconds between server pings; no pong within half of it closes (0: off)"

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -20,6 +21,7 @@ from parley.broker import open_broker
 from parley.broker.base import Broker
 from parley.config import Settings, parse_list
 from parley.metrics import Metrics
+from parley.server.health import Health
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
 from parley.service import ChatService, Limits
@@ -29,6 +31,9 @@ from parley.store.base import Store
 log = logging.getLogger("parley")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+MAX_JSON_BODY = 1024 * 1024  # bytes of any request body but an upload (docs/security.md)
+UPLOAD_PATH = "/api/attachments"  # multipart uploads: their own, larger limit
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 SERVICE_KEY = web.AppKey("service", ChatService)
 ENDPOINT_KEY = web.AppKey("endpoint", WebSocketEndpoint)
 
@@ -45,6 +50,45 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             time * 1000,
         )
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def body_limit_middleware(settings: Settings) -> Any:
+    """Every request body but an upload is at most ``MAX_JSON_BODY`` bytes (413) and must
+    arrive whole within ``--handshake-timeout`` (408, and the connection is closed)."""
+    timeout = settings.handshake_timeout if settings.handshake_timeout > 0 else None
+
+    @web.middleware
+    async def body_limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method in _BODYLESS or (
+            request.path == UPLOAD_PATH and request.method == "POST"
+        ):
+            return await handler(request)  # type: ignore[no-any-return]
+        length = request.content_length
+        too_large = _json_error(
+            413, "PAYLOAD_TOO_LARGE", f"request body larger than {MAX_JSON_BODY} bytes"
+        )
+        # (What is left of a refused body is read and dropped by aiohttp's lingering close,
+        # bounded in time, so the client reads the answer rather than a reset.)
+        if length is not None and length > MAX_JSON_BODY:
+            return too_large
+        if length == 0 or (length is None and not request.body_exists):
+            return await handler(request)  # type: ignore[no-any-return]
+        capped = request.clone(client_max_size=MAX_JSON_BODY)
+        try:
+            async with asyncio.timeout(timeout):
+                await capped.read()  # cached: the handler's read()/json() reuse it
+        except web.HTTPRequestEntityTooLarge:
+            return too_large
+        except TimeoutError:
+            request.protocol.force_close()
+            return _json_error(408, "REQUEST_TIMEOUT", "request body did not arrive in time")
+        return await handler(capped)  # type: ignore[no-any-return]
+
+    return body_limit
 
 
 def make_verifier(settings: Settings) -> TokenVerifier:
@@ -101,15 +145,18 @@ def build_app(
     )
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
-    rest = Rest(settings, service, verifier, metrics)
+    rest = Rest(settings, service, verifier)
+    health = Health(settings, service, verifier, metrics)
 
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_attachment_bytes + 1024 * 1024
+        middlewares=[body_limit_middleware(settings), error_middleware],
+        client_max_size=settings.max_attachment_bytes + 1024 * 1024,
     )
     app[SERVICE_KEY] = service
     app[ENDPOINT_KEY] = endpoint
     app.router.add_get("/ws", endpoint.handle)
     app.router.add_routes(rest.routes())
+    app.router.add_routes(health.routes())
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     if settings.demo:
         index = STATIC_DIR / "index.html"
@@ -141,11 +188,18 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
     """Run until SIGTERM/SIGINT, then drain: refuse new connections, close the open ones
     with 1001, finish every pending commit, exit 0."""
     app = build_app(settings)
+    # Every request, not only a connection's first, must arrive whole within the
+    # handshake timeout: aiohttp's keep-alive timer runs from the end of one response to
+    # the head of the next, and bytes trickling in do not restart it.
+    keepalive = (
+        {"keepalive_timeout": settings.handshake_timeout} if settings.handshake_timeout > 0 else {}
+    )
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
+        **keepalive,
     )
     await runner.setup()
     # Cyclic GC: a full collection walks every object of every connection (tens of ms

@@ -314,19 +314,39 @@ class Messages(Hub):
     ) -> bytes:
         """One log entry as the event a live member got for it (docs/protocol.md, "Edits,
         deletions and reactions"); a message is shown as it is now."""
-        m = entry.message
+        m, cid, seq = entry.message, entry.conversation_id, entry.seq
+        event: p.ChangeEvent
         if entry.kind == "message":
             return p.encode_chat_message(self.history_message(m, cursors, viewer))
         if entry.kind == "message.updated":
             wire = self.history_message(m, cursors, viewer)
-            data = p.message_updated_data(entry.conversation_id, entry.seq, wire)
-        elif entry.kind == "message.deleted":
-            data = p.message_deleted_data(entry.conversation_id, entry.seq, m.id, entry.at)
-        else:
-            data = p.reaction_data(
-                entry.conversation_id, entry.seq, m.id, entry.user_id, entry.emoji or ""
+            event = p.MessageUpdatedEvent(
+                data=p.MessageUpdatedData(
+                    conversation_id=cid, seq=seq, message=wire, request_id=request_id
+                )
             )
-        return p.encode_change(entry.kind, data, request_id)
+        elif entry.kind == "message.deleted":
+            event = p.MessageDeletedEvent(
+                data=p.MessageDeletedData(
+                    conversation_id=cid,
+                    seq=seq,
+                    message_id=m.id,
+                    deleted_at=p.iso(entry.at),
+                    request_id=request_id,
+                )
+            )
+        else:
+            data = p.ReactionData(
+                conversation_id=cid,
+                seq=seq,
+                message_id=m.id,
+                user_id=entry.user_id,
+                emoji=entry.emoji or "",
+                request_id=request_id,
+            )
+            added = entry.kind == "reaction.added"
+            event = p.ReactionAddedEvent(data=data) if added else p.ReactionRemovedEvent(data=data)
+        return p.encode_change(event)
 
     # ------------------------------------------------------------------ receipts
     async def _receipt(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from parley.codes import ErrorCode
-from parley.protocol import MAX_EMOJI
+from parley.codes import MAX_EMOJI, ErrorCode
 from parley.service.errors import ServiceError
 from parley.service.limits import Limits
 from parley.store.base import (

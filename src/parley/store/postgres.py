@@ -388,7 +388,9 @@ class PostgresStore:
 
     async def ping(self) -> None:
         async with self._acquire() as conn:
-            await conn.fetchval("SELECT 1")
+            # A real write, however small: assigning a transaction id makes the commit
+            # write (and flush) a WAL record, which fails while the disk is full.
+            await conn.fetchval("SELECT txid_current()")
 
     @contextlib.asynccontextmanager
     async def _acquire(self) -> AsyncIterator[_Connection]:
