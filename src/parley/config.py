@@ -305,10 +305,11 @@ def problems(settings: Settings) -> list[str]:
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """Every setting, with secrets replaced by ``***`` and passwords cut out of URLs."""
+    """Every setting, with secrets replaced by ``***`` and passwords cut out of URLs
+    (and the database as it is opened: a relative SQLite path inside the data directory)."""
     out: dict[str, Any] = {}
     for f in fields(Settings):
-        value = getattr(settings, f.name)
+        value = settings.database_url if f.name == "database" else getattr(settings, f.name)
         if value and "secret" in f.name:
             value = "***"
         elif isinstance(value, str) and "://" in value:

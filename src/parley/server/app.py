@@ -196,6 +196,12 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
+    # Signals are handled before the start-up lines are printed: a supervisor that
+    # stops the node as soon as it reads them still gets a clean drain.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     url = f"http://{settings.host}:{port}"
     print(f"Parley listening on {url} (WebSocket {url.replace('http', 'ws', 1)}/ws)", flush=True)
     for line in startup_summary(settings):
@@ -206,10 +212,6 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
             print(demo_warning(settings.host), file=sys.stderr, flush=True)
     if ready is not None:
         ready(url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     reaper = asyncio.ensure_future(reap_slow_handshakes(runner, settings.handshake_timeout))
     await stop.wait()
     reaper.cancel()
