@@ -56,6 +56,19 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request {rid}]" if rid else line
 
 
+_EXTRA_KEYS = (
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "remote",
+    "database",
+    "broker",
+    "public_url",
+    "demo",
+)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -70,7 +83,7 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             out["request_id"] = rid
-        for key in ("method", "path", "status", "duration_ms", "remote"):
+        for key in _EXTRA_KEYS:
             value = getattr(record, key, None)
             if value is not None:
                 out[key] = value

@@ -203,13 +203,29 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     url = f"http://{settings.host}:{port}"
-    print(f"Parley listening on {url} (WebSocket {url.replace('http', 'ws', 1)}/ws)", flush=True)
-    for line in startup_summary(settings):
-        print(line, flush=True)
-    if settings.demo:
-        print(f"Demo chat page: {url}/", flush=True)
-        if not is_loopback(settings.host):
-            print(demo_warning(settings.host), file=sys.stderr, flush=True)
+    if settings.log_format == "json":  # everything on one stream, one JSON object a line
+        log.info(
+            "Parley listening on %s",
+            url,
+            extra={
+                "database": mask_url(settings.database_url),
+                "broker": mask_url(settings.redis) if settings.redis else None,
+                "public_url": settings.public_url,
+                "demo": settings.demo,
+            },
+        )
+        if settings.demo and not is_loopback(settings.host):
+            log.warning(" ".join(demo_warning(settings.host).split("\n")[1:-1]))
+    else:
+        print(
+            f"Parley listening on {url} (WebSocket {url.replace('http', 'ws', 1)}/ws)", flush=True
+        )
+        for line in startup_summary(settings):
+            print(line, flush=True)
+        if settings.demo:
+            print(f"Demo chat page: {url}/", flush=True)
+            if not is_loopback(settings.host):
+                print(demo_warning(settings.host), file=sys.stderr, flush=True)
     if ready is not None:
         ready(url)
     reaper = asyncio.ensure_future(reap_slow_handshakes(runner, settings.handshake_timeout))
