@@ -57,9 +57,9 @@ class Nginx:
     def config(self) -> Path:
         cert, key = self.dir / "cert.pem", self.dir / "key.pem"
         self_signed = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        files = ["-keyout", str(key), "-out", str(cert)]
         subprocess.run(
-            ["openssl", *self_signed, "-subj", "/CN=chat.example.com"]
-            + ["-keyout", str(key), "-out", str(cert)],
+            ["openssl", *self_signed, "-subj", "/CN=chat.example.com", *files],
             check=True,
             capture_output=True,
         )
