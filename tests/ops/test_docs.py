@@ -1,0 +1,49 @@
+"""Generated and operator-facing documents stay true to the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+from parley.server.openapi import document
+from parley.server.restdoc import render
+from tests.support.server import ParleyServer
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_rest_md_is_generated_from_the_current_openapi_document() -> None:
+    committed = (DOCS / "rest.md").read_text()
+    assert committed == render(document()), (
+        "docs/rest.md is stale: run `python -m parley.server.restdoc > docs/rest.md`"
+    )
+
+
+def test_rest_md_lists_every_path_and_method() -> None:
+    text = (DOCS / "rest.md").read_text()
+    for path, item in document()["paths"].items():
+        for method in item:
+            assert f"### `{method.upper()} {path}`" in text
+
+
+def test_grafana_dashboard_uses_only_metrics_the_server_exports(tmp_path: Path) -> None:
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs, "the dashboard has no queries"
+    guide = (DOCS / "production.md").read_text()
+    guide = guide[guide.index("## 7. Monitoring") : guide.index("## 8. Capacity")]
+    used = {m for e in [*exprs, guide] for m in re.findall(r"\b(parley_[a-z_]+)", e)}
+    with ParleyServer(tmp_path) as srv:
+        with urllib.request.urlopen(f"{srv.http_url}/metrics", timeout=5) as r:
+            exported = r.read().decode()
+    families = set(re.findall(r"^# TYPE (parley_[a-z_]+) (\w+)", exported, re.M))
+    names = set()
+    for family, kind in families:
+        names.add(family)
+        if kind == "counter":
+            names.add(f"{family}_total")
+        if kind == "histogram":
+            names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
+    assert used <= names, f"not exported: {sorted(used - names)}"
