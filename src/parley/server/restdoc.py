@@ -110,8 +110,9 @@ def _operation(method: str, path: str, op: dict[str, Any], default_auth: bool) -
     if responses:
         out += ["| status | meaning | body |", "|---|---|---|"]
         for status, response in responses.items():
-            content = response.get("content") or {}
-            schema = next(iter(content.values()), {}).get("schema") if content else None
+            content: dict[str, Any] = response.get("content") or {}
+            media: dict[str, Any] = next(iter(content.values()), {})
+            schema = media.get("schema")
             body_type = type_of(schema) if schema else ""
             out.append(
                 f"| {status} | {_cell(response.get('description', ''))} | {_cell(body_type)} |"
