@@ -111,8 +111,8 @@ def _operation(method: str, path: str, op: dict[str, Any], default_auth: bool) -
         out += ["| status | meaning | body |", "|---|---|---|"]
         for status, response in responses.items():
             content: dict[str, Any] = response.get("content") or {}
-            media: dict[str, Any] = next(iter(content.values()), {})
-            schema = media.get("schema")
+            first: dict[str, Any] = next(iter(content.values()), {})
+            schema = first.get("schema")
             body_type = type_of(schema) if schema else ""
             out.append(
                 f"| {status} | {_cell(response.get('description', ''))} | {_cell(body_type)} |"
