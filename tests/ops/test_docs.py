@@ -47,3 +47,11 @@ def test_grafana_dashboard_uses_only_metrics_the_server_exports(tmp_path: Path) 
         if kind == "histogram":
             names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
     assert used <= names, f"not exported: {sorted(used - names)}"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    from parley.config import settings_table
+
+    readme = (DOCS.parent / "README.md").read_text()
+    for flag, env, _, _ in settings_table():
+        assert f"| `{flag}` | `{env}` |" in readme, f"README's settings table lacks {flag}"
