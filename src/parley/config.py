@@ -248,7 +248,8 @@ def resolve(
         flag_value = getattr(args, f.name, None) if args is not None else None
         if flag_value is not None:
             values[f.name], sources[f.name] = flag_value, "flag"
-        elif env in environ:
+        elif env in environ and (environ[env] != "" or _type_of(f) is str):
+            # an empty variable counts as unset, except for text settings
             values[f.name] = _coerce(f, environ[env], env)
             sources[f.name] = f"env {env}"
         elif f.name in from_file:

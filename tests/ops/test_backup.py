@@ -158,6 +158,10 @@ def test_restore_refuses_while_the_server_runs(tmp_path: Path) -> None:
         done = run_parley("restore", str(backup), "--database", live.database)
         assert done.returncode == 2
         assert "is in use by parley serve" in done.stderr
+        migrate = run_parley("migrate", "--database", live.database)
+        assert migrate.returncode == 2 and "is in use by parley serve" in migrate.stderr
+        status = run_parley("migrate", "--status", "--database", live.database)
+        assert status.returncode == 0 and "up to date" in status.stdout  # reading is fine
 
 
 async def test_postgres_backup_while_serving_restores_every_acked_message(

@@ -55,3 +55,28 @@ def test_readme_settings_table_lists_every_setting() -> None:
     readme = (DOCS.parent / "README.md").read_text()
     for flag, env, _, _ in settings_table():
         assert f"| `{flag}` | `{env}` |" in readme, f"README's settings table lacks {flag}"
+
+
+def test_production_guide_systemd_unit_verifies(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.ops.test_nginx import guide_block
+    from tests.store.conftest import unavailable
+
+    if shutil.which("systemd-analyze") is None:
+        unavailable("systemd-analyze not found (apt-get install systemd)")
+    unit = guide_block("systemd-unit")
+    parley = str(Path(sys.executable).with_name("parley"))
+    env = tmp_path / "parley.env"
+    env.write_text("PARLEY_SECRET=x\n")
+    unit = unit.replace("/opt/parley/bin/parley", parley).replace(
+        "/etc/parley/parley.env", str(env)
+    )
+    path = tmp_path / "parley.service"
+    path.write_text(unit)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
