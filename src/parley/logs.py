@@ -53,7 +53,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = scrub(super().format(record))
         rid = getattr(record, "request_id", None)
-        return f"{line} [request {rid}]" if rid else line
+        return f"{line} [request {scrub(str(rid))}]" if rid else line
 
 
 _EXTRA_KEYS = (
@@ -82,7 +82,7 @@ class JsonFormatter(logging.Formatter):
         }
         rid = getattr(record, "request_id", None)
         if rid:
-            out["request_id"] = rid
+            out["request_id"] = scrub(str(rid))
         for key in _EXTRA_KEYS:
             value = getattr(record, key, None)
             if value is not None:
