@@ -153,8 +153,9 @@ async def test_guide_nginx_carries_websocket_chat_over_tls(tmp_path: Path) -> No
                 assert r.status == 200
                 # nginx's $request_id (32 hex digits) reached Parley and came back
                 assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-Id"])
-            async with http.get(f"{nginx.base}/metrics", ssl=False) as r:
-                assert r.status == 404  # hidden from the outside…
+            for inside in ("/metrics", "/openapi.json"):
+                async with http.get(f"{nginx.base}{inside}", ssl=False) as r:
+                    assert r.status == 404, inside  # hidden from the outside…
             async with http.get(f"{srv.http_url}/metrics") as r:
                 assert r.status == 200  # …scraped on the loopback port
 
