@@ -195,7 +195,8 @@ def lock_sqlite(url: str, purpose: str = "serve") -> SQLiteLock | None:
     path = sqlite_path(url)
     if path is None or path == ":memory:" or path.startswith("file:"):
         return None
-    return SQLiteLock(Path(path)).acquire(purpose)
+    # resolved, so every name of one file (symlinks, "..") finds the same lock
+    return SQLiteLock(Path(path).resolve()).acquire(purpose)
 
 
 # ---------------------------------------------------------------------- backups
