@@ -209,7 +209,7 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
             url,
             extra={
                 "database": mask_url(settings.database_url),
-                "broker": mask_url(settings.redis) if settings.redis else None,
+                "broker": mask_url(settings.redis) if settings.redis else "none (single node)",
                 "public_url": settings.public_url,
                 "demo": settings.demo,
             },
