@@ -708,7 +708,7 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
                 if b
                 else f"| {system} | — | | |"
             )
-        lines.append("")
+        lines += ["", *capacity_ratios(res["capacity"]), ""]
     if "acks" in res:
         lines += ["## Durable acks: highest acked msgs/s with p99 ack ≤ 50 ms", ""]
         lines += [
@@ -812,6 +812,18 @@ def pgbench_notes(pgbench: dict[str, Any], parley_pg: dict[str, Any]) -> list[st
             line += f" ({verdict} the {PG_ACK_TARGET:,}/s target)"
         lines.append(line + ".")
     return [*lines, ""]
+
+
+def capacity_ratios(capacity: dict[str, Any]) -> list[str]:
+    """Parley's most clients in one room over each peer's."""
+    tops = {system: best(steps, "clients") for system, steps in capacity.items()}
+    parley = tops.get("parley")
+    cells = [
+        f"{peer} {parley['clients'] / top['clients']:.2f}×"
+        for peer, top in tops.items()
+        if parley and top and peer != "parley"
+    ]
+    return ["Parley's clients ÷ each peer's: " + ", ".join(cells) + "."] if cells else []
 
 
 # Parley's delivered msgs/s in rooms of 10 over each peer's, at least (None: reported only)

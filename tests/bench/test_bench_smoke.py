@@ -408,3 +408,13 @@ def test_report_pgbench_beside_parley_on_postgres(monkeypatch: pytest.MonkeyPatc
     ) in text
     failed = "\n".join(run.pgbench_notes({"failed": "pgbench not found"}, {}))
     assert "pgbench did not run: pgbench not found" in failed
+
+
+def test_report_capacity_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load_script("run", monkeypatch)
+    capacity = {
+        "parley": [{"pass": True, "clients": 1000}, {"pass": True, "clients": 2000}],
+        "raw": [{"pass": True, "clients": 1000}, {"pass": False, "clients": 2000}],
+        "ws-node": [{"pass": False, "clients": 1000}],
+    }
+    assert run.capacity_ratios(capacity) == ["Parley's clients ÷ each peer's: raw 2.00×."]
