@@ -27,7 +27,7 @@ Workloads (``--only``, comma-separated; default all):
 Writes ``RESULTS.md``, ``results.json`` and PNG plots into ``--out`` (bench/results).
 ``--quick`` shrinks every workload to a smoke run of a few minutes.
 
-    .venv/bin/python bench/run.py                 # the full run (1 to 1.5 hours)
+    .venv/bin/python bench/run.py                 # the full run (about 1.5 to 2 hours)
     .venv/bin/python bench/run.py --quick --only fanout,memory
 """
 
