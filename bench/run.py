@@ -23,6 +23,9 @@ Workloads (``--only``, comma-separated; default all):
 - ``memory``: server RSS growth per idle (authenticated, for Parley) connection, at
   10,000 connections.
 - ``connect``: connections established per second (WebSocket upgrade + first frame).
+- ``multinode``: one Parley node and two on PostgreSQL + Redis at the same fixed rate
+  (bench/multinode.py): msgs/s, and what each message costs each node (CPU µs) and Redis
+  (commands, round trips, CPU µs).
 
 Writes ``RESULTS.md``, ``results.json`` and PNG plots into ``--out`` (bench/results).
 ``--quick`` shrinks every workload to a smoke run of a few minutes.
@@ -65,7 +68,7 @@ PEERS = ROOT / "bench" / "peers"
 PY = sys.executable
 SECRET = "bench-secret-" + "x" * 32
 SYSTEMS = ("parley", "raw", "socketio", "channels", "socketio-node", "ws-node")
-WORKLOADS = ("fanout", "capacity", "acks", "memory", "connect", "pgbench")
+WORKLOADS = ("fanout", "capacity", "acks", "memory", "connect", "pgbench", "multinode")
 NODE_PEERS = PEERS / "node"
 # each system's `parley bench` dialect: the Node.js peers speak the Python peers' protocols
 PROTOCOL = {"socketio-node": "socketio", "ws-node": "raw"}
@@ -555,6 +558,47 @@ class Suite:
         with contextlib.suppress(Exception):
             asyncio.run(_pg_admin(self.args.postgres, f'DROP DATABASE IF EXISTS "{name}"'))
 
+    # -- (6) one node and two -----------------------------------------------------------
+    def multinode(self) -> None:
+        """bench/multinode.py at one fixed rate on one node, then two (not pinned: the
+        nodes, PostgreSQL and Redis share the machine's cores)."""
+        import multinode  # bench/multinode.py, beside this script
+
+        quick = self.plan.quick
+        args = argparse.Namespace(
+            users=40 if quick else 200,
+            room_size=10,
+            senders=2,
+            window=4,
+            rate=100.0 if quick else 1000.0,
+            duration=3.0 if quick else 20.0,
+            warmup=1.0 if quick else 3.0,
+        )
+        multinode.PG_ADMIN_URL = self.args.postgres
+        out: dict[str, Any] = {"config": vars(args), "runs": []}
+        for nodes in (1, 2):
+            self.busy.append(busy := machine_busy(2.0))
+            if busy > 0.05:
+                log(f"  warning: the machine is {100 * busy:.0f}% busy before this series")
+            log(f"multinode: {nodes} node(s), {args.rate:.0f} msgs/s, {args.users} users")
+            root = self.tmp / f"multinode-{nodes}"
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                result = asyncio.run(multinode.run(nodes, args, root))
+            except Exception as exc:  # a failed series is reported, the run goes on
+                log(f"  failed: {exc!r}")
+                out["runs"].append({"nodes": nodes, "failed": repr(exc)})
+                continue
+            out["runs"].append(result)
+            log(
+                f"  sent {result['sent_per_s']:.0f}/s acked {result['acked_per_s']:.0f}/s "
+                f"ack p99 {result['ack_p99_ms']:.1f} ms; per sent message: nodes "
+                f"{result['node_cpu_us_per_sent']:.0f} µs CPU, Redis "
+                f"{result['redis_reads_per_sent']:.2f} round trips, "
+                f"{result['redis_cpu_us_per_sent']:.0f} µs CPU"
+            )
+        self.results["multinode"] = out
+
     # -- (4) memory and (5) connection rate ------------------------------------------
     def idle(self, systems: list[str], memory: bool, connect: bool) -> None:
         n = self.plan.idle_connections
@@ -731,6 +775,8 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
         lines.append("")
     if "pgbench" in res:
         lines += pgbench_notes(res["pgbench"], res.get("acks", {}).get("PostgreSQL", {}))
+    if "multinode" in res:
+        lines += multinode_notes(res["multinode"])
     if "memory" in res or "connect" in res:
         lines += ["## Idle connections", ""]
         lines += [
@@ -811,6 +857,65 @@ def pgbench_notes(pgbench: dict[str, Any], parley_pg: dict[str, Any]) -> list[st
             verdict = "meets" if acked >= PG_ACK_TARGET else "misses"
             line += f" ({verdict} the {PG_ACK_TARGET:,}/s target)"
         lines.append(line + ".")
+    return [*lines, ""]
+
+
+def multinode_notes(multinode: dict[str, Any]) -> list[str]:
+    """One node and two at the same rate: throughput, and the cost of each message."""
+    cfg = multinode["config"]
+    lines = [
+        "## One node and two: what a second node costs per message",
+        "",
+        f"bench/multinode.py: PostgreSQL + a Redis of its own, {cfg['users']} users in rooms of "
+        f"{cfg['room_size']} spread round-robin over the nodes (every room spans them), "
+        f"{cfg['senders']} senders a room sharing {cfg['rate']:,.0f} msgs/s, "
+        f"{cfg['duration']:.0f} s measured. Nothing pinned: the nodes, PostgreSQL, Redis "
+        "and the generator share the machine's cores.",
+        "",
+        "| nodes | sent/s | acked/s | delivered/s | ack p50 / p99 ms | nodes' CPU (cores) "
+        "| nodes' CPU µs / sent msg | CPU µs / frame written, each node "
+        "| Redis commands / sent msg | Redis round trips / sent msg | Redis CPU µs / sent msg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    done = {r["nodes"]: r for r in multinode["runs"] if "failed" not in r}
+    for r in multinode["runs"]:
+        if "failed" in r:
+            lines.append(f"| {r['nodes']} | failed: {r['failed'][:80]} |" + " |" * 9)
+            continue
+        commands = ", ".join(f"{k} {v:.2f}" for k, v in r["redis_commands_per_sent"].items())
+        per_frame = " / ".join(f"{us:.0f}" for us in r["node_cpu_us_per_frame"])
+        lines.append(
+            f"| {r['nodes']} | {r['sent_per_s']:,.0f} | {r['acked_per_s']:,.0f} | "
+            f"{r['delivered_per_s']:,.0f} | {r['ack_p50_ms']:.1f} / {r['ack_p99_ms']:.1f} | "
+            f"{r['node_cpu_share']:.2f} | {r['node_cpu_us_per_sent']:.0f} | {per_frame} | "
+            f"{commands or '—'} | {r['redis_reads_per_sent']:.2f} | "
+            f"{r['redis_cpu_us_per_sent']:.0f} |"
+        )
+    lines.append("")
+    one, two = done.get(1), done.get(2)
+    if one and two:
+        extra = two["node_cpu_us_per_sent"] - one["node_cpu_us_per_sent"]
+        lines.append(
+            f"- A second node adds {extra:+.0f} µs of node CPU per sent message "
+            f"({two['node_cpu_us_per_sent'] / one['node_cpu_us_per_sent']:.2f}× one node's), "
+            f"and {two['redis_reads_per_sent'] - one['redis_reads_per_sent']:+.2f} Redis round "
+            "trips per sent message."
+        )
+    for r in done.values():
+        if r["acked_per_s"] < 0.95 * r["sent_per_s"]:
+            lines.append(
+                f"- {r['nodes']} node(s) did not keep up with the rate (acked "
+                f"{r['acked_per_s']:,.0f} of {r['sent_per_s']:,.0f}/s): its costs include "
+                "a backlog."
+            )
+    cores = os.cpu_count() or 1
+    if cores <= 2:
+        lines.append(
+            f"- This machine has {cores} cores for the nodes, PostgreSQL, Redis and the "
+            "generator together: a second node cannot add throughput here, so the msgs/s "
+            "compare configurations, and the costs per message (CPU time and Redis counts, "
+            "which sharing cores does not hide) are what this run can show."
+        )
     return [*lines, ""]
 
 
@@ -984,6 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.pgbench()
         if "memory" in only or "connect" in only:
             suite.idle(systems, "memory" in only, "connect" in only)
+        if "multinode" in only and "parley" in systems:
+            suite.multinode()
     except KeyboardInterrupt:
         log("interrupted: writing what there is")
     finally:

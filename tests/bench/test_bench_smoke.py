@@ -418,3 +418,36 @@ def test_report_capacity_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
         "ws-node": [{"pass": False, "clients": 1000}],
     }
     assert run.capacity_ratios(capacity) == ["Parley's clients ÷ each peer's: raw 2.00×."]
+
+
+def _multinode_run(nodes: int, node_us: float, reads: float, acked: float) -> dict[str, Any]:
+    return {
+        "nodes": nodes,
+        "sent_per_s": 1000.0,
+        "acked_per_s": acked,
+        "delivered_per_s": 9 * acked,
+        "ack_p50_ms": 5.0,
+        "ack_p99_ms": 20.0,
+        "node_cpu_share": 0.5,
+        "node_cpu_us_per_sent": node_us,
+        "node_cpu_us_per_frame": [node_us / 10] * nodes,
+        "redis_commands_per_sent": {"publish": 1.0},
+        "redis_reads_per_sent": reads,
+        "redis_cpu_us_per_sent": 10.0,
+    }
+
+
+def test_report_multinode_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load_script("run", monkeypatch)
+    config = {"users": 200, "room_size": 10, "senders": 2, "rate": 1000.0, "duration": 20.0}
+    runs = [_multinode_run(1, 400, 0.1, 1000), _multinode_run(2, 600, 0.3, 800)]
+    text = "\n".join(run.multinode_notes({"config": config, "runs": runs}))
+    assert "| 2 | 1,000 | 800 | 7,200 | 5.0 / 20.0 | 0.50 | 600 | 60 / 60 | publish 1.00 |" in text
+    assert "adds +200 µs of node CPU per sent message (1.50× one node's)" in text
+    assert "+0.20 Redis round trips" in text
+    assert "2 node(s) did not keep up with the rate (acked 800 of 1,000/s)" in text
+    assert "1 node(s) did not keep up" not in text
+    failed = [{"nodes": 1, "failed": "RuntimeError('no PostgreSQL')"}]
+    text = "\n".join(run.multinode_notes({"config": config, "runs": failed}))
+    assert "| 1 | failed: RuntimeError('no PostgreSQL') |" in text
+    assert "adds" not in text
