@@ -902,6 +902,12 @@ def multinode_notes(multinode: dict[str, Any]) -> list[str]:
             "trips per sent message."
         )
     for r in done.values():
+        if r["sent_per_s"] < 0.95 * cfg["rate"]:
+            lines.append(
+                f"- With {r['nodes']} node(s) the generator fell behind the rate (sent "
+                f"{r['sent_per_s']:,.0f} of {cfg['rate']:,.0f}/s): the two runs did not carry "
+                "the same load."
+            )
         if r["acked_per_s"] < 0.95 * r["sent_per_s"]:
             lines.append(
                 f"- {r['nodes']} node(s) did not keep up with the rate (acked "

@@ -447,6 +447,10 @@ def test_report_multinode_costs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "+0.20 Redis round trips" in text
     assert "2 node(s) did not keep up with the rate (acked 800 of 1,000/s)" in text
     assert "1 node(s) did not keep up" not in text
+    assert "generator fell behind" not in text
+    runs[1]["sent_per_s"] = 500.0
+    text = "\n".join(run.multinode_notes({"config": config, "runs": runs}))
+    assert "With 2 node(s) the generator fell behind the rate (sent 500 of 1,000/s)" in text
     failed = [{"nodes": 1, "failed": "RuntimeError('no PostgreSQL')"}]
     text = "\n".join(run.multinode_notes({"config": config, "runs": failed}))
     assert "| 1 | failed: RuntimeError('no PostgreSQL') |" in text
