@@ -1080,6 +1080,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown: {', '.join(sorted(unknown))}")
     if shutil.which("taskset") is None:
         p.error("taskset (util-linux) is needed to pin the processes")
+    if {"socketio-node", "ws-node"} & set(systems):
+        try:
+            node_binary()
+        except RuntimeError as exc:
+            p.error(f"{exc} (or leave socketio-node and ws-node out of --systems)")
     _raise_nofile()
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     suite = Suite(args)
