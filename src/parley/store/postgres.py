@@ -412,6 +412,9 @@ class PostgresStore:
             done = {
                 int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")
             }
+            from parley.store.admin import check_not_newer
+
+            check_not_newer(done, max(v for v, _ in MIGRATIONS))  # a newer Parley's schema
             for version, sql in MIGRATIONS:
                 if version in done:
                     continue

@@ -1321,6 +1321,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         " applied_at REAL NOT NULL)"
     )
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    from parley.store.admin import check_not_newer
+
+    check_not_newer(done, len(MIGRATIONS))  # never run on a newer Parley's schema
     for version, sql in enumerate(MIGRATIONS, start=1):
         if version in done:
             continue
