@@ -65,9 +65,13 @@ from parley.store.base import (
     StoreError,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
     too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 log = logging.getLogger(__name__)
@@ -1161,15 +1165,18 @@ class PostgresStore:
         if mid is None:
             raise NotFoundError(MESSAGE_NOT_FOUND)
         async with self._acquire() as conn, conn.transaction():
-            await self._lock_conversation(conn, cid)
-            if member:
-                found = await conn.fetchval(
-                    "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
-                    cid,
-                    user_id,
-                )
-                if found is None:
-                    raise ForbiddenError(NOT_MEMBER)
+            # The conversation's row lock and the actor's membership, in one round trip.
+            locked = await conn.fetchrow(
+                """SELECT EXISTS (SELECT 1 FROM members m
+                                  WHERE m.conversation_id = c.id AND m.user_id = $2) AS member
+                   FROM conversations c WHERE c.id = $1 FOR NO KEY UPDATE""",
+                cid,
+                user_id,
+            )
+            if locked is None:
+                raise NotFoundError(CONVERSATION_NOT_FOUND)
+            if member and not locked["member"]:
+                raise ForbiddenError(NOT_MEMBER)
             row = await conn.fetchrow(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2",
                 mid,
@@ -1188,35 +1195,26 @@ class PostgresStore:
         at: float,
         emoji: str | None = None,
     ) -> int:
-        """Append a change to the log under the row lock; its seq."""
-        cid, mid = int(msg.conversation_id), int(msg.id)
-        seq = int(
+        """Append a change to the log under the row lock (the conversation's next seq,
+        the entry, the message's last change), in one statement; its seq."""
+        return int(
             await conn.fetchval(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-                cid,
+                """WITH s AS (UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                              RETURNING last_seq),
+                        e AS (INSERT INTO log_entries
+                                  (conversation_id, seq, kind, message_id, user_id, emoji, at)
+                              SELECT $1, s.last_seq, $3, $2, $4, $5, $6 FROM s),
+                        m AS (UPDATE messages SET changed_seq = s.last_seq FROM s
+                              WHERE messages.id = $2)
+                   SELECT last_seq FROM s""",
+                int(msg.conversation_id),
+                int(msg.id),
+                kind,
+                user_id,
+                emoji,
+                at,
             )
         )
-        await conn.execute(
-            """INSERT INTO log_entries (conversation_id, seq, kind, message_id, user_id, emoji, at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            cid,
-            seq,
-            kind,
-            mid,
-            user_id,
-            emoji,
-            at,
-        )
-        await conn.execute("UPDATE messages SET changed_seq = $2 WHERE id = $1", mid, seq)
-        return seq
-
-    @staticmethod
-    async def _reread(conn: _Connection, mid: str) -> MessageRecord:
-        row = await conn.fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", int(mid)
-        )
-        assert row is not None
-        return (await _messages(conn, [row]))[0]
 
     # Each change keeps its whole transaction in the one function below, so a webhook
     # outbox row written beside the log entry commits (or not) with it.
@@ -1238,7 +1236,7 @@ class PostgresStore:
                 at,
             )
             seq = await self._log(conn, msg, "message.updated", user_id, at)
-            now = await self._reread(conn, msg.id)
+            now = edited(msg, content, at, seq)
         return LogEntry(cid, seq, "message.updated", now, user_id, at), True
 
     async def delete_message(
@@ -1271,7 +1269,7 @@ class PostgresStore:
                 )
             await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
             seq = await self._log(conn, msg, "message.deleted", user_id, at)
-            now = await self._reread(conn, msg.id)
+            now = tombstone(msg, at, seq)
         return LogEntry(cid, seq, "message.deleted", now, user_id, at), True
 
     async def add_reaction(
@@ -1303,7 +1301,7 @@ class PostgresStore:
                 user_id,
                 seq,
             )
-            now = await self._reread(conn, msg.id)
+            now = with_reaction(msg, emoji, user_id, seq)
         return LogEntry(cid, seq, "reaction.added", now, user_id, at, emoji), True
 
     async def remove_reaction(
@@ -1323,7 +1321,7 @@ class PostgresStore:
                 user_id,
             )
             seq = await self._log(conn, msg, "reaction.removed", user_id, at, emoji)
-            now = await self._reread(conn, msg.id)
+            now = without_reaction(msg, emoji, user_id, seq)
         return LogEntry(cid, seq, "reaction.removed", now, user_id, at, emoji), True
 
     # -- attachments ---------------------------------------------------------
