@@ -310,7 +310,7 @@ async def _attachments_of(
 async def _reactions_of(
     conn: _Connection, message_ids: list[int]
 ) -> dict[int, dict[str, list[str]]]:
-    """``{message_id: {emoji: [user ids]}}``: emoji in the order first used, users in the
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
     order they reacted (both by the seq of the reaction)."""
     out: dict[int, dict[str, list[str]]] = {}
     if not message_ids:

@@ -1410,7 +1410,7 @@ def _messages(conn: sqlite3.Connection, rows: list[Any]) -> list[MessageRecord]:
 
 
 def _reactions(conn: sqlite3.Connection, message_ids: list[int]) -> dict[int, dict[str, list[str]]]:
-    """``{message_id: {emoji: [user ids]}}``: emoji in the order first used, users in the
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
     order they reacted (both by the seq of the reaction)."""
     out: dict[int, dict[str, list[str]]] = {}
     if not message_ids:
