@@ -20,6 +20,7 @@ from parley.broker import open_broker
 from parley.broker.base import Broker
 from parley.config import Settings, parse_list
 from parley.metrics import Metrics
+from parley.presence import Presence, open_presence
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
 from parley.service import ChatService, Limits
@@ -78,6 +79,7 @@ def build_app(
     *,
     store: Store | None = None,
     broker: Broker | None = None,
+    presence: Presence | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The whole server as an aiohttp application; backends start with the app."""
@@ -88,6 +90,7 @@ def build_app(
         commit_delay=settings.commit_delay,
     )
     broker = broker or open_broker(settings.redis)
+    presence = presence or open_presence(settings.redis, grace=settings.presence_grace)
     service = ChatService(
         service_limits(settings),
         store,
@@ -97,6 +100,7 @@ def build_app(
         metrics=metrics,
         clock=clock,
         framer=ws_frame,
+        presence=presence,
     )
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
@@ -127,6 +131,7 @@ def build_app(
 
     async def cleanup(app: web.Application) -> None:
         await service.drain()
+        await presence.close()
         await broker.close()
         await store.close()
 

@@ -16,6 +16,7 @@ class Limits:
     max_members_per_request: int = 1_000  # user ids per create / add request
     max_conversations_per_hour: int = 100  # conversations one user may create per hour
     max_title_length: int = 200  # characters
+    max_presence_ids: int = 100  # user ids per presence query
     typing_timeout: float = 8.0  # seconds a typing indicator lasts without refresh
     sync_page: int = 100  # messages per conversation per sync reply
     history_page: int = 200  # largest ``limit`` of a history page
