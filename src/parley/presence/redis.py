@@ -136,6 +136,7 @@ class RedisPresence:
         self._busy = False  # the worker is recording a user
         self._next_beat = 0.0
         self._next_sweep = 0.0
+        self._closing = False  # set by ``close``
 
     # -- Presence ---------------------------------------------------------------
     async def start(self, handler: Handler) -> None:
@@ -159,6 +160,7 @@ class RedisPresence:
                     # than be reaped later.
                     if not await client.hlen(self._node_key(self.node_id)):
                         await client.zrem(self._nodes, self.node_id)
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,7 +240,7 @@ class RedisPresence:
 
     def _set_client(self, client: Redis | None) -> None:
         if (client is None) != (self._client is None):
-            if client is None:
+            if client is None and not self._closing:
                 log.warning("presence: lost Redis; changes are announced when it is back")
             else:
                 log.info("presence: recording connections in Redis")

@@ -33,6 +33,7 @@ from parley.store.base import NOT_MEMBER, Store
 log = logging.getLogger("parley.service")
 
 Framer = Callable[[bytes], bytes]
+_BROKER_WAIT_STEPS = 100  # tenths of a second a presence change waits for the broker
 
 
 class Peer(Protocol):
@@ -279,6 +280,12 @@ class Hub:
             return
         if not convs:
             return
+        # A change noticed as Redis comes back would be lost if the broker were not
+        # back yet: give it a moment (it reconnects on its own, within seconds).
+        for _ in range(_BROKER_WAIT_STEPS):
+            if self._broker.healthy:
+                break
+            await asyncio.sleep(0.1)
         data = {
             "user_id": change.user_id,
             "status": change.status,
