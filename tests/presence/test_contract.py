@@ -156,7 +156,7 @@ async def test_states_and_online_for_many_users(make_node: NodeFactory, clock: C
     for user in users[::2]:
         node.presence.connected(user)
     await node.settle()
-    assert await node.presence.online(users + ["nobody", "u0"]) == set(users[::2])
+    assert await node.presence.online([*users, "nobody", "u0"]) == set(users[::2])
     states = await node.presence.states(["u0", "u1", "émile"])
     assert states["u0"].status == "online" and states["u0"].last_seen == clock.now
     assert states["u1"].status == "offline" and states["u1"].last_seen is None
