@@ -372,11 +372,17 @@ class Hub:
         self._metrics.frames_delivered(n)
 
     def _deliver_shared(self, env: Envelope) -> None:
+        """Presence: once to each local user sharing a conversation with its subject.
+        A room with more than ``presence_room_max`` members connected here carries
+        none (each of them coming online would cost every other one a frame)."""
         wire = self.frame(bytes(env.frame))
         seen = {env.exclude_user}
         n = 0
         for cid in env.conversation_ids or ():
-            for user in self.conv_users.get(cid, ()):
+            users = self.conv_users.get(cid, ())
+            if len(users) > self.limits.presence_room_max:
+                continue
+            for user in users:
                 if user in seen:
                     continue
                 seen.add(user)

@@ -17,6 +17,9 @@ class Limits:
     max_conversations_per_hour: int = 100  # conversations one user may create per hour
     max_title_length: int = 200  # characters
     max_presence_ids: int = 100  # user ids per presence query
+    presence_room_max: int = (
+        1_000  # connected members on a node past which a room carries no presence
+    )
     typing_timeout: float = 8.0  # seconds a typing indicator lasts without refresh
     sync_page: int = 100  # messages per conversation per sync reply
     history_page: int = 200  # largest ``limit`` of a history page
