@@ -288,6 +288,8 @@ class RedisPresence:
             if self.clock() >= self._next_beat:
                 await self._beat(client)
             while self._dirty:
+                if self.clock() >= self._next_beat:  # a long backlog must not look dead
+                    await self._beat(client)
                 user = self._dirty.pop()
                 self._busy = True
                 try:
