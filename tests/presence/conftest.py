@@ -85,6 +85,22 @@ async def make_node(
     backend: str, clock: Clock, request: pytest.FixtureRequest
 ) -> AsyncIterator[NodeFactory]:
     """Builds started nodes of one backend sharing one cluster (Redis: one prefix)."""
+    async for factory in _nodes(backend, clock, request):
+        yield factory
+
+
+@pytest.fixture
+async def make_redis_node(
+    clock: Clock, request: pytest.FixtureRequest
+) -> AsyncIterator[NodeFactory]:
+    """``make_node`` for what only a shared backend can show (several nodes, outages)."""
+    async for factory in _nodes("redis", clock, request):
+        yield factory
+
+
+async def _nodes(
+    backend: str, clock: Clock, request: pytest.FixtureRequest
+) -> AsyncIterator[NodeFactory]:
     started: list[Node] = []
     prefix = f"test-{secrets.token_hex(4)}"
 

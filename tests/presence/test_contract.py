@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-import pytest
-
 from parley.presence.base import Change
 from parley.presence.redis import RedisPresence
 
@@ -172,18 +170,11 @@ async def test_more_disconnects_than_connects_do_not_go_negative(make_node: Node
     assert await node.presence.online(["alice"]) == {"alice"}
 
 
-# -- Redis: several nodes ------------------------------------------------------------------
+# -- Redis only: several nodes, a dead node, an outage ---------------------------------
 
 
-@pytest.fixture
-def redis_only(backend: str) -> None:
-    if backend != "redis":
-        pytest.skip("several nodes need a shared backend")
-
-
-@pytest.mark.usefixtures("redis_only")
-async def test_online_on_any_node(make_node: NodeFactory, clock: Clock) -> None:
-    a, b = await make_node(), await make_node()
+async def test_online_on_any_node(make_redis_node: NodeFactory, clock: Clock) -> None:
+    a, b = await make_redis_node(), await make_redis_node()
     a.presence.connected("alice")
     b.presence.connected("alice")
     b.presence.connected("bob")
@@ -205,10 +196,9 @@ async def test_online_on_any_node(make_node: NodeFactory, clock: Clock) -> None:
     assert await b.presence.online(["alice"]) == {"alice"}
 
 
-@pytest.mark.usefixtures("redis_only")
-async def test_grace_is_cluster_wide(make_node: NodeFactory, clock: Clock) -> None:
+async def test_grace_is_cluster_wide(make_redis_node: NodeFactory, clock: Clock) -> None:
     """Leaving one node and joining another within the grace period announces nothing."""
-    a, b = await make_node(), await make_node()
+    a, b = await make_redis_node(), await make_redis_node()
     a.presence.connected("alice")
     await a.settle()
     clock.advance(5)
@@ -224,10 +214,9 @@ async def test_grace_is_cluster_wide(make_node: NodeFactory, clock: Clock) -> No
     assert [c.status for n in (a, b) for c in n.changes if c.user_id == "alice"] == ["online"]
 
 
-@pytest.mark.usefixtures("redis_only")
-async def test_dead_node_users_go_offline(make_node: NodeFactory, clock: Clock) -> None:
-    survivor = await make_node()
-    doomed = await make_node()
+async def test_dead_node_users_go_offline(make_redis_node: NodeFactory, clock: Clock) -> None:
+    survivor = await make_redis_node()
+    doomed = await make_redis_node()
     assert isinstance(doomed.presence, RedisPresence)
     doomed.presence.connected("alice")
     doomed.presence.connected("bob")
@@ -256,14 +245,12 @@ async def test_dead_node_users_go_offline(make_node: NodeFactory, clock: Clock) 
 
 
 async def test_outage_keeps_local_counts_and_reannounces(
-    backend: str, make_node: NodeFactory, own_redis: RedisProcess, clock: Clock
+    make_redis_node: NodeFactory, own_redis: RedisProcess
 ) -> None:
     """Redis goes away and comes back empty: the node counts its connections again and
     announces what changed, without crashing meanwhile."""
-    if backend != "redis":
-        pytest.skip("a Redis outage")
     own_redis.start()
-    node = await make_node(url=own_redis.url)
+    node = await make_redis_node(url=own_redis.url)
     node.presence.connected("alice")
     await node.settle()
     await node.wait_for("alice", "online")
