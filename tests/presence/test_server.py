@@ -178,3 +178,16 @@ async def test_get_presence_refusals(server: ParleyServer) -> None:
     assert status == 200
     status, body = await presence_of(server, alice, bob)
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
+
+
+async def test_openapi_lists_presence(server: ParleyServer) -> None:
+    status, doc = await api("GET", f"{server.http_url}/openapi.json")
+    assert status == 200
+    get = doc["paths"]["/api/presence"]["get"]
+    assert [p["name"] for p in get["parameters"]] == ["user_ids"]
+    schema = doc["components"]["schemas"]["PresencePage"]
+    assert schema["properties"]["presence"]["items"]["required"] == [
+        "user_id",
+        "status",
+        "last_seen",
+    ]

@@ -147,6 +147,27 @@ def document() -> dict[str, Any]:
                         "has_more": {"type": "boolean"},
                     },
                 },
+                "PresencePage": {
+                    "type": "object",
+                    "required": ["presence"],
+                    "properties": {
+                        "presence": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["user_id", "status", "last_seen"],
+                                "properties": {
+                                    "user_id": {"type": "string"},
+                                    "status": {"enum": ["online", "offline"]},
+                                    "last_seen": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                    },
+                                },
+                            },
+                        }
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
@@ -268,41 +289,7 @@ def document() -> dict[str, Any]:
                             "schema": {"type": "string"},
                         }
                     ],
-                    "responses": {
-                        **_ok("presence, in request order", "Error"),
-                        "200": {
-                            "description": "presence, in request order",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["presence"],
-                                        "properties": {
-                                            "presence": {
-                                                "type": "array",
-                                                "items": {
-                                                    "type": "object",
-                                                    "required": [
-                                                        "user_id",
-                                                        "status",
-                                                        "last_seen",
-                                                    ],
-                                                    "properties": {
-                                                        "user_id": {"type": "string"},
-                                                        "status": {"enum": ["online", "offline"]},
-                                                        "last_seen": {
-                                                            "type": ["string", "null"],
-                                                            "format": "date-time",
-                                                        },
-                                                    },
-                                                },
-                                            }
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                    },
+                    "responses": _ok("presence, in request order", "PresencePage"),
                 }
             },
             "/api/attachments": {
