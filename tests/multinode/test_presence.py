@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.broker.conftest import RedisProcess
+from tests.presence.test_server import expect_all
 from tests.store.conftest import create_database, drop_database
 from tests.support.server import ParleyServer
 from tests.support.wsclient import Event, WsClient, api
@@ -105,12 +106,10 @@ async def test_killed_node_users_go_offline(presence_cluster: PresenceCluster) -
     async with await connect(cluster.nodes[0], alice) as a:
         b = await connect(cluster.nodes[1], bob)
         c = await connect(cluster.nodes[1], carol)
-        await a.expect("presence", about(bob, "online"), timeout=20)
-        await a.expect("presence", about(carol, "online"), timeout=20)
+        await expect_all(a, {(bob, "online"), (carol, "online")}, timeout=20)
         killed = time.monotonic()
         await asyncio.to_thread(cluster.nodes[1].kill)
-        await a.expect("presence", about(bob, "offline"), timeout=40)
-        await a.expect("presence", about(carol, "offline"), timeout=40)
+        await expect_all(a, {(bob, "offline"), (carol, "offline")}, timeout=40)
         print(f"SIGKILL to offline on the other node: {time.monotonic() - killed:.1f} s")
         got = await presence_of(cluster.nodes[0], alice, [bob, carol])
         assert got[bob]["status"] == got[carol]["status"] == "offline"

@@ -42,6 +42,19 @@ def about(user: str, status: str | None = None) -> Any:
     return pred
 
 
+async def expect_all(ws: WsClient, wanted: set[tuple[str, str]], timeout: float = 10) -> None:
+    """Wait for a ``presence`` event of each ``(user, status)``, in whatever order."""
+    left = set(wanted)
+    async with asyncio.timeout(timeout):
+        while left:
+            e = await ws.expect(
+                "presence",
+                lambda e: (e["data"]["user_id"], e["data"]["status"]) in left,
+                timeout=timeout,
+            )
+            left.discard((e["data"]["user_id"], e["data"]["status"]))
+
+
 async def heartbeat_fence(ws: WsClient) -> None:
     """Every frame the server wrote to ``ws`` before now has arrived."""
     await ws.send({"action": "heartbeat"})
@@ -84,8 +97,7 @@ async def test_reconnect_within_grace_announces_nothing(server: ParleyServer) ->
     async with await connect(server, alice) as a:
         b = await connect(server, bob)
         d = await connect(server, dave)
-        await a.expect("presence", about(bob, "online"))
-        await a.expect("presence", about(dave, "online"))
+        await expect_all(a, {(bob, "online"), (dave, "online")})
         await b.close()
         await d.close()  # dave stays away: his offline comes after bob's would have
         async with await connect(server, bob):

@@ -240,10 +240,10 @@ class RedisPresence:
 
     def _set_client(self, client: Redis | None) -> None:
         if (client is None) != (self._client is None):
-            if client is None and not self._closing:
-                log.warning("presence: lost Redis; changes are announced when it is back")
-            else:
+            if client is not None:
                 log.info("presence: recording connections in Redis")
+            elif not self._closing:
+                log.warning("presence: lost Redis; changes are announced when it is back")
         self._client = client
         self._progress.set()
 
