@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,15 @@ async def connect(node: ParleyServer, who: str) -> WsClient:
 
 def about(who: str, status: str) -> Callable[[Event], bool]:
     return lambda e: bool(e["data"]["user_id"] == who and e["data"]["status"] == status)
+
+
+def presence_ok(cluster: Cluster) -> bool:
+    """Every node records its connections in Redis again (``/readyz``)."""
+    for node in cluster.nodes:
+        with urllib.request.urlopen(f"{node.http_url}/readyz", timeout=2) as r:
+            if json.load(r)["checks"]["presence"] != "ok":
+                return False
+    return True
 
 
 async def presence_of(node: ParleyServer, caller: str, ids: list[str]) -> dict[str, Any]:
@@ -131,6 +142,9 @@ async def test_redis_outage(presence_cluster: PresenceCluster) -> None:
         assert got[carol]["status"] == got[bob]["status"] == "online"  # this node's own
         await asyncio.to_thread(cluster.redis.start)
         await a.expect("presence", about(carol, "online"), timeout=30)
+        async with asyncio.timeout(20):
+            while not await asyncio.to_thread(presence_ok, cluster):  # noqa: ASYNC110 - other processes
+                await asyncio.sleep(0.1)
         for node in cluster.nodes:
             assert node.proc is not None and node.proc.poll() is None
         got = await presence_of(cluster.nodes[0], alice, [alice, bob, carol])

@@ -122,7 +122,8 @@ class Hub:
             await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
 
     async def readiness(self) -> dict[str, str]:
-        """``{"store": "ok" | "error: …", "broker": "ok" | "degraded"}`` (``/readyz``)."""
+        """``{"store": "ok" | "error: …", "broker": "ok" | "degraded", "presence": "ok" |
+        "degraded"}`` (``/readyz``)."""
         checks: dict[str, str] = {}
         try:
             await self._store.ping()
@@ -130,6 +131,7 @@ class Hub:
         except Exception as exc:
             checks["store"] = f"error: {exc}"
         checks["broker"] = "ok" if self._broker.healthy else "degraded"
+        checks["presence"] = "ok" if self.presence.healthy else "degraded"
         return checks
 
     def next_client_id(self, user_id: str) -> str:
