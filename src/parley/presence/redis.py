@@ -182,35 +182,38 @@ class RedisPresence:
 
     async def online(self, user_ids: Iterable[str]) -> set[str]:
         users = list(dict.fromkeys(user_ids))
-        client = self._client
-        if client is not None:
-            try:
-                pipe = client.pipeline(transaction=False)
-                for user in users:
-                    pipe.hget(self._user_key(user), "n")
-                counts = await pipe.execute()
-                return {u for u, n in zip(users, counts, strict=True) if n and int(n) > 0}
-            except _CONNECTION_ERRORS as exc:
-                log.debug("presence online(): %r", exc)
+        counts = await self._read(users, "hget", "n")
+        if counts is not None:
+            return {u for u, n in zip(users, counts, strict=True) if n and int(n) > 0}
         return {u for u in users if self._local[u] > 0}
 
     async def states(self, user_ids: Iterable[str]) -> dict[str, State]:
         users = list(dict.fromkeys(user_ids))
         now = self.clock()
-        client = self._client
-        if client is not None:
-            try:
-                pipe = client.pipeline(transaction=False)
-                for user in users:
-                    pipe.hgetall(self._user_key(user))
-                raws = await pipe.execute()
-                return {u: state_of(_decode(r), now) for u, r in zip(users, raws, strict=True)}
-            except _CONNECTION_ERRORS as exc:
-                log.debug("presence states(): %r", exc)
+        raws = await self._read(users, "hgetall")
+        if raws is not None:
+            return {u: state_of(_decode(r), now) for u, r in zip(users, raws, strict=True)}
         # Degraded: this node's connections only.
         return {
             u: State("online", now) if self._local[u] > 0 else State("offline", None) for u in users
         }
+
+    async def _read(self, users: list[str], command: str, *args: str) -> list[Any] | None:
+        """``command`` on each user's record in one pipeline; None if Redis is away. A
+        read is retried once: the first use of a pooled connection after Redis
+        restarted fails."""
+        for _ in range(2):
+            client = self._client
+            if client is None:
+                return None
+            try:
+                pipe = client.pipeline(transaction=False)
+                for user in users:
+                    getattr(pipe, command)(self._user_key(user), *args)
+                return list(await pipe.execute())
+            except _CONNECTION_ERRORS as exc:
+                log.debug("presence %s: %r", command, exc)
+        return None
 
     async def flush(self) -> None:
         while self._client is not None and (self._dirty or self._busy):
