@@ -19,7 +19,7 @@ from parley.presence.memory import MemoryPresence
 from parley.presence.redis import RedisPresence
 from tests.broker.conftest import RedisProcess, own_redis, redis_server
 
-__all__ = ["Clock", "Node", "NodeFactory", "own_redis", "redis_server"]
+__all__ = ["Clock", "Node", "NodeFactory", "RedisProcess", "own_redis", "redis_server"]
 
 GRACE = 10.0
 
@@ -104,7 +104,7 @@ async def _nodes(
     started: list[Node] = []
     prefix = f"test-{secrets.token_hex(4)}"
 
-    async def make(*, url: str | None = None, **kw: float) -> Node:
+    async def make(*, url: str | None = None) -> Node:
         presence: Presence
         if backend == "memory":
             presence = MemoryPresence(grace=GRACE, clock=clock, sweep_interval=3600.0)
@@ -117,7 +117,9 @@ async def _nodes(
                 grace=GRACE,
                 prefix=prefix,
                 clock=clock,
-                **{"sweep_interval": 3600.0, "heartbeat": 5.0, "node_ttl": 15.0, **kw},
+                sweep_interval=3600.0,  # the tests sweep when they want
+                heartbeat=5.0,
+                node_ttl=15.0,
             )
         node = Node(presence)
         await presence.start(node.handler)

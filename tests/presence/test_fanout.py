@@ -68,7 +68,11 @@ async def test_a_large_room_carries_no_presence(service: ChatService) -> None:
     u0 = await connected(service, "u0")
     for i in (1, 2):  # the room is small so far: its presence goes through
         await connected(service, f"u{i}")
-        await u0.wait_for(lambda p, n=i: len(presence(p)) == n)
+
+        def has(peer: FakePeer, n: int = i) -> bool:
+            return len(presence(peer)) == n
+
+        await u0.wait_for(has)
     await connected(service, "u3")
     await connected(service, "u4")  # five connected members now: over the cap of 3
     await connected(service, "u9")  # shares a direct conversation with u0: the sentinel

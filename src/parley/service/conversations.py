@@ -87,17 +87,7 @@ class ChatService(Messages):
             if u == user_id or not mine.isdisjoint(await self._store.user_conversations(u))
         ]
         states = await self.presence.states(shown)
-        out = []
-        for u in shown:
-            seen = states[u].last_seen
-            out.append(
-                {
-                    "user_id": u,
-                    "status": states[u].status,
-                    "last_seen": None if seen is None else p.iso(seen),
-                }
-            )
-        return out
+        return [p.presence_data(u, states[u].status, states[u].last_seen) for u in shown]
 
     async def _existing(self, conversation_id: str) -> Conversation:
         conv = await self._store.get_conversation(conversation_id)

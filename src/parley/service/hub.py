@@ -121,18 +121,23 @@ class Hub:
         while self._tasks or self._pending:
             await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
 
-    async def readiness(self) -> dict[str, str]:
-        """``{"store": "ok" | "error: …", "broker": "ok" | "degraded", "presence": "ok" |
-        "degraded"}`` (``/readyz``)."""
-        checks: dict[str, str] = {}
-        try:
-            await self._store.ping()
-            checks["store"] = "ok"
-        except Exception as exc:
-            checks["store"] = f"error: {exc}"
-        checks["broker"] = "ok" if self._broker.healthy else "degraded"
-        checks["presence"] = "ok" if self.presence.healthy else "degraded"
-        return checks
+    async def ping_store(self) -> None:
+        """Raise if the store cannot serve requests or is failing writes (``/readyz``)."""
+        await self._store.ping()
+
+    @property
+    def broker_healthy(self) -> bool:
+        """Whether the broker reaches the other nodes (always true for a single node)."""
+        return self._broker.healthy
+
+    @property
+    def presence_healthy(self) -> bool:
+        """Whether presence is recorded cluster-wide (always true for a single node)."""
+        return self.presence.healthy
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """Requests still running: appends awaiting their commit and spawned tasks."""
+        return [*self._pending, *self._tasks]
 
     def next_client_id(self, user_id: str) -> str:
         return f"user_{user_id}_{next(self._client_ids)}"
@@ -288,11 +293,7 @@ class Hub:
             if self._broker.healthy:
                 break
             await asyncio.sleep(0.1)
-        data = {
-            "user_id": change.user_id,
-            "status": change.status,
-            "last_seen": p.iso(change.last_seen),
-        }
+        data = p.presence_data(change.user_id, change.status, change.last_seen)
         self._publish(
             Envelope(
                 origin=self.node_id,
