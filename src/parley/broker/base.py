@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-EnvelopeKind = Literal["conversation", "users"]
+EnvelopeKind = Literal["conversation", "conversations", "users"]
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -31,6 +31,10 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     index from it before delivering. ``also_users`` get ``frame`` too (e.g. a member
     just removed, who must learn of it).
 
+    ``kind="conversations"``: deliver ``frame`` once to every connection of every user
+    who is a member of any of ``conversation_ids`` — except ``exclude_user``'s (e.g. a
+    user's presence, to everyone who shares a conversation with it).
+
     ``kind="users"``: deliver ``frame`` to every connection of ``user_ids``; with
     ``close_code`` set, close those connections with that code instead.
     """
@@ -38,6 +42,7 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
     kind: EnvelopeKind
     frame: msgspec.Raw = msgspec.Raw(b"null")
     conversation_id: str | None = None
+    conversation_ids: list[str] | None = None
     sender_id: str | None = None
     sender_frame: msgspec.Raw | None = None
     exclude_user: str | None = None

@@ -184,6 +184,27 @@ def document() -> dict[str, Any]:
                         "has_more": {"type": "boolean"},
                     },
                 },
+                "PresencePage": {
+                    "type": "object",
+                    "required": ["presence"],
+                    "properties": {
+                        "presence": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["user_id", "status", "last_seen"],
+                                "properties": {
+                                    "user_id": {"type": "string"},
+                                    "status": {"enum": ["online", "offline"]},
+                                    "last_seen": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                    },
+                                },
+                            },
+                        }
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
@@ -291,6 +312,22 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": _ok("a page of history, ascending seq", "MessagePage"),
+                }
+            },
+            "/api/presence": {
+                "get": {
+                    "summary": "Presence of those users who share a conversation with the"
+                    " caller (the others are left out); at most 100 distinct ids",
+                    "parameters": [
+                        {
+                            "name": "user_ids",
+                            "in": "query",
+                            "required": True,
+                            "description": "comma-separated user ids",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _ok("presence, in request order", "PresencePage"),
                 }
             },
             "/api/attachments": {

@@ -15,6 +15,7 @@ from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
 from parley.codes import ErrorCode, aggregate_status
+from parley.presence.base import Presence
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
@@ -51,8 +52,11 @@ class Messages(Hub):
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
         framer: Framer = _identity,
+        presence: Presence | None = None,
     ) -> None:
-        super().__init__(limits, store, broker, metrics=metrics, clock=clock, framer=framer)
+        super().__init__(
+            limits, store, broker, metrics=metrics, clock=clock, framer=framer, presence=presence
+        )
         if secret is None:  # RS256/ES256 only: links signed with a key of this process alone
             log.warning("no --secret: attachment links are valid on this node only")
         self._link_key = att.link_key(secret)
