@@ -18,6 +18,13 @@ reconnects on its own with capped, jittered exponential backoff; ``healthy`` tur
 True once both are back. Meanwhile ``publish`` drops envelopes and counts them in
 ``dropped``. Nothing is ever retried, so nothing is delivered twice (at-most-once);
 clients recover what they missed with ``seq``-gap ``sync``.
+
+What the node itself missed meanwhile (other nodes' membership changes and
+deactivations) is read again from the store: each time the subscription is confirmed,
+the subscriber awaits the ``resync`` callback before it reads the channel any further,
+so envelopes published from then on wait in the connection and are delivered after it,
+in order. ``healthy`` turns True only once it has returned; if it raises, the
+subscriber reconnects and tries again.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from parley.broker.base import Envelope, Handler
+from parley.broker.base import Envelope, Handler, Resync
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +102,8 @@ class RedisBroker:
     """``Broker`` on Redis pub/sub; see the module docstring for the failure model.
 
     ``dropped`` counts envelopes given up (Redis away, or ``buffer_max`` envelopes
-    already waiting); ``published`` and ``received`` count the others.
+    already waiting); ``published`` and ``received`` count the others. ``resyncs``
+    counts completed ``resync`` calls and ``resync_seconds`` is the last one's duration.
     """
 
     def __init__(
@@ -117,6 +125,8 @@ class RedisBroker:
         self.dropped = 0
         self.published = 0
         self.received = 0
+        self.resyncs = 0
+        self.resync_seconds = 0.0
         self._buffer_max = buffer_max
         self._batch_max = batch_max
         self._ping_interval = ping_interval
@@ -127,6 +137,7 @@ class RedisBroker:
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(_WireEnvelope)
         self._handler: Handler | None = None
+        self._resync: Resync | None = None
         self._buffer: collections.deque[bytes] = collections.deque()
         self._wakeup = asyncio.Event()  # set when the buffer gets an envelope
         self._flushed = asyncio.Event()  # set when the publisher has emptied the buffer
@@ -139,13 +150,15 @@ class RedisBroker:
         self._publisher_stale = False  # set when the publisher must reconnect
 
     # -- Broker ----------------------------------------------------------------
-    async def start(self, handler: Handler) -> None:
-        """Start both tasks and wait (up to ``start_timeout``) until they are connected.
+    async def start(self, handler: Handler, resync: Resync | None = None) -> None:
+        """Start both tasks and wait (up to ``start_timeout``) until they are connected
+        (and the first ``resync`` has run).
 
         Never raises because Redis is away: the node then starts unhealthy and the
         tasks keep trying to connect.
         """
         self._handler = handler
+        self._resync = resync
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._run_publisher(), name="parley-redis-publisher"),
@@ -314,8 +327,25 @@ class RedisBroker:
             if kind == "message":
                 self._deliver(message["data"])
             elif kind == "subscribe":
+                await self._catch_up()
+                last_heard, ping_sent = loop.time(), False
                 self._subscribed_once = True
                 self._set_up(subscriber=True)
+
+    async def _catch_up(self) -> None:
+        """Await ``resync`` (the subscription is up; nothing is read meanwhile)."""
+        resync = self._resync
+        if resync is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await resync()
+        except Exception as exc:
+            log.warning("catching up after connecting to Redis failed: %r; retrying", exc)
+            raise ConnectionError("resync failed") from exc
+        self.resyncs += 1
+        self.resync_seconds = loop.time() - started
 
     def _deliver(self, data: bytes) -> None:
         try:

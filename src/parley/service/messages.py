@@ -14,7 +14,7 @@ import msgspec
 from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
-from parley.codes import ErrorCode, aggregate_status
+from parley.codes import CloseCode, ErrorCode, aggregate_status
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
@@ -23,6 +23,7 @@ from parley.store.base import (
     AttachmentRecord,
     Conversation,
     Cursor,
+    DeactivatedError,
     ForbiddenError,
     MessageRecord,
     NewAttachment,
@@ -112,6 +113,8 @@ class Messages(Hub):
                 log.error("send_message failed: %r", exc)
                 code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
             self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
+            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
+                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
             return
         record, created = done.result()
         if created:

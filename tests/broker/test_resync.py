@@ -1,0 +1,113 @@
+"""The broker's catch-up: after each (re)connection ``resync`` is awaited before anything
+more is delivered, and the broker is not healthy until it has returned."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from parley.broker.memory import MemoryBroker
+from parley.broker.redis import RedisBroker
+
+from .conftest import Collector, RedisProcess
+from .test_contract import chat, seq_of, wait_until
+
+
+class GatedResync:
+    """A ``resync`` callback that records its calls and, when closed, waits for a gate."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.delivered_during: list[int] = []  # envelopes delivered while a call ran
+        self.fail_next = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        before = len(self.collector.envelopes)
+        self.entered.set()
+        await self.gate.wait()
+        self.delivered_during.append(len(self.collector.envelopes) - before)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("store unreachable")
+
+
+async def test_memory_broker_never_needs_a_resync() -> None:
+    got = Collector()
+    resync = GatedResync(got)
+    broker = MemoryBroker()
+    await broker.start(got, resync)
+    broker.publish(chat(1))
+    assert [seq_of(e) for e in got.envelopes] == [1]
+    assert resync.calls == 0
+    await broker.close()
+
+
+async def test_resync_runs_before_delivery_resumes(own_redis: RedisProcess) -> None:
+    own_redis.start()
+    got, peer_got = Collector(), Collector()
+    resync = GatedResync(got)
+    broker = RedisBroker(own_redis.url, backoff_max=0.3, ping_interval=1.0)
+    peer = RedisBroker(own_redis.url, backoff_max=0.3, ping_interval=1.0)
+    await broker.start(got, resync)
+    await peer.start(peer_got)
+    spy = Redis.from_url(own_redis.url)
+    try:
+        assert broker.healthy and resync.calls == 1  # the first connection too
+
+        await asyncio.to_thread(own_redis.kill)
+        await wait_until(lambda: not broker.healthy and not peer.healthy)
+        resync.gate.clear()
+        resync.entered.clear()
+        await asyncio.to_thread(own_redis.start)
+        async with asyncio.timeout(15):
+            await resync.entered.wait()  # subscribed again; now catching up
+            await peer.wait_healthy()
+        assert not broker.healthy
+
+        # An envelope published now reaches Redis's subscribers (the spy proves it has
+        # been sent to every subscription, this broker's included) but is not delivered
+        # until the resync returns.
+        pubsub = spy.pubsub()
+        await pubsub.subscribe(broker.channel)
+        peer.publish(chat(7, sender="bob"))
+        async with asyncio.timeout(10):
+            while await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) is None:
+                pass
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        assert got.envelopes == []
+        resync.gate.set()
+        assert [seq_of(e) for e in await got.wait_for(1)] == [7]
+        assert resync.delivered_during == [0, 0]
+        async with asyncio.timeout(5):
+            await broker.wait_healthy()
+        assert broker.resyncs == 2
+    finally:
+        await broker.close()
+        await peer.close()
+        await spy.aclose()
+
+
+async def test_a_failing_resync_is_tried_again(own_redis: RedisProcess) -> None:
+    own_redis.start()
+    got, peer_got = Collector(), Collector()
+    resync = GatedResync(got)
+    resync.fail_next = 2
+    broker = RedisBroker(own_redis.url, backoff_max=0.2, start_timeout=0.2)
+    peer = RedisBroker(own_redis.url)
+    await broker.start(got, resync)
+    await peer.start(peer_got)
+    try:
+        async with asyncio.timeout(15):
+            await broker.wait_healthy()
+        assert resync.calls == 3  # two failures, each followed by a new connection
+        peer.publish(chat(1, sender="bob"))
+        assert [seq_of(e) for e in await got.wait_for(1)] == [1]
+    finally:
+        await broker.close()
+        await peer.close()
