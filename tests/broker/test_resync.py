@@ -79,7 +79,7 @@ async def test_resync_runs_before_delivery_resumes(own_redis: RedisProcess) -> N
         async with asyncio.timeout(10):
             while await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) is None:
                 pass
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         assert got.envelopes == []
         resync.gate.set()
         assert [seq_of(e) for e in await got.wait_for(1)] == [7]
