@@ -4,11 +4,13 @@ more is delivered, and the broker is not healthy until it has returned."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from redis.asyncio import Redis
 
 from parley.broker.memory import MemoryBroker
 from parley.broker.redis import RedisBroker
+from tests.support.chaos_proxy import ChaosProxy
 
 from .conftest import Collector, RedisProcess
 from .test_contract import chat, seq_of, wait_until
@@ -83,10 +85,12 @@ async def test_resync_runs_before_delivery_resumes(own_redis: RedisProcess) -> N
         assert got.envelopes == []
         resync.gate.set()
         assert [seq_of(e) for e in await got.wait_for(1)] == [7]
-        assert resync.delivered_during == [0, 0]
+        # Once after its own reconnection, and once more if it was subscribed again
+        # when the peer said it had lost Redis too; nothing delivered meanwhile.
+        assert resync.delivered_during in ([0, 0], [0, 0, 0])
         async with asyncio.timeout(5):
             await broker.wait_healthy()
-        assert broker.resyncs == 2
+        assert broker.resyncs == resync.calls
     finally:
         await broker.close()
         await peer.close()
@@ -111,3 +115,52 @@ async def test_a_failing_resync_is_tried_again(own_redis: RedisProcess) -> None:
     finally:
         await broker.close()
         await peer.close()
+
+
+async def test_a_node_that_lost_redis_alone_makes_the_others_catch_up(
+    redis_server: RedisProcess,
+) -> None:
+    """A partition: node A loses Redis while B stays connected. What A published
+    meanwhile is lost, so when A is back it tells B, and B catches up before it
+    delivers anything A publishes after that."""
+    proxy = await ChaosProxy("127.0.0.1", redis_server.port).start()
+    port = proxy.port
+    prefix = f"partition-{secrets.token_hex(4)}"
+    got_a, got_b = Collector(), Collector()
+    resync_a, resync_b = GatedResync(got_a), GatedResync(got_b)
+    a = RedisBroker(f"redis://127.0.0.1:{port}/0", prefix=prefix, backoff_max=0.3)
+    b = RedisBroker(redis_server.url, prefix=prefix)
+    await a.start(got_a, resync_a)
+    await b.start(got_b, resync_b)
+    spy = Redis.from_url(redis_server.url)
+    pubsub = spy.pubsub()
+    await pubsub.subscribe(b.channel)
+    try:
+        assert a.healthy and b.healthy and (resync_a.calls, resync_b.calls) == (1, 1)
+
+        await proxy.close()  # A alone is cut off
+        await wait_until(lambda: not a.healthy)
+        a.publish(chat(1))  # lost: B never hears of it
+        resync_b.gate.clear()
+        resync_b.entered.clear()
+        proxy = await ChaosProxy("127.0.0.1", redis_server.port, port=port).start()
+        async with asyncio.timeout(15):
+            await a.wait_healthy()
+            await resync_b.entered.wait()
+        a.publish(chat(2))
+        async with asyncio.timeout(10):  # chat(2) has reached B's subscription
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None and b'"resync"' not in message["data"]:
+                    break
+        assert got_b.envelopes == []
+        resync_b.gate.set()
+        assert [seq_of(e) for e in await got_b.wait_for(1)] == [2]
+        assert resync_b.delivered_during == [0, 0]
+        assert b.healthy and b.resyncs == 2 and resync_a.calls == 2
+    finally:
+        await a.close()
+        await b.close()
+        await proxy.close()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await spy.aclose()

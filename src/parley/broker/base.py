@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-EnvelopeKind = Literal["conversation", "users"]
+EnvelopeKind = Literal["conversation", "users", "resync"]
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -39,6 +39,10 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
 
     ``kind="users"``: deliver ``frame`` to every connection of ``user_ids``; with
     ``close_code`` set, close those connections with that code instead.
+
+    ``kind="resync"`` travels between brokers only (never handed to a handler): its
+    sender may have lost envelopes (its connection dropped), so every other node
+    catches up (``resync``) before it delivers anything published after it.
     """
 
     kind: EnvelopeKind

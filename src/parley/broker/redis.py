@@ -25,6 +25,12 @@ the subscriber awaits the ``resync`` callback before it reads the channel any fu
 so envelopes published from then on wait in the connection and are delivered after it,
 in order. ``healthy`` turns True only once it has returned; if it raises, the
 subscriber reconnects and tries again.
+
+A node may lose Redis alone (a network partition) while the others stay connected:
+they never notice, yet the envelopes it published meanwhile are lost. So a publisher
+whose connection was lost, or that dropped an envelope, first publishes a ``resync``
+envelope when it is connected again, before anything else; every other node awaits its
+own ``resync`` callback on reading it, exactly as after a reconnection of its own.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import collections
 import contextlib
 import logging
 import random
+import secrets
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -148,6 +155,8 @@ class RedisBroker:
         self._closing = False
         self._subscribed_once = False  # this connection got its SUBSCRIBE confirmed
         self._publisher_stale = False  # set when the publisher must reconnect
+        self._announce = False  # publish a "resync" envelope first when connected again
+        self._node = secrets.token_hex(6)  # the "origin" of this broker's "resync" envelopes
 
     # -- Broker ----------------------------------------------------------------
     async def start(self, handler: Handler, resync: Resync | None = None) -> None:
@@ -189,6 +198,7 @@ class RedisBroker:
     def publish(self, envelope: Envelope) -> None:
         if not self._publisher_up or len(self._buffer) >= self._buffer_max:
             self.dropped += 1
+            self._announce = True
             return
         self._buffer.append(self._encoder.encode(envelope))
         self._flushed.clear()
@@ -248,6 +258,8 @@ class RedisBroker:
             except _CONNECTION_ERRORS as exc:
                 log.debug("Redis publisher: %r", exc)
             finally:
+                if self._publisher_up:
+                    self._announce = True  # what went out just before may be lost
                 self._set_up(publisher=False)
                 # Whatever was still queued is given up, never sent late.
                 self.dropped += len(self._buffer)
@@ -259,6 +271,10 @@ class RedisBroker:
 
     async def _drain(self, client: Redis) -> None:
         """Send buffered envelopes as pipelines until the connection fails."""
+        if self._announce:
+            resync = Envelope(kind="resync", origin=self._node)
+            await client.publish(self.channel, self._encoder.encode(resync))
+            self._announce = False
         while True:
             if self._publisher_stale:
                 raise ConnectionError("the subscriber lost Redis; reconnecting too")
@@ -325,7 +341,15 @@ class RedisBroker:
             last_heard, ping_sent = now, False
             kind = message["type"]
             if kind == "message":
-                self._deliver(message["data"])
+                envelope = self._decode(message["data"])
+                if envelope is None:
+                    continue
+                if envelope.kind == "resync":  # another node may have lost envelopes
+                    if envelope.origin != self._node:
+                        await self._catch_up()
+                        last_heard = loop.time()
+                    continue
+                self._deliver(envelope)
             elif kind == "subscribe":
                 await self._catch_up()
                 last_heard, ping_sent = loop.time(), False
@@ -347,12 +371,14 @@ class RedisBroker:
         self.resyncs += 1
         self.resync_seconds = loop.time() - started
 
-    def _deliver(self, data: bytes) -> None:
+    def _decode(self, data: bytes) -> Envelope | None:
         try:
-            envelope = _envelope(self._decoder.decode(data))
+            return _envelope(self._decoder.decode(data))
         except (msgspec.DecodeError, TypeError):
             log.warning("dropped an undecodable envelope from %s", self.channel)
-            return
+            return None
+
+    def _deliver(self, envelope: Envelope) -> None:
         self.received += 1
         handler = self._handler
         if handler is None:
