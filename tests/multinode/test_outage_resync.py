@@ -8,6 +8,7 @@ broker missed all of it, re-reads its users from the store before it delivers ag
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
@@ -69,20 +70,20 @@ async def test_changes_made_while_redis_was_down_reach_the_other_node(
 ) -> None:
     cluster = await asyncio.to_thread(cluster_factory, 2)
     a, b = cluster.nodes
-    owner, stays, removed, newbie, victim, sleeper = (
-        clients(name) for name in ("owner", "stays", "removed", "newbie", "victim", "sleeper")
-    )
+    names = ("owner", "stays", "removed", "newbie", "victim", "reader", "sleeper")
+    owner, stays, removed, newbie, victim, reader, sleeper = (clients(n) for n in names)
     team = await cluster.create_conversation(
-        owner.user, [owner.user, stays.user, removed.user, victim.user, sleeper.user]
+        owner.user,
+        [owner.user, stays.user, removed.user, victim.user, reader.user, sleeper.user],
     )
     # Where the removed member's sentinel arrives: a conversation it stays in.
     aside = await cluster.create_conversation(owner.user, [owner.user, removed.user])
     await owner.connect(a)
-    for client in (stays, removed, newbie, victim, sleeper):
+    for client in (stays, removed, newbie, victim, reader, sleeper):
         await client.connect(b)
     first = await owner.send(team, "warm-up", "warm-up")
     await asyncio.wait_for(first, 30)
-    await asyncio.gather(*(c.wait_seq(team, 1) for c in (stays, removed, victim, sleeper)))
+    await asyncio.gather(*(c.wait_seq(team, 1) for c in (stays, removed, victim, reader, sleeper)))
 
     # Redis goes away; both nodes notice.
     await asyncio.to_thread(cluster.redis.kill)
@@ -94,7 +95,7 @@ async def test_changes_made_while_redis_was_down_reach_the_other_node(
     members = f"/api/conversations/{team}/members"
     assert await rest(a, "DELETE", f"{members}/{removed.user}", owner_token, None) == 200
     assert await rest(a, "POST", members, owner_token, {"member_ids": [newbie.user]}) == 200
-    for user in (victim.user, sleeper.user):
+    for user in (victim.user, reader.user, sleeper.user):
         assert await rest(a, "POST", f"/api/admin/users/{user}/deactivate", admin, None) == 200
 
     # Node B heard none of it, but the store knows: the victim's send is refused and
@@ -103,6 +104,10 @@ async def test_changes_made_while_redis_was_down_reach_the_other_node(
     with pytest.raises(AssertionError, match="'code': 'FORBIDDEN'"):
         await asyncio.wait_for(sent, 30)
     assert await close_code(victim) == 4004
+    # Reading is refused the same way.
+    assert reader.ws is not None
+    await reader.ws.send(json.dumps({"action": "sync", "cursors": {team: 0}}))
+    assert await close_code(reader) == 4004
 
     # Redis comes back; node B catches up before it delivers again.
     restarted = time.monotonic()
@@ -114,7 +119,7 @@ async def test_changes_made_while_redis_was_down_reach_the_other_node(
     # The user deactivated elsewhere is closed with 4004 by the catch-up itself, and
     # cannot come back.
     assert await close_code(sleeper) == 4004
-    for user in (victim.user, sleeper.user):
+    for user in (victim.user, reader.user, sleeper.user):
         async with websockets.connect(b.ws_url(b.token(user))) as ws:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:

@@ -20,6 +20,7 @@ from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
 from parley.service.limits import Limits
 from parley.store.base import (
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     Cursor,
@@ -286,6 +287,12 @@ class Messages(Hub):
     async def _sync_locked(self, peer: Peer, cmd: p.Sync) -> None:
         user = peer.user_id
         try:
+            if not await self._store.is_user_active(user):  # deactivated on another node
+                self.send_error(
+                    peer, ErrorCode.FORBIDDEN, USER_DEACTIVATED, request_id=cmd.request_id
+                )
+                self.close_user(user, CloseCode.ACCESS_DENIED, USER_DEACTIVATED)
+                return
             convs = await self._store.user_conversations(user)
             foreign = rules.foreign_conversations(cmd.cursors, convs)
             if foreign:
