@@ -4,9 +4,12 @@ more is delivered, and the broker is not healthy until it has returned."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import time
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from parley.broker.memory import MemoryBroker
 from parley.broker.redis import RedisBroker
@@ -14,6 +17,25 @@ from tests.support.chaos_proxy import ChaosProxy
 
 from .conftest import Collector, RedisProcess
 from .test_contract import chat, seq_of, wait_until
+
+
+async def publish_until_on_the_bus(broker: RedisBroker, pubsub: PubSub, first: int) -> list[int]:
+    """Publish ``chat(n)`` from ``broker`` until ``pubsub`` (a plain subscription to its
+    channel) receives one; the numbers that reached the bus, in order."""
+    seen: list[int] = []
+    for n in range(first, first + 20):
+        broker.publish(chat(n, sender="bob"))
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # a plain deadline: no cancellation involved
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            wire = json.loads(message["data"])
+            if wire["kind"] == "conversation":
+                seen.append(int(wire["frame"]["message"]["seq"]))
+                if seen[-1] == n:
+                    return seen
+    raise AssertionError(f"nothing published reached Redis (dropped: {broker.dropped})")
 
 
 class GatedResync:
@@ -74,17 +96,15 @@ async def test_resync_runs_before_delivery_resumes(own_redis: RedisProcess) -> N
 
         # An envelope published now reaches Redis's subscribers (the spy proves it has
         # been sent to every subscription, this broker's included) but is not delivered
-        # until the resync returns.
+        # until the resync returns. (A publish the peer drops, its connection being
+        # renewed right then, is published again under a new number.)
         pubsub = spy.pubsub()
         await pubsub.subscribe(broker.channel)
-        peer.publish(chat(7, sender="bob"))
-        async with asyncio.timeout(10):
-            while await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) is None:
-                pass
+        seen = await publish_until_on_the_bus(peer, pubsub, first=7)
         await pubsub.aclose()
         assert got.envelopes == []
         resync.gate.set()
-        assert [seq_of(e) for e in await got.wait_for(1)] == [7]
+        assert [seq_of(e) for e in await got.wait_for(len(seen))] == seen
         # Once after its own reconnection, and once more if it was subscribed again
         # when the peer said it had lost Redis too; nothing delivered meanwhile.
         assert resync.delivered_during in ([0, 0], [0, 0, 0])
@@ -147,15 +167,10 @@ async def test_a_node_that_lost_redis_alone_makes_the_others_catch_up(
         async with asyncio.timeout(15):
             await a.wait_healthy()
             await resync_b.entered.wait()
-        a.publish(chat(2))
-        async with asyncio.timeout(10):  # chat(2) has reached B's subscription
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                if message is not None and b'"resync"' not in message["data"]:
-                    break
+        seen = await publish_until_on_the_bus(a, pubsub, first=2)
         assert got_b.envelopes == []
         resync_b.gate.set()
-        assert [seq_of(e) for e in await got_b.wait_for(1)] == [2]
+        assert [seq_of(e) for e in await got_b.wait_for(len(seen))] == seen
         assert resync_b.delivered_during == [0, 0]
         assert b.healthy and b.resyncs == 2 and resync_a.calls == 2
     finally:
