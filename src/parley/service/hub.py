@@ -28,6 +28,7 @@ from parley.codes import ErrorCode
 from parley.presence.base import Change, Presence
 from parley.presence.memory import MemoryPresence
 from parley.service.limits import Limits
+from parley.service.resync import Resync
 from parley.store.base import NOT_MEMBER, Store
 
 log = logging.getLogger("parley.service")
@@ -110,10 +111,12 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[asyncio.Future[Any]] = set()  # appends awaiting their commit
         self.node_id = secrets.token_hex(6)
+        # What the broker awaits after an outage, before delivering again.
+        self.resync = Resync(self, store)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self._broker.start(self.deliver)
+        await self._broker.start(self.deliver, self.resync.run)
         await self.presence.start(self._presence_changed)
 
     async def drain(self) -> None:
@@ -410,9 +413,11 @@ class Hub:
             if user not in new:
                 local.discard(user)
                 self.user_convs.get(user, set()).discard(cid)
+                self.resync.touch(user)
         for user in new:
             if user in self.peers:
                 local.add(user)
                 self.user_convs[user].add(cid)
+                self.resync.touch(user)
         if not local:
             del self.conv_users[cid]

@@ -14,16 +14,18 @@ import msgspec
 from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
-from parley.codes import ErrorCode, aggregate_status
+from parley.codes import CloseCode, ErrorCode, aggregate_status
 from parley.presence.base import Presence
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
 from parley.service.limits import Limits
 from parley.store.base import (
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     Cursor,
+    DeactivatedError,
     ForbiddenError,
     LogEntry,
     MessageRecord,
@@ -182,6 +184,8 @@ class Messages(Hub):
                 log.error("send_message failed: %r", exc)
                 code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
             self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
+            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
+                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
             return
         record, created = done.result()
         if created:
@@ -403,6 +407,12 @@ class Messages(Hub):
     async def _sync_locked(self, peer: Peer, cmd: p.Sync) -> None:
         user = peer.user_id
         try:
+            if not await self._store.is_user_active(user):  # deactivated on another node
+                self.send_error(
+                    peer, ErrorCode.FORBIDDEN, USER_DEACTIVATED, request_id=cmd.request_id
+                )
+                self.close_user(user, CloseCode.ACCESS_DENIED, USER_DEACTIVATED)
+                return
             convs = await self._store.user_conversations(user)
             foreign = rules.foreign_conversations(cmd.cursors, convs)
             if foreign:

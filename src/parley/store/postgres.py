@@ -52,12 +52,14 @@ from parley.store.base import (
     MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     ConversationKind,
     ConversationState,
     ConversationSummary,
     Cursor,
+    DeactivatedError,
     EntryKind,
     ForbiddenError,
     LimitError,
@@ -67,6 +69,7 @@ from parley.store.base import (
     NotFoundError,
     ReceiptKind,
     StoreError,
+    UserState,
     attachment_not_found,
     attachment_unusable,
     edited,
@@ -467,6 +470,25 @@ class PostgresStore:
             active = await conn.fetchval("SELECT active FROM users WHERE id = $1", user_id)
         return active is None or bool(active)
 
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        ids = list(dict.fromkeys(user_ids))
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT q.id, coalesce(u.active, true) AS active, m.conversation_id
+                   FROM unnest($1::text[]) AS q(id)
+                   LEFT JOIN users u ON u.id = q.id
+                   LEFT JOIN members m ON m.user_id = q.id
+                   ORDER BY m.conversation_id""",
+                ids,
+            )
+        convs: dict[str, list[str]] = {user: [] for user in ids}
+        active: dict[str, bool] = {}
+        for r in rows:
+            active[r["id"]] = bool(r["active"])
+            if r["conversation_id"] is not None:
+                convs[r["id"]].append(str(r["conversation_id"]))
+        return {user: UserState(active.get(user, True), convs[user]) for user in ids}
+
     # -- conversations -------------------------------------------------------
     async def create_conversation(
         self,
@@ -790,13 +812,17 @@ class PostgresStore:
                     sorted({c for c in conv_ids.values() if c is not None}),
                 )
             }
+            # Membership and the active flag in one query: a user deactivated on another
+            # node (whose broker could not tell this one) is refused here all the same.
             rows = await conn.fetch(
-                """SELECT conversation_id, user_id FROM members
-                   WHERE conversation_id = ANY($1::bigint[]) AND user_id = ANY($2::text[])""",
+                """SELECT m.conversation_id, m.user_id, coalesce(u.active, true) AS active
+                   FROM members m LEFT JOIN users u ON u.id = m.user_id
+                   WHERE m.conversation_id = ANY($1::bigint[]) AND m.user_id = ANY($2::text[])""",
                 list(known),
                 list({msgs[i].sender_id for i in todo}),
             )
             membership = {(int(r["conversation_id"]), r["user_id"]) for r in rows}
+            inactive = {r["user_id"] for r in rows if not r["active"]}
             reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
             reply_conv: dict[int, int] = {}
             if reply_ids:
@@ -826,7 +852,7 @@ class PostgresStore:
                         linked.add(r["id"])
             for i in todo:
                 results[i] = self._refusal(
-                    msgs[i], conv_ids[i], known, membership, reply_conv, uploads, linked
+                    msgs[i], conv_ids[i], known, membership, inactive, reply_conv, uploads, linked
                 )
             valid = [i for i in todo if results[i] is None]
             if valid:
@@ -918,6 +944,7 @@ class PostgresStore:
         cid: int | None,
         known: set[int],
         membership: set[tuple[int, str]],
+        inactive: set[str],
         reply_conv: dict[int, int],
         uploads: dict[str, AttachmentRecord],
         linked: set[str],
@@ -928,6 +955,8 @@ class PostgresStore:
             return NotFoundError(CONVERSATION_NOT_FOUND)
         if (cid, m.sender_id) not in membership:
             return ForbiddenError(NOT_MEMBER)
+        if m.sender_id in inactive:
+            return DeactivatedError(USER_DEACTIVATED)
         if m.reply_to is not None:
             rid = row_id(m.reply_to)
             if rid is None or reply_conv.get(rid) != cid:

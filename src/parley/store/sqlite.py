@@ -43,12 +43,14 @@ from parley.store.base import (
     MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     ConversationKind,
     ConversationState,
     ConversationSummary,
     Cursor,
+    DeactivatedError,
     EntryKind,
     ForbiddenError,
     LimitError,
@@ -58,6 +60,7 @@ from parley.store.base import (
     NotFoundError,
     ReceiptKind,
     StoreError,
+    UserState,
     attachment_not_found,
     attachment_unusable,
     edited,
@@ -510,6 +513,24 @@ class SQLiteStore:
         )
         return row is None or bool(row[0])
 
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        ids = list(dict.fromkeys(user_ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT q.value, coalesce(u.active, 1), m.conversation_id"
+                " FROM json_each(?) q LEFT JOIN users u ON u.id = q.value"
+                " LEFT JOIN members m ON m.user_id = q.value ORDER BY m.conversation_id",
+                (json.dumps(ids),),
+            ).fetchall()
+        )
+        convs: dict[str, list[str]] = {user: [] for user in ids}
+        active: dict[str, bool] = {}
+        for user, flag, cid in rows:
+            active[user] = bool(flag)
+            if cid is not None:
+                convs[user].append(str(cid))
+        return {user: UserState(active.get(user, True), convs[user]) for user in ids}
+
     # ------------------------------------------------------------------ conversations
     async def create_conversation(
         self,
@@ -777,6 +798,11 @@ class SQLiteStore:
             if existing is not None:
                 return existing, False
             raise ForbiddenError(NOT_MEMBER)
+        if _deactivated(conn, m.sender_id):
+            existing = _find_by_local_id(conn, m.sender_id, m.local_id)
+            if existing is not None:
+                return existing, False
+            raise DeactivatedError(USER_DEACTIVATED)
         reply_to: int | None = None
         if m.reply_to is not None:
             reply_to = row_id(m.reply_to)
@@ -1282,6 +1308,12 @@ def _op_set_user_active(
         " ON CONFLICT (id) DO UPDATE SET active = excluded.active",
         (user_id, 1 if active else 0),
     )
+
+
+def _deactivated(conn: sqlite3.Connection, user_id: str) -> bool:
+    """Whether ``user_id`` is deactivated (one primary-key lookup, in the writer)."""
+    row = conn.execute("SELECT active FROM users WHERE id = ?", (user_id,)).fetchone()
+    return row is not None and not row[0]
 
 
 def _op_put_attachment(
