@@ -20,3 +20,6 @@ class Limits:
     sync_page: int = 100  # messages per conversation per sync reply
     history_page: int = 200  # largest ``limit`` of a history page
     attachment_url_ttl: int = 86_400  # seconds a signed attachment link stays valid
+    search_page: int = 100  # largest ``limit`` of a search page
+    max_search_length: int = 500  # characters of a search query ``q``
+    max_search_offset: int = 10_000  # deepest ``offset`` of a search page

@@ -56,6 +56,8 @@ from parley.store.base import (
     NewMessage,
     NotFoundError,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
     attachment_not_found,
     attachment_unusable,
@@ -70,6 +72,44 @@ AppendResult = tuple[MessageRecord, bool]
 
 # pg_advisory_xact_lock key guarding migrations: "parley" in ASCII.
 MIGRATION_LOCK_KEY = 0x7061726C6579
+
+# Search (docs/protocol.md, "Search") splits text into words as the SQLite store's
+# FTS5 ``unicode61 remove_diacritics 2`` tokenizer does, so both give the same answers:
+# Latin letters with diacritics fold to FTS5's letter (the table below, checked against
+# FTS5 by tests/store/test_search_parity.py), loose combining diacritics go, and every
+# run of characters other than letters and digits separates words. ``simple`` then
+# only lowercases: no stemming, no stop words, for any language.
+_FOLD_FROM = (
+    "ÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöùúûüýÿĀāĂăĄąĆ"
+    "ćĈĉĊċČčĎďĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭĮįİĴĵĶķĹĺĻļĽľŃńŅņŇňŌōŎŏŐő"
+    "ŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽžſƠơƯưǍǎǏǐǑǒǓǔǕǖǗǘǙǚ"
+    "ǛǜǞǟǦǧǨǩǪǫǬǭǰǴǵǸǹǺǻȀȁȂȃȄȅȆȇȈȉȊȋȌȍȎȏȐȑȒȓȔȕȖȗȘșȚțȞȟȦȧȨȩȪȫȬȭȮȯȰ"
+    "ȱȲȳḀḁḂḃḄḅḆḇḈḉḊḋḌḍḎḏḐḑḒḓḔḕḖḗḘḙḚḛḜḝḞḟḠḡḢḣḤḥḦḧḨḩḪḫḬḭḮḯḰḱḲḳḴḵḶḷḸ"
+    "ḹḺḻḼḽḾḿṀṁṂṃṄṅṆṇṈṉṊṋṌṍṎṏṐṑṒṓṔṕṖṗṘṙṚṛṜṝṞṟṠṡṢṣṤṥṦṧṨṩṪṫṬṭṮṯṰṱṲṳṴ"
+    "ṵṶṷṸṹṺṻṼṽṾṿẀẁẂẃẄẅẆẇẈẉẊẋẌẍẎẏẐẑẒẓẔẕẖẗẘẙẛẠạẢảẤấẦầẨẩẪẫẬậẮắẰằẲẳẴẵ"
+    "ẶặẸẹẺẻẼẽẾếỀềỂểỄễỆệỈỉỊịỌọỎỏỐốỒồỔổỖỗỘộỚớỜờỞởỠỡỢợỤụỦủỨứỪừỬửỮữỰự"
+    "ỲỳỴỵỶỷỸỹ"
+)
+_FOLD_TO = (
+    "aaaaaaceeeeiiiinooooouuuuyaaaaaaceeeeiiiinooooouuuuyyaaaaaac"
+    "cccccccddeeeeeeeeeegggggggghhiiiiiiiiijjkkllllllnnnnnnoooooo"
+    "rrrrrrssssssssttttuuuuuuuuuuuuwwyyyzzzzzzsoouuaaiioouuuuuuuu"
+    "uuaaggkkoooojggnnaaaaaaeeeeiiiioooorrrruuuusstthhaaeeooooooo"
+    "oyyaabbbbbbccddddddddddeeeeeeeeeeffgghhhhhhhhhhiiiikkkkkklll"
+    "lllllmmmmmmnnnnnnnnoooooooopppprrrrrrrrssssssssssttttttttuuu"
+    "uuuuuuuvvvvwwwwwwwwwwxxxxyyzzzzzzhtwysaaaaaaaaaaaaaaaaaaaaaa"
+    "aaeeeeeeeeeeeeeeeeiiiioooooooooooooooooooooooouuuuuuuuuuuuuu"
+    "yyyyyyyy"
+)
+
+_SEARCH_TEXT = f"""
+CREATE FUNCTION parley_search_text(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $fn$ SELECT regexp_replace(
+        regexp_replace(translate(t, '{_FOLD_FROM}', '{_FOLD_TO}'),
+                       '[' || chr(768) || '-' || chr(879) || ']+', '', 'g'),
+        '[^[:alnum:]]+', ' ', 'g') $fn$
+"""
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -156,6 +196,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE m.conversation_id = f.conversation_id AND m.user_id = f.user_id;
         """,
     ),
+    (
+        5,
+        # Full-text search over the current content: a generated tsvector column follows
+        # every insert and every UPDATE of content (an edit re-indexes, a blanked
+        # deletion leaves nothing to find); adding it indexes the existing messages.
+        _SEARCH_TEXT
+        + """;
+        ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS
+            (to_tsvector('simple'::regconfig, parley_search_text(content))) STORED;
+        CREATE INDEX messages_search ON messages USING gin (search);
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
@@ -165,6 +217,20 @@ _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, crea
 # its (sender_id, local_id) pairs first, or PostgreSQL chose it as a deadlock victim.
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _BATCH_ATTEMPTS = 5
+
+
+def tsquery_sql(query: SearchQuery, args: list[object]) -> str:
+    """``query`` as a tsquery expression whose words are bind parameters (appended to
+    ``args``): each term a ``phraseto_tsquery`` of its words, included ones ANDed,
+    exclusions negated. No word is ever read as tsquery syntax."""
+
+    def phrase(term: SearchTerm) -> str:
+        args.append(" ".join(term.words))
+        return f"phraseto_tsquery('simple'::regconfig, parley_search_text(${len(args)}::text))"
+
+    parts = [f"({phrase(t)})" for t in query.include]
+    parts += [f"(!!({phrase(t)}))" for t in query.exclude]
+    return " && ".join(parts)
 
 
 class _Connection(Protocol):
@@ -337,6 +403,15 @@ class PostgresStore:
                 log.info("applying schema migration %d", version)
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            ctype = await conn.fetchval(
+                "SELECT datctype FROM pg_database WHERE datname = current_database()"
+            )
+            if ctype in ("C", "POSIX"):
+                log.warning(
+                    "database LC_CTYPE is %s: search finds ASCII words only (use a UTF-8"
+                    " locale such as C.UTF-8)",
+                    ctype,
+                )
 
     # -- users ---------------------------------------------------------------
     async def set_user_active(self, user_id: str, active: bool) -> None:
@@ -906,6 +981,39 @@ class PostgresStore:
             if not forward:
                 rows.reverse()
             return await _messages(conn, rows), has_more
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        args: list[object] = [user_id]
+        cid: int | None = None
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+        tsquery = tsquery_sql(query, args)
+        args += [cid, limit + 1, offset]
+        n = len(args)
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        sql = f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
+                  FROM messages m
+                  JOIN members mb ON mb.conversation_id = m.conversation_id
+                                 AND mb.user_id = $1
+                  WHERE m.search @@ ({tsquery})
+                    AND (${n - 2}::bigint IS NULL OR m.conversation_id = ${n - 2})
+                  ORDER BY ts_rank(m.search, ({tsquery}), 1) DESC, m.id DESC
+                  LIMIT ${n - 1} OFFSET ${n}"""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+            return await _messages(conn, rows[:limit]), len(rows) > limit
 
     # -- receipts ------------------------------------------------------------
     async def advance_cursor(
