@@ -160,8 +160,10 @@ class Messages(Hub):
             rules.check_user_id(as_user, "sender_id")
             await self.authorize(as_user)
             sender = as_user
+        pending = self.submit_message(sender, cmd)
         try:
-            record, created = await self.submit_message(sender, cmd)
+            # Shielded: a caller that goes away must not cancel the commit's fan-out.
+            record, created = await asyncio.shield(pending)
         except Exception as exc:
             raise self.send_failure(exc) from None
         if created:
