@@ -261,6 +261,8 @@ class Rest:
             fields = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
             raise _error(400, ErrorCode.INVALID_MESSAGE, f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise _error(400, ErrorCode.INVALID_MESSAGE, "JSON nested too deeply") from None
         if not isinstance(fields, dict):
             raise _error(400, ErrorCode.INVALID_MESSAGE, "body must be a JSON object")
         as_user = fields.pop("sender_id", None)
