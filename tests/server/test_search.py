@@ -219,3 +219,13 @@ async def test_deactivated_user_cannot_search(srv: ParleyServer, uid: Any) -> No
     assert status == 200
     status, err = await search(srv, b, q="findable")
     assert status == 403 and err["error"]["code"] == "FORBIDDEN"
+
+
+def test_openapi_documents_search_and_rest_send() -> None:
+    from parley.server.openapi import document
+
+    paths = document()["paths"]
+    send = paths["/api/conversations/{id}/messages"]["post"]
+    assert {"200", "201", "400", "403", "404", "413", "429"} <= set(send["responses"])
+    params = {p["name"] for p in paths["/api/search"]["get"]["parameters"]}
+    assert params == {"q", "conversation_id", "limit", "offset"}
