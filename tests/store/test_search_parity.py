@@ -75,7 +75,7 @@ def test_the_postgresql_tables_are_fts5s() -> None:
         cp for cp in range(0x80, 0x10000) if unicodedata.category(chr(cp)) not in ("Cn", "Co", "Cs")
     ]
     tokens = fts5_tokens({cp: f"q{chr(cp)}q" for cp in assigned})
-    wrong = []
+    wrong: list[tuple[object, ...]] = []
     for cp in assigned:
         ch, got = chr(cp), tokens[cp]
         word_like = ch.isalnum() or unicodedata.category(ch)[0] == "M"
