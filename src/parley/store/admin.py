@@ -92,7 +92,7 @@ def known_version(url: str) -> int:
     if is_sqlite(url):
         from parley.store import sqlite
 
-        return len(sqlite.MIGRATIONS)
+        return max(v for v, _ in sqlite.MIGRATIONS)
     from parley.store import postgres
 
     return max(v for v, _ in postgres.MIGRATIONS)

@@ -234,6 +234,11 @@ export class ParleyClient {
     return list;
   }
 
+  /** Search the user's conversations: { messages, has_more, next_offset } (see RestClient.search). */
+  search(q, options = {}) {
+    return this._rest().search(q, options);
+  }
+
   async createConversation(memberIds, title = undefined) {
     const conversation = await this._rest().createConversation(memberIds, title);
     this._dispatch(chatActions.conversationUpserted(conversation));

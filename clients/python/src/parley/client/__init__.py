@@ -12,7 +12,8 @@ Modules: ``client`` (``ChatClient``: connecting, catching up, receiving), ``stat
 seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``queue``
 (the SQLite offline queue), ``connection`` (one connection's bookkeeping and the
 close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``pacing``
-(the send pacer), ``errors``. Names, codes and limits come from ``parley.codes``, shipped
+(the send pacer), ``rest`` (``RestClient``: send and search over REST, for a backend),
+``errors``. Names, codes and limits come from ``parley.codes``, shipped
 with this package (``parley-client``, whose only dependency is websockets).
 See ``docs/python-client.md``.
 """
@@ -22,6 +23,7 @@ from parley.client.client import ChatClient, new_local_id
 from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
 from parley.client.events import EVENTS
 from parley.client.queue import OfflineQueue
+from parley.client.rest import RestClient, RestError
 from parley.client.state import (
     Action,
     ChatState,
@@ -51,6 +53,8 @@ __all__ = [
     "MessageStatus",
     "OfflineQueue",
     "QueuedMessage",
+    "RestClient",
+    "RestError",
     "initial_state",
     "new_local_id",
     "reduce",
