@@ -775,9 +775,7 @@ class ChatClient:
         if self._pending_delivered or self._pending_read:
             self._kick_receipts(session)
 
-    async def _on_change_event(
-        self, session: Session, kind: str, data: Mapping[str, Any]
-    ) -> None:
+    async def _on_change_event(self, session: Session, kind: str, data: Mapping[str, Any]) -> None:
         rid = data.get("request_id")
         rid = str(rid) if rid is not None else None
         if rid is not None and self._outbox.is_queued(rid):

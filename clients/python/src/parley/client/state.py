@@ -1087,9 +1087,7 @@ def _on_reaction_removed(
     return _on_change(state, REACTION_REMOVED, data)
 
 
-def _on_change_queued(
-    state: ChatState, change: QueuedChange
-) -> tuple[ChatState, tuple[str, ...]]:
+def _on_change_queued(state: ChatState, change: QueuedChange) -> tuple[ChatState, tuple[str, ...]]:
     return _add_pending(state, [change]), ()
 
 
