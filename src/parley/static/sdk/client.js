@@ -509,6 +509,11 @@ export class ParleyClient {
     }
   }
 
+  _changeInFlight() {
+    const queued = new Map(this.queue.entries().map((e) => [e.local_id ?? e.request_id, e]));
+    return [...this._inFlight].some((k) => queued.get(k)?.local_id == null);
+  }
+
   /** The server id a queued change names: null while its own message is not acked; failed if that send failed. */
   _changeTarget(change) {
     const m = this.state.messages.byId[change.message_id];
@@ -530,6 +535,8 @@ export class ParleyClient {
       if (this._inFlight.has(localId) || this._retryTimers.has(localId)) continue;
       let action = entry;
       if (entry.local_id == null) {
+        // One change in flight, overtaken by nothing: the server may reorder concurrent changes.
+        if (this._changeInFlight()) break;
         const target = this._changeTarget(entry);
         if (target.failed) {
           this._fail(localId, { code: ErrorCode.NOT_FOUND, message: 'the message it changes was not sent' });

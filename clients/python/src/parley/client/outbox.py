@@ -15,6 +15,11 @@
   for the rest of the connection (with several in flight, a refused message could be
   overtaken by a later one the server accepted a moment later). Errors no retry
   can cure fail at once. A lost connection is never a try.
+* Changes to messages (edits, deletions, reactions) share the queue and its order. One
+  is in flight at a time, and nothing after it in the queue overtakes it: the server
+  may commit concurrent changes of one connection in any order, and a change must never
+  land after a later one (a reaction after its message's deletion). A change to an own
+  message not acked yet waits for that ack (it then names the server id).
 * No answer within ``ack_timeout`` means the link is dead: the connection is aborted.
 
 The state's ``messageQueue`` is the in-memory mirror of the file; the client's reducer
@@ -178,6 +183,7 @@ class Outbox:
         paused_until = 0.0  # RATE_LIMITED: nothing is sent before this loop time
         pacer = Pacer(self._rate, self._burst, loop.time())  # the server's bucket is per connection
         window = self._window  # 1 once the server refused a send: order before speed
+        changes: set[str] = set()  # keys of the changes sent on this connection
         try:
             while True:
                 self._wakeup.clear()
@@ -194,6 +200,8 @@ class Outbox:
                             continue  # acked or failed meanwhile
                         frame: Mapping[str, Any] = entry
                         if st.is_change(entry):
+                            if any(k in changes for k in waiting):
+                                break  # one change in flight: the server may reorder them
                             target, failed = self._target(entry)
                             if failed:
                                 await self._fail(lid, _UNSENT)
@@ -206,6 +214,8 @@ class Outbox:
                             next_token = now + delay
                             break
                         pacer.take(now)
+                        if st.is_change(entry):
+                            changes.add(lid)
                         waiting[lid] = await self._send(session, lid, frame, first=lid not in tries)
                         if len(waiting) > self._stats["max_in_flight"]:
                             self._stats["max_in_flight"] = len(waiting)
