@@ -19,7 +19,13 @@ See ``docs/python-client.md``.
 
 from parley.client.backoff import Backoff
 from parley.client.client import ChatClient, new_local_id
-from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.errors import (
+    AccessDenied,
+    AuthenticationError,
+    ChangeFailed,
+    ClientClosed,
+    ClientError,
+)
 from parley.client.events import EVENTS
 from parley.client.queue import OfflineQueue
 from parley.client.state import (
@@ -27,7 +33,9 @@ from parley.client.state import (
     ChatState,
     ConversationRecord,
     MessageRecord,
+    QueuedChange,
     QueuedMessage,
+    QueueEntry,
     initial_state,
     reduce,
 )
@@ -39,6 +47,7 @@ __all__ = [
     "Action",
     "AuthenticationError",
     "Backoff",
+    "ChangeFailed",
     "ChatClient",
     "ChatState",
     "ClientClosed",
@@ -50,6 +59,8 @@ __all__ = [
     "MessageRecord",
     "MessageStatus",
     "OfflineQueue",
+    "QueueEntry",
+    "QueuedChange",
     "QueuedMessage",
     "initial_state",
     "new_local_id",
