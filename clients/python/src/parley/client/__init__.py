@@ -10,7 +10,8 @@
 
 Modules: ``client`` (``ChatClient``: connecting, catching up, receiving), ``state`` (the
 seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``queue``
-(the SQLite offline queue), ``connection`` (one connection's bookkeeping and the
+(the SQLite offline queue), ``rest`` (``RestClient``: send and search from a backend),
+``connection`` (one connection's bookkeeping and the
 close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``pacing``
 (the send pacer), ``errors``. Names, codes and limits come from ``parley.codes``, shipped
 with this package (``parley-client``, whose only dependency is websockets).
@@ -28,6 +29,7 @@ from parley.client.errors import (
 )
 from parley.client.events import EVENTS
 from parley.client.queue import OfflineQueue
+from parley.client.rest import RestClient, RestError
 from parley.client.state import (
     Action,
     ChatState,
@@ -62,6 +64,8 @@ __all__ = [
     "QueueEntry",
     "QueuedChange",
     "QueuedMessage",
+    "RestClient",
+    "RestError",
     "initial_state",
     "new_local_id",
     "reduce",
