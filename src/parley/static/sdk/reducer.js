@@ -668,7 +668,10 @@ function applyChange(state, type, data, conv) {
         mention_count: Math.max(0, (conv.mention_count || 0) - mentioned),
       };
     }
-    return [tombstone(m), conv];
+    // An update replayed after the message's deletion shows it as it is now: deleted.
+    const dead = tombstone(m);
+    if (wire && wire.edited_at != null) dead.edited_at = wire.edited_at;
+    return [dead, conv];
   }
   const emoji = String(data.emoji);
   const user = String(data.user_id);

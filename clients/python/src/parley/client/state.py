@@ -992,7 +992,10 @@ def _apply_change(
             "mentions": tuple(str(u) for u in wire.get("mentions", rec["mentions"]) or ()),
         }
     elif kind in (MESSAGE_UPDATED, MESSAGE_DELETED):
+        # An update replayed after the message's deletion shows it as it is now: deleted.
         new = _tombstone(rec)
+        if kind == MESSAGE_UPDATED and wire.get("edited_at") is not None:
+            new = {**new, "edited_at": wire["edited_at"]}
         me = state["connection"]["userId"]
         seq, at = rec["seq"], int(data.get("seq") or 0)
         counted = (
