@@ -21,11 +21,12 @@ def test_change_actions_parse() -> None:
         p.parse_frame('{"action": "delete_message", "conversation_id": "7", "message_id": "9"}'),
         p.DeleteMessage,
     )
-    for action, cls in [("add_reaction", p.AddReaction), ("remove_reaction", p.RemoveReaction)]:
+    for action in ("add_reaction", "remove_reaction"):
         cmd = p.parse_frame(
             json.dumps({"action": action, "conversation_id": "7", "message_id": "9", "emoji": "👍"})
         )
-        assert isinstance(cmd, cls) and cmd.emoji == "👍"
+        assert isinstance(cmd, p.AddReaction | p.RemoveReaction) and cmd.emoji == "👍"
+        assert cmd.__struct_config__.tag == action
     send = p.parse_frame(
         '{"action": "send_message", "conversation_id": "7", "content": "hi", "local_id": "l",'
         ' "mentions": ["1", "2"]}'

@@ -322,7 +322,7 @@ class WireMessage(msgspec.Struct):
     local_id: str | msgspec.UnsetType = msgspec.UNSET
     edited_at: str | None = None
     deleted: bool = False
-    # {emoji: [user ids]}, emoji in the order first used, users in the order they reacted
+    # {emoji: [user ids]}, users in the order they reacted
     reactions: dict[str, list[str]] = {}
     mentions: list[str] = []
 

@@ -116,7 +116,7 @@ async def test_a_change_that_changes_nothing_goes_to_the_requester_alone(
     )
     await answer(bob, "reaction.added", "a1")
     await ann.expect("reaction.added")
-    for cmd, event in [
+    changes: list[tuple[p.MessageChange, str]] = [
         (
             p.EditMessage(conversation_id=conv, message_id=mid, content="hi", request_id="n1"),
             "message.updated",
@@ -129,7 +129,8 @@ async def test_a_change_that_changes_nothing_goes_to_the_requester_alone(
             p.RemoveReaction(conversation_id=conv, message_id=mid, emoji="🎉", request_id="n3"),
             "reaction.removed",
         ),
-    ]:
+    ]
+    for cmd, event in changes:
         who = ann if isinstance(cmd, p.EditMessage) else bob
         service.handle(who, cmd)
         got = await answer(who, event, cmd.request_id or "")

@@ -1106,3 +1106,23 @@ async def test_many_nodes_change_one_conversation(pg_url: str, uid: Uid) -> None
         await _mixed_at_once(nodes, nodes[2], uid)
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_a_change_the_database_cannot_take_fails_alone(store: Store, uid: Uid) -> None:
+    """Poison isolation for changes: an edit no store can keep (a lone surrogate, which
+    the service refuses up front) fails; the changes committed beside it do not."""
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    (m,) = await fill(store, conv, a, 1)
+    results = await asyncio.gather(
+        *(store.add_reaction(conv, m.id, b, f":e{i}:", T0, max_reactions=50) for i in range(3)),
+        store.edit_message(conv, m.id, a, "bad \ud800", T0),
+        *(store.add_reaction(conv, m.id, a, f":e{i}:", T0, max_reactions=50) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[3], Exception) and not isinstance(results[3], StoreError)
+    assert not any(isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+    entries, _ = await store.get_log(conv, after_seq=0, limit=100)
+    assert [e.seq for e in entries] == list(range(1, 8))
+    now = await store.get_message(m.id)
+    assert now is not None and now.content == "#0" and len(now.reactions) == 3

@@ -164,7 +164,7 @@ class MessageRecord(msgspec.Struct, frozen=True):
     mentions: list[str] = msgspec.field(default_factory=list)
     edited_at: float | None = None
     deleted_at: float | None = None
-    # {emoji: [user ids]}, emoji in the order first used, users in the order they reacted
+    # {emoji: [user ids]}, users in the order they reacted
     reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
     changed_seq: int = 0  # the seq of its last change (its creation's when never changed)
 
@@ -188,6 +188,30 @@ class LogEntry(msgspec.Struct, frozen=True):
     user_id: str  # the sender of a new message, or who made the change
     at: float  # unix seconds of the entry
     emoji: str | None = None  # reactions only
+
+
+# A message after a change, as a store returns it without reading it again (every
+# backend applies the same change to the record it read inside the transaction).
+def edited(m: MessageRecord, content: str, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(m, content=content, edited_at=at, changed_seq=seq)
+
+
+def tombstone(m: MessageRecord, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(
+        m, content="", deleted_at=at, attachments=[], reactions={}, mentions=[], changed_seq=seq
+    )
+
+
+def with_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: list(us) for e, us in m.reactions.items()}
+    reactions.setdefault(emoji, []).append(user_id)
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
+
+
+def without_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: [u for u in us if u != user_id or e != emoji] for e, us in m.reactions.items()}
+    reactions = {e: us for e, us in reactions.items() if us}
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
 
 
 class ConversationState(msgspec.Struct, frozen=True):

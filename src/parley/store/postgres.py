@@ -21,6 +21,9 @@ How the guarantees hold when several nodes write the same conversation:
   fails (poison isolation).
 * Membership changes take the same conversation row lock first, so an append and a
   removal of its sender are serialised.
+* Changes to messages (edits, deletions, reactions) are log entries: they take the
+  same conversation row locks as appends, bump ``last_seq`` and are committed in groups
+  by a writer of their own (see ``_change``), with the same poison isolation.
 * Migrations are numbered, recorded in ``schema_migrations`` and applied under a
   transaction-scoped advisory lock, so nodes starting together apply each one once.
 
@@ -32,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
@@ -65,9 +69,13 @@ from parley.store.base import (
     StoreError,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
     too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 log = logging.getLogger(__name__)
@@ -302,7 +310,7 @@ async def _attachments_of(
 async def _reactions_of(
     conn: _Connection, message_ids: list[int]
 ) -> dict[int, dict[str, list[str]]]:
-    """``{message_id: {emoji: [user ids]}}``: emoji in the order first used, users in the
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
     order they reacted (both by the seq of the reaction)."""
     out: dict[int, dict[str, list[str]]] = {}
     if not message_ids:
@@ -323,6 +331,25 @@ async def _messages(conn: _Connection, rows: list[Row]) -> list[MessageRecord]:
     atts = await _attachments_of(conn, [int(r["id"]) for r in rows])
     reactions = await _reactions_of(conn, [int(r["id"]) for r in rows if r["deleted_at"] is None])
     return [_message(r, atts.get(int(r["id"]), []), reactions.get(int(r["id"]))) for r in rows]
+
+
+Change = tuple[LogEntry, bool]
+# A change's function, given the connection of the batch transaction it runs in.
+_ChangeOp = Callable[..., Awaitable[Change]]
+
+
+class _PendingChange:
+    __slots__ = ("apply", "cid", "future")
+
+    def __init__(
+        self,
+        cid: int,
+        apply: Callable[[_Connection], Awaitable[Change]],
+        future: asyncio.Future[Change],
+    ) -> None:
+        self.cid = cid
+        self.apply = apply
+        self.future = future
 
 
 class _Pending:
@@ -354,6 +381,7 @@ class PostgresStore:
         self._batch_max = batch_max
         self._pool: Any = None  # asyncpg.Pool, set by start()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._changes: asyncio.Queue[_PendingChange] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -373,11 +401,13 @@ class PostgresStore:
             asyncio.create_task(self._writer(), name=f"parley-pg-writer-{i}")
             for i in range(self._writers)
         ]
+        self._tasks.append(asyncio.create_task(self._change_writer(), name="parley-pg-changes"))
 
     async def close(self) -> None:
         self._closing = True
         if self._tasks:
             await self._queue.join()
+            await self._changes.join()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -1149,35 +1179,107 @@ class PostgresStore:
         ]
         return entries, more
 
-    @contextlib.asynccontextmanager
+    # Changes are committed like messages, in groups: a writer task takes every queued
+    # change (up to ``batch_max``), locks their conversations (ascending id, as appends
+    # do, so the two never deadlock), runs each change's function and commits once. A
+    # refused change (``StoreError``, raised before it writes anything) fails alone; when
+    # the transaction itself fails, each change is committed again on its own, so only
+    # the one the database cannot take fails. Each ``_op_*`` function below is the whole
+    # of its change inside that transaction: a webhook outbox row written there commits
+    # (or not) with the change itself.
     async def _change(
-        self, conversation_id: str, message_id: str, user_id: str, *, member: bool = True
-    ) -> AsyncIterator[tuple[_Connection, MessageRecord]]:
-        """The transaction of one change: the conversation's row lock (the one appends
-        take), then the checks of transaction rule 5; yields the message as it is."""
+        self, conversation_id: str, message_id: str, op: _ChangeOp, *args: Any
+    ) -> Change:
         cid, mid = row_id(conversation_id), row_id(message_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
         if mid is None:
             raise NotFoundError(MESSAGE_NOT_FOUND)
-        async with self._acquire() as conn, conn.transaction():
-            await self._lock_conversation(conn, cid)
-            if member:
-                found = await conn.fetchval(
-                    "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
-                    cid,
-                    user_id,
-                )
-                if found is None:
-                    raise ForbiddenError(NOT_MEMBER)
-            row = await conn.fetchrow(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2",
-                mid,
-                cid,
-            )
-            if row is None:
-                raise NotFoundError(MESSAGE_NOT_FOUND)
-            yield conn, (await _messages(conn, [row]))[0]
+        if self._closing or not self._tasks:
+            raise RuntimeError("PostgresStore is not running")
+        future: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        self._changes.put_nowait(
+            _PendingChange(cid, functools.partial(op, cid, mid, *args), future)
+        )
+        return await asyncio.shield(future)
+
+    async def _change_writer(self) -> None:
+        while True:
+            batch = [await self._changes.get()]
+            while len(batch) < self._batch_max and not self._changes.empty():
+                batch.append(self._changes.get_nowait())
+            try:
+                try:
+                    await self._commit_changes(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        raise
+                    log.warning("change batch of %d failed (%r); one by one", len(batch), exc)
+                    for p in batch:
+                        if not p.future.done():
+                            try:
+                                await self._commit_changes([p])
+                            except Exception as one:
+                                p.future.set_exception(one)
+            except Exception as exc:  # the database failed
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                for _ in batch:
+                    self._changes.task_done()
+
+    async def _commit_changes(self, batch: list[_PendingChange]) -> None:
+        results: list[Change | StoreError] = []
+        for attempt in range(_BATCH_ATTEMPTS):
+            results = []
+            try:
+                async with self._acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "SELECT id FROM conversations WHERE id = ANY($1::bigint[])"
+                        " ORDER BY id FOR NO KEY UPDATE",
+                        sorted({p.cid for p in batch}),
+                    )
+                    for p in batch:
+                        try:
+                            results.append(await p.apply(conn))
+                        except StoreError as refused:
+                            results.append(refused)
+                break
+            except _RETRYABLE:
+                if attempt == _BATCH_ATTEMPTS - 1:
+                    raise
+        for p, result in zip(batch, results, strict=True):  # committed: answer each
+            if isinstance(result, StoreError):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    @staticmethod
+    async def _target(
+        conn: _Connection, cid: int, mid: int, user_id: str, *, member: bool = True
+    ) -> MessageRecord:
+        """The message a change applies to, under the conversation's lock, checked
+        (transaction rule 5)."""
+        found = await conn.fetchrow(
+            """SELECT EXISTS (SELECT 1 FROM members m
+                              WHERE m.conversation_id = c.id AND m.user_id = $2) AS member
+               FROM conversations c WHERE c.id = $1""",
+            cid,
+            user_id,
+        )
+        if found is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        if member and not found["member"]:
+            raise ForbiddenError(NOT_MEMBER)
+        row = await conn.fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2",
+            mid,
+            cid,
+        )
+        if row is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        return (await _messages(conn, [row]))[0]
 
     @staticmethod
     async def _log(
@@ -1188,91 +1290,80 @@ class PostgresStore:
         at: float,
         emoji: str | None = None,
     ) -> int:
-        """Append a change to the log under the row lock; its seq."""
-        cid, mid = int(msg.conversation_id), int(msg.id)
-        seq = int(
+        """Append a change to the log under the row lock (the conversation's next seq,
+        the entry, the message's last change), in one statement; its seq."""
+        return int(
             await conn.fetchval(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-                cid,
-            )
-        )
-        await conn.execute(
-            """INSERT INTO log_entries (conversation_id, seq, kind, message_id, user_id, emoji, at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            cid,
-            seq,
-            kind,
-            mid,
-            user_id,
-            emoji,
-            at,
-        )
-        await conn.execute("UPDATE messages SET changed_seq = $2 WHERE id = $1", mid, seq)
-        return seq
-
-    @staticmethod
-    async def _reread(conn: _Connection, mid: str) -> MessageRecord:
-        row = await conn.fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", int(mid)
-        )
-        assert row is not None
-        return (await _messages(conn, [row]))[0]
-
-    # Each change keeps its whole transaction in the one function below, so a webhook
-    # outbox row written beside the log entry commits (or not) with it.
-    async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
-    ) -> tuple[LogEntry, bool]:
-        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
-            if msg.deleted:
-                raise NotFoundError(MESSAGE_DELETED)
-            cid = msg.conversation_id
-            if msg.content == content:
-                return LogEntry(
-                    cid, msg.last_change_seq, "message.updated", msg, user_id, at
-                ), False
-            await conn.execute(
-                "UPDATE messages SET content = $2, edited_at = $3 WHERE id = $1",
+                """WITH s AS (UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                              RETURNING last_seq),
+                        e AS (INSERT INTO log_entries
+                                  (conversation_id, seq, kind, message_id, user_id, emoji, at)
+                              SELECT $1, s.last_seq, $3, $2, $4, $5, $6 FROM s),
+                        m AS (UPDATE messages SET changed_seq = s.last_seq FROM s
+                              WHERE messages.id = $2)
+                   SELECT last_seq FROM s""",
+                int(msg.conversation_id),
                 int(msg.id),
-                content,
+                kind,
+                user_id,
+                emoji,
                 at,
             )
-            seq = await self._log(conn, msg, "message.updated", user_id, at)
-            now = await self._reread(conn, msg.id)
-        return LogEntry(cid, seq, "message.updated", now, user_id, at), True
+        )
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_edit, user_id, content, at)
+
+    async def _op_edit(
+        self, cid: int, mid: int, user_id: str, content: str, at: float, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if msg.content == content:
+            return LogEntry(
+                msg.conversation_id, msg.last_change_seq, "message.updated", msg, user_id, at
+            ), False
+        await conn.execute(
+            "UPDATE messages SET content = $2, edited_at = $3 WHERE id = $1", mid, content, at
+        )
+        seq = await self._log(conn, msg, "message.updated", user_id, at)
+        now = edited(msg, content, at, seq)
+        return LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at), True
 
     async def delete_message(
         self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
-    ) -> tuple[LogEntry, bool]:
-        async with self._change(conversation_id, message_id, user_id, member=not admin) as (
-            conn,
-            msg,
-        ):
-            cid = msg.conversation_id
-            if msg.deleted:
-                when = msg.deleted_at or at
-                return LogEntry(
-                    cid, msg.last_change_seq, "message.deleted", msg, user_id, when
-                ), False
-            mid = int(msg.id)
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_delete, user_id, at, admin)
+
+    async def _op_delete(
+        self, cid: int, mid: int, user_id: str, at: float, admin: bool, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id, member=not admin)
+        if msg.deleted:
+            when = msg.deleted_at or at
+            return LogEntry(
+                msg.conversation_id, msg.last_change_seq, "message.deleted", msg, user_id, when
+            ), False
+        await conn.execute(
+            "UPDATE messages SET content = '', deleted_at = $2, mentions = NULL WHERE id = $1",
+            mid,
+            at,
+        )
+        gone = await conn.fetch(
+            "DELETE FROM message_attachments WHERE message_id = $1 RETURNING attachment_id", mid
+        )
+        if gone:
             await conn.execute(
-                "UPDATE messages SET content = '', deleted_at = $2, mentions = NULL WHERE id = $1",
-                mid,
-                at,
+                "DELETE FROM attachments WHERE id = ANY($1::text[])",
+                [r["attachment_id"] for r in gone],
             )
-            gone = await conn.fetch(
-                "DELETE FROM message_attachments WHERE message_id = $1 RETURNING attachment_id",
-                mid,
-            )
-            if gone:
-                await conn.execute(
-                    "DELETE FROM attachments WHERE id = ANY($1::text[])",
-                    [r["attachment_id"] for r in gone],
-                )
-            await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
-            seq = await self._log(conn, msg, "message.deleted", user_id, at)
-            now = await self._reread(conn, msg.id)
-        return LogEntry(cid, seq, "message.deleted", now, user_id, at), True
+        await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
+        seq = await self._log(conn, msg, "message.deleted", user_id, at)
+        now = tombstone(msg, at, seq)
+        return LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at), True
 
     async def add_reaction(
         self,
@@ -1283,48 +1374,71 @@ class PostgresStore:
         at: float,
         *,
         max_reactions: int,
-    ) -> tuple[LogEntry, bool]:
-        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
-            if msg.deleted:
-                raise NotFoundError(MESSAGE_DELETED)
-            cid = msg.conversation_id
-            if user_id in msg.reactions.get(emoji, ()):
-                entry = LogEntry(
-                    cid, msg.last_change_seq, "reaction.added", msg, user_id, at, emoji
-                )
-                return entry, False
-            if emoji not in msg.reactions and len(msg.reactions) >= max_reactions:
-                raise LimitError(too_many_reactions(max_reactions))
-            seq = await self._log(conn, msg, "reaction.added", user_id, at, emoji)
-            await conn.execute(
-                "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES ($1, $2, $3, $4)",
-                int(msg.id),
-                emoji,
-                user_id,
-                seq,
+    ) -> Change:
+        return await self._change(
+            conversation_id, message_id, self._op_react, user_id, emoji, at, max_reactions
+        )
+
+    async def _op_react(
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        emoji: str,
+        at: float,
+        max_reactions: int,
+        conn: _Connection,
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if user_id in msg.reactions.get(emoji, ()):
+            entry = LogEntry(
+                msg.conversation_id, msg.last_change_seq, "reaction.added", msg, user_id, at, emoji
             )
-            now = await self._reread(conn, msg.id)
-        return LogEntry(cid, seq, "reaction.added", now, user_id, at, emoji), True
+            return entry, False
+        if emoji not in msg.reactions and len(msg.reactions) >= max_reactions:
+            raise LimitError(too_many_reactions(max_reactions))
+        seq = await self._log(conn, msg, "reaction.added", user_id, at, emoji)
+        await conn.execute(
+            "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES ($1, $2, $3, $4)",
+            mid,
+            emoji,
+            user_id,
+            seq,
+        )
+        now = with_reaction(msg, emoji, user_id, seq)
+        return LogEntry(msg.conversation_id, seq, "reaction.added", now, user_id, at, emoji), True
 
     async def remove_reaction(
         self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
-    ) -> tuple[LogEntry, bool]:
-        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
-            cid = msg.conversation_id
-            if user_id not in msg.reactions.get(emoji, ()):  # a deleted message has none
-                entry = LogEntry(
-                    cid, msg.last_change_seq, "reaction.removed", msg, user_id, at, emoji
-                )
-                return entry, False
-            await conn.execute(
-                "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
-                int(msg.id),
-                emoji,
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_unreact, user_id, emoji, at)
+
+    async def _op_unreact(
+        self, cid: int, mid: int, user_id: str, emoji: str, at: float, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if user_id not in msg.reactions.get(emoji, ()):  # a deleted message has none
+            entry = LogEntry(
+                msg.conversation_id,
+                msg.last_change_seq,
+                "reaction.removed",
+                msg,
                 user_id,
+                at,
+                emoji,
             )
-            seq = await self._log(conn, msg, "reaction.removed", user_id, at, emoji)
-            now = await self._reread(conn, msg.id)
-        return LogEntry(cid, seq, "reaction.removed", now, user_id, at, emoji), True
+            return entry, False
+        await conn.execute(
+            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+            mid,
+            emoji,
+            user_id,
+        )
+        seq = await self._log(conn, msg, "reaction.removed", user_id, at, emoji)
+        now = without_reaction(msg, emoji, user_id, seq)
+        return LogEntry(msg.conversation_id, seq, "reaction.removed", now, user_id, at, emoji), True
 
     # -- attachments ---------------------------------------------------------
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:

@@ -60,9 +60,13 @@ from parley.store.base import (
     StoreError,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
     too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 T = TypeVar("T")
@@ -1137,11 +1141,6 @@ class SQLiteStore:
         cs.last_seq = seq
         return seq
 
-    @staticmethod
-    def _reread(conn: sqlite3.Connection, mid: int) -> MessageRecord:
-        row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (mid,))
-        return _messages(conn, [row.fetchone()])[0]
-
     def _op_edit(
         self,
         conn: sqlite3.Connection,
@@ -1163,9 +1162,8 @@ class SQLiteStore:
             "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?", (content, at, mid)
         )
         seq = self._log(conn, cs, cid, mid, "message.updated", user_id, at)
-        return LogEntry(
-            str(cid), seq, "message.updated", self._reread(conn, mid), user_id, at
-        ), True
+        now = edited(msg, content, at, seq)
+        return LogEntry(str(cid), seq, "message.updated", now, user_id, at), True
 
     def _op_delete(
         self,
@@ -1191,9 +1189,8 @@ class SQLiteStore:
         conn.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
         conn.execute("DELETE FROM reactions WHERE message_id = ?", (mid,))
         seq = self._log(conn, cs, cid, mid, "message.deleted", user_id, at)
-        return LogEntry(
-            str(cid), seq, "message.deleted", self._reread(conn, mid), user_id, at
-        ), True
+        now = tombstone(msg, at, seq)
+        return LogEntry(str(cid), seq, "message.deleted", now, user_id, at), True
 
     def _op_react(
         self,
@@ -1221,9 +1218,8 @@ class SQLiteStore:
             "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES (?, ?, ?, ?)",
             (mid, emoji, user_id, seq),
         )
-        entry = LogEntry(
-            str(cid), seq, "reaction.added", self._reread(conn, mid), user_id, at, emoji
-        )
+        now = with_reaction(msg, emoji, user_id, seq)
+        entry = LogEntry(str(cid), seq, "reaction.added", now, user_id, at, emoji)
         return entry, True
 
     def _op_unreact(
@@ -1247,9 +1243,8 @@ class SQLiteStore:
             (mid, emoji, user_id),
         )
         seq = self._log(conn, cs, cid, mid, "reaction.removed", user_id, at, emoji)
-        entry = LogEntry(
-            str(cid), seq, "reaction.removed", self._reread(conn, mid), user_id, at, emoji
-        )
+        now = without_reaction(msg, emoji, user_id, seq)
+        entry = LogEntry(str(cid), seq, "reaction.removed", now, user_id, at, emoji)
         return entry, True
 
     # ------------------------------------------------------------------ attachments
@@ -1415,7 +1410,7 @@ def _messages(conn: sqlite3.Connection, rows: list[Any]) -> list[MessageRecord]:
 
 
 def _reactions(conn: sqlite3.Connection, message_ids: list[int]) -> dict[int, dict[str, list[str]]]:
-    """``{message_id: {emoji: [user ids]}}``: emoji in the order first used, users in the
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
     order they reacted (both by the seq of the reaction)."""
     out: dict[int, dict[str, list[str]]] = {}
     if not message_ids:
