@@ -48,7 +48,7 @@ export const selectors = {
     const conv = state.conversations.byId[cid];
     const me = state.connection.userId;
     if (!conv) return [];
-    const floor = conv.read_up_to[me] || 0;
+    const floor = Math.max(conv.read_up_to[me] || 0, conv.read_seq || 0);
     return selectors.messages(state, cid)
       .filter((m) => m.id !== null && m.sender_id !== me && typeof m.seq === 'number' && m.seq > floor)
       .map((m) => m.id);

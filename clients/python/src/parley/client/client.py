@@ -390,6 +390,23 @@ class ChatClient:
             {"request_id": st.entry_key(entry), "action": entry["action"], "error": error},
         )
 
+    async def load_conversations(self) -> list[dict[str, Any]]:
+        """``GET /api/conversations``: the user's conversations with their members and
+        unread state (``read_seq``, ``unread_count``, ``mention_count``), also put in
+        ``state``."""
+        token = await self._get_token(False)
+        if token is None:
+            return []
+        url = f"{http_base(self.url)}/api/conversations"
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, get_json, url, token, self._open_timeout)
+        items = (
+            [dict(c) for c in (data.get("conversations") or [])] if isinstance(data, dict) else []
+        )
+        self._dispatch(st.conversations_loaded(items))
+        self._baseline()
+        return items
+
     async def presence(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
         """``GET /api/presence``: the presence of those of ``user_ids`` who share a
         conversation with the user; also put in ``state["presence"]``."""

@@ -202,6 +202,7 @@ TYPING_RECEIVED = StoreAction.TYPING_UPDATED
 CONVERSATION_UPDATED = StoreAction.CONVERSATION_UPSERTED
 SYNC_COMPLETED = StoreAction.SYNC_COMPLETED
 HISTORY_SKIPPED = StoreAction.HISTORY_SKIPPED
+CONVERSATIONS_LOADED = StoreAction.CONVERSATIONS_LOADED
 MESSAGE_UPDATED = StoreAction.MESSAGE_UPDATED
 MESSAGE_DELETED = StoreAction.MESSAGE_DELETED
 REACTION_ADDED = StoreAction.REACTION_ADDED
@@ -293,6 +294,11 @@ def typing_received(data: Mapping[str, Any]) -> Action:
 def conversation_updated(conversation: Mapping[str, Any]) -> Action:
     """``conversation`` is a ``conversation.created`` / ``.updated`` event's ``data``."""
     return {"type": CONVERSATION_UPDATED, "payload": conversation}
+
+
+def conversations_loaded(conversations: Sequence[Mapping[str, Any]]) -> Action:
+    """``conversations``: ``GET /api/conversations``' list (with the unread state)."""
+    return {"type": CONVERSATIONS_LOADED, "payload": list(conversations)}
 
 
 def sync_completed(data: Mapping[str, Any]) -> Action:
@@ -930,6 +936,23 @@ def _on_conversation_updated(
     return state, ()
 
 
+def _on_conversations_loaded(
+    state: ChatState, conversations: Sequence[Mapping[str, Any]]
+) -> tuple[ChatState, tuple[str, ...]]:
+    changed: list[str] = []
+    for data in conversations:
+        if not isinstance(data, Mapping) or data.get("id") is None:
+            continue
+        state, moved = _on_conversation_updated(state, data)
+        changed.extend(moved)
+        cid = str(data["id"])
+        conv = state["conversations"]["byId"][cid]
+        new = _unread_snapshot(state, conv, data)
+        if new != conv:
+            state = _with_conversations(state, {cid: new})
+    return state, tuple(changed)
+
+
 def _on_sync_completed(
     state: ChatState, data: Mapping[str, Any]
 ) -> tuple[ChatState, tuple[str, ...]]:
@@ -1146,6 +1169,7 @@ _HANDLERS: dict[str, _Handler] = {
     TYPING_RECEIVED: _on_typing_received,
     CONVERSATION_UPDATED: _on_conversation_updated,
     SYNC_COMPLETED: _on_sync_completed,
+    CONVERSATIONS_LOADED: _on_conversations_loaded,
     HISTORY_SKIPPED: _on_history_skipped,
     MESSAGE_UPDATED: _on_message_updated,
     MESSAGE_DELETED: _on_message_deleted,
