@@ -49,8 +49,13 @@ a.connect();
 await until(a, settled(a, 7), 'alice settled');
 await until(b, settled(b, 7), 'bob settled');
 const bobBefore = counts(b);
+// The server's messages_read echo says the read is stored; a reload after it keeps it.
+const stored = new Promise((resolve) => {
+  b.on('messages_read', (frame) => { if (String(frame.data.user_id) === bob) resolve(); });
+});
 b.markRead(cid);
 await until(b, () => counts(b)[1] === 0, 'bob read');
+await stored;
 b.destroy();
 // bob reloads: a new client, whose counts come from the server.
 const b2 = new ParleyClient({ token: tokenB, url, userId: bob, storage: memoryStorage(), network: null });
