@@ -53,6 +53,7 @@ from parley.client.errors import ChangeFailed, ClientClosed, ClientError
 from parley.client.events import Emitter, Listener
 from parley.client.outbox import Outbox
 from parley.client.queue import OfflineQueue
+from parley.client.rest import RestClient
 from parley.codes import (
     BACKOFF_BASE_MS,
     BACKOFF_CAP_MS,
@@ -406,6 +407,21 @@ class ChatClient:
         self._dispatch(st.conversations_loaded(items))
         self._baseline()
         return items
+
+    async def search(
+        self,
+        q: str,
+        conversation_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """``GET /api/search``: ``{"messages": [...], ...}``, best matches first, over the
+        user's conversations only (``RestClient.search`` with this client's token)."""
+        token = await self._get_token(False)
+        if token is None:
+            raise ClientError("search needs a token")
+        api = RestClient(http_base(self.url), token=token, timeout=self._open_timeout)
+        return await api.search(q, conversation_id=conversation_id, limit=limit, offset=offset)
 
     async def presence(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
         """``GET /api/presence``: the presence of those of ``user_ids`` who share a
