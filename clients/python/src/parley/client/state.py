@@ -27,6 +27,14 @@ Rules the reducer keeps (tested in ``tests/client/test_state.py``):
   own message becomes ``delivered`` (``read``) once every other member's cursor reaches
   its ``seq``. While a conversation's member list is unknown the cursors are kept but no
   status moves; ``chat/conversationUpserted`` with the members applies them.
+* Edits, deletions and reactions are log entries sharing the conversation's ``seq``;
+  ``synced_seq`` counts them too. A change is applied at ``synced_seq + 1`` only (a later
+  one waits for the ``sync`` that fills the gap and replays it; an earlier one is a
+  duplicate); the answer to the user's own change (with its ``request_id``) is applied at
+  once without moving the cursor. Edits replace, deletions tombstone, reactions aggregate
+  ``{emoji: (user ids)}``.
+* ``read_seq`` / ``unread_count`` / ``mention_count`` start from the server's counts and
+  follow new messages, deletions and the user's own reads (docs/web-client.md).
 """
 
 from __future__ import annotations
