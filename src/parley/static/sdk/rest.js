@@ -21,11 +21,10 @@ export class RestClient {
 
   /** A JSON REST call; throws ParleyApiError on an error status. */
   async api(path, options = {}) {
-    return (await this._request(path, options)).data;
+    return (await this._call(path, options)).data;
   }
 
-  /** { status, data } of a JSON REST call; throws ParleyApiError on an error status. */
-  async _request(path, { method = 'GET', body } = {}) {
+  async _call(path, { method = 'GET', body } = {}) {
     const call = () =>
       this._fetch(`${this.apiUrl}${path}`, {
         method,
@@ -50,35 +49,37 @@ export class RestClient {
     return (data && data.conversations) || [];
   }
 
-  /**
-   * Search the caller's conversations (docs/protocol.md, "Search"): words, "phrases" and
-   * -exclusions. Resolves to { messages, has_more, next_offset }, best match first; pass
-   * next_offset as offset for the next page.
-   */
-  search(q, { conversationId, limit, offset } = {}) {
+  /** GET /api/search?q=&conversation_id=&limit=&offset= → {messages, ...}, best first. */
+  search(q, { conversationId = null, limit = null, offset = null } = {}) {
     const params = new URLSearchParams({ q: String(q) });
-    if (conversationId !== undefined) params.set('conversation_id', String(conversationId));
-    if (limit !== undefined) params.set('limit', String(limit));
-    if (offset !== undefined) params.set('offset', String(offset));
+    if (conversationId != null) params.set('conversation_id', String(conversationId));
+    if (limit != null) params.set('limit', String(limit));
+    if (offset != null) params.set('offset', String(offset));
     return this.api(`/api/search?${params}`);
   }
 
   /**
-   * Send over REST, for a backend or a bot with no socket open (docs/protocol.md,
-   * "Sending from a backend"). localId is the idempotency key: a repeat resolves to the
-   * original with created false. senderId needs an admin token. Resolves to
-   * { message, created } once the message is committed and fanned out.
+   * POST /api/conversations/{id}/messages (a backend's send, no WebSocket): resolves to
+   * {message, created}; created is false when this localId was sent before (the original
+   * comes back, nothing is sent again). senderId needs an admin token.
    */
-  async sendMessage(conversationId, content, { localId, replyTo, attachmentIds, mentions, senderId } = {}) {
-    if (!localId) throw new TypeError('sendMessage over REST needs a localId (the idempotency key)');
-    const body = { content: String(content), local_id: String(localId) };
-    if (replyTo !== undefined && replyTo !== null) body.reply_to = String(replyTo);
-    if (attachmentIds && attachmentIds.length) body.attachments = attachmentIds.map((id) => ({ id: String(id) }));
-    if (mentions !== undefined) body.mentions = mentions.map(String);
-    if (senderId !== undefined) body.sender_id = String(senderId);
-    const path = `/api/conversations/${encodeURIComponent(String(conversationId))}/messages`;
-    const { status, data } = await this._request(path, { method: 'POST', body });
+  async sendMessage(conversationId, content, { localId, replyTo = null, mentions = null, attachments = null, senderId = null } = {}) {
+    if (typeof localId !== 'string' || !localId) throw new TypeError('sendMessage needs a localId (its idempotency key)');
+    const body = { content, local_id: localId };
+    if (replyTo != null) body.reply_to = String(replyTo);
+    if (mentions) body.mentions = mentions.map(String);
+    if (attachments) body.attachments = attachments.map((a) => (typeof a === 'string' ? { id: a } : { id: a.id }));
+    if (senderId != null) body.sender_id = String(senderId);
+    const { status, data } = await this._call(`/api/conversations/${encodeURIComponent(conversationId)}/messages`, { method: 'POST', body });
     return { message: data, created: status === 201 };
+  }
+
+  /** GET /api/presence?user_ids= → [{user_id, status, last_seen}] of those who share a conversation with me. */
+  async presence(userIds) {
+    const ids = (userIds || []).map(String);
+    if (!ids.length) return [];
+    const data = await this.api(`/api/presence?${new URLSearchParams({ user_ids: ids.join(',') })}`);
+    return (data && data.presence) || [];
   }
 
   createConversation(memberIds, title = undefined) {

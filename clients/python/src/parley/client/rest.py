@@ -102,6 +102,15 @@ class RestClient:
         _, data = await self._call("GET", "/api/search?" + urllib.parse.urlencode(params))
         return data  # type: ignore[no-any-return]
 
+    async def presence(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``[{"user_id", "status", "last_seen"}]`` of those of ``user_ids`` who share a
+        conversation with the token's user (``GET /api/presence``). Raises ``RestError``."""
+        if not user_ids:
+            return []
+        query = urllib.parse.urlencode({"user_ids": ",".join(str(u) for u in user_ids)})
+        _, data = await self._call("GET", f"/api/presence?{query}")
+        return list(data.get("presence") or []) if isinstance(data, dict) else []
+
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._request, method, path, body)
