@@ -415,7 +415,9 @@ function onReceipt(state, payload) {
 
   let messages = state.messages;
   if (user === me) {
-    conv = { ...conv, unread_count: countUnread(state, conv, me) };
+    // Only my read cursor moves my unread count: after a reload it is not known until I
+    // read, and my own delivery receipt must not count everything held as unread again.
+    if (kind === 'read') conv = { ...conv, unread_count: countUnread(state, conv, me) };
   } else if (me != null) {
     // Raise the status of my messages the cursor now covers, newest first; below an own
     // message already at the target status, every earlier one is there too.
