@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import urllib.request
 import zlib
@@ -128,6 +129,11 @@ class Person:
         return self.page.locator(
             "#messages .message", has=self.page.locator(".text", has_text=text)
         )
+
+    def exact_message(self, text: str) -> Locator:
+        """The message whose text is exactly ``text``."""
+        exact = self.page.locator(".text", has_text=re.compile(f"^{re.escape(text)}$"))
+        return self.page.locator("#messages .message", has=exact)
 
     def typing_line(self) -> Locator:
         return self.page.locator("#chat-subtitle")

@@ -218,8 +218,10 @@ function mentionCount(state, cid) {
   return local;
 }
 
+/** A dot for `userId`: green while online, grey when offline, none while not known. */
 function presenceDot(userId) {
   const p = live.presence.get(userId);
+  if (!p) return null;
   const online = p?.status === 'online';
   return h('span', {
     class: `presence-dot${online ? ' online' : ''}`,
