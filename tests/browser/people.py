@@ -138,15 +138,17 @@ class Person:
     def typing_line(self) -> Locator:
         return self.page.locator("#chat-subtitle")
 
+    def active_conversation(self) -> str:
+        return str(self.page.evaluate("sessionStorage.getItem('parley.demo.active')"))
+
     def token(self) -> str:
         raw = self.page.evaluate("sessionStorage.getItem('parley.demo.session')")
         return str(json.loads(raw)["token"])
 
 
 def rest_get(server: ParleyServer, path: str, token: str) -> Any:
-    req = urllib.request.Request(
-        server.http_url + path, headers={"Authorization": f"Bearer {token}"}
-    )
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(server.http_url + path, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 

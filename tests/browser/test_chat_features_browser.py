@@ -7,14 +7,17 @@ Synchronisation is Playwright's auto-waiting ``expect``; there are no sleeps.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from tests.browser.people import Person, expect, pair, screenshot
+import pytest
+
+from tests.browser.people import Person, expect, pair, rest_get, screenshot
 from tests.support.server import ParleyServer
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page
 
 
 def group_of_three(
@@ -187,3 +190,244 @@ def test_new_messages_marker_and_jump_to_latest(
     expect(bob.message("Good")).to_be_visible()
     expect(bob.page.locator("#new-marker")).to_have_count(0)
     assert alice.errors == [] and bob.errors == []
+
+
+def needs_message_changes(server: ParleyServer) -> None:
+    """Skip on a server without edits, deletions and reactions (docs/protocol.md)."""
+    spec = json.dumps(rest_get(server, "/openapi.json", ""))
+    if "edited_at" not in spec:
+        pytest.skip("this server has no edits, deletions or reactions yet")
+
+
+def react(person: Person, text: str, emoji: str) -> None:
+    """Pick ``emoji`` from the reaction picker of the message ``text``."""
+    message = person.exact_message(text)
+    message.hover()
+    message.locator("button.react").click()
+    picker = person.page.locator("#popover.picker")
+    expect(picker).to_be_visible()
+    picker.locator(f"button.pick[data-emoji='{emoji}']").click()
+    expect(picker).to_be_hidden()
+
+
+def reaction(person: Person, text: str, emoji: str) -> Locator:
+    return person.exact_message(text).locator(f".reaction[data-emoji='{emoji}']")
+
+
+def expect_reactions(person: Person, text: str, counts: dict[str, str]) -> None:
+    chips = person.exact_message(text).locator(".reaction")
+    expect(chips).to_have_count(len(counts))
+    for emoji, count in counts.items():
+        expect(reaction(person, text, emoji).locator(".reaction-count")).to_have_text(count)
+
+
+def test_edit_delete_and_react_then_reload_and_offline(
+    browser: Browser, contexts: list[BrowserContext], server: ParleyServer
+) -> None:
+    needs_message_changes(server)
+    alice, bob = pair(browser, contexts, server)
+    alice.send("Lunch at noon?")
+    alice.send("Wrong chat, sorry")
+    bob.send("Sounds good")
+    expect(alice.exact_message("Sounds good")).to_be_visible()
+
+    # Reactions: counts per emoji, one's own highlighted, a click toggles it.
+    react(bob, "Lunch at noon?", "👍")
+    expect_reactions(alice, "Lunch at noon?", {"👍": "1"})
+    expect(reaction(alice, "Lunch at noon?", "👍")).to_have_attribute("aria-pressed", "false")
+    expect(reaction(bob, "Lunch at noon?", "👍")).to_have_attribute("aria-pressed", "true")
+    reaction(alice, "Lunch at noon?", "👍").click()
+    expect_reactions(bob, "Lunch at noon?", {"👍": "2"})
+    react(alice, "Lunch at noon?", "🎉")
+    expect_reactions(bob, "Lunch at noon?", {"👍": "2", "🎉": "1"})
+    reaction(alice, "Lunch at noon?", "👍").click()  # takes hers back
+    expect_reactions(bob, "Lunch at noon?", {"👍": "1", "🎉": "1"})
+    expect(reaction(alice, "Lunch at noon?", "👍")).to_have_attribute("aria-pressed", "false")
+    screenshot(bob.page, "25-reactions")
+
+    # Only one's own messages have the edit and delete menu.
+    bob.exact_message("Lunch at noon?").hover()
+    expect(bob.exact_message("Lunch at noon?").locator("button.more")).to_have_count(0)
+
+    # Edit: the composer takes the text; Enter saves; both sides show it, marked.
+    mine = alice.exact_message("Lunch at noon?")
+    mine.hover()
+    mine.locator("button.more").click()
+    alice.page.locator("#popover .menu-edit").click()
+    expect(alice.page.locator("#edit-preview")).to_be_visible()
+    expect(alice.page.locator("#message-input")).to_have_value("Lunch at noon?")
+    alice.page.fill("#message-input", "Lunch at 12:30?")
+    alice.page.press("#message-input", "Enter")
+    expect(alice.page.locator("#edit-preview")).to_be_hidden()
+    for person in (alice, bob):
+        edited = person.exact_message("Lunch at 12:30?")
+        expect(edited).to_have_attribute("data-edited", "true")
+        expect(edited.locator(".edited")).to_have_text("edited")
+        expect(person.exact_message("Lunch at noon?")).to_have_count(0)
+    expect_reactions(bob, "Lunch at 12:30?", {"👍": "1", "🎉": "1"})
+
+    # Delete (after a confirmation): a tombstone on both sides, in the same place.
+    wrong = alice.exact_message("Wrong chat, sorry")
+    wrong.hover()
+    wrong.locator("button.more").click()
+    alice.page.locator("#popover .menu-delete").click()
+    expect(alice.page.locator("#popover .menu-delete")).to_have_text("Delete for everyone")
+    screenshot(alice.page, "26-message-menu-delete")
+    alice.page.locator("#popover .menu-delete").click()
+    for person in (alice, bob):
+        expect(person.message("Wrong chat, sorry")).to_have_count(0)
+        tombstone = person.page.locator("#messages .message[data-deleted='true']")
+        expect(tombstone).to_have_count(1)
+        expect(tombstone.locator(".tombstone")).to_have_text("message deleted")
+        expect(tombstone.locator("button.more, button.react")).to_have_count(0)
+    screenshot(bob.page, "27-edited-and-deleted")
+
+    def shown(person: Person) -> list[str]:
+        return list(
+            person.page.eval_on_selector_all(
+                "#messages .message",
+                """els => els.map(e => [e.dataset.deleted === 'true' ? '(deleted)' :
+                    e.querySelector('.text')?.textContent,
+                    [...e.querySelectorAll('.reaction')].map(r =>
+                        r.dataset.emoji + r.dataset.count).join(' ')].join(' | '))""",
+            )
+        )
+
+    expected = [
+        "Hi Bob! | ",
+        "Lunch at 12:30? | 👍1 🎉1",
+        "(deleted) | ",
+        "Sounds good | ",
+    ]
+    # A reload rebuilds the same state from the server.
+    bob.page.reload()
+    bob.expect_online()
+    expect(bob.exact_message("Sounds good")).to_be_visible()
+    expect(bob.page.locator("#messages .message[data-deleted='true']")).to_have_count(1)
+    expect_reactions(bob, "Lunch at 12:30?", {"👍": "1", "🎉": "1"})
+    assert shown(bob) == expected
+
+    # Offline: Bob's changes wait, then reach Alice once he is back.
+    bob.context.set_offline(True)
+    expect(bob.page.locator("#offline-banner")).to_be_visible()
+    reaction(bob, "Lunch at 12:30?", "👍").click()  # takes his back
+    react(bob, "Sounds good", "😂")
+    alice.send("Are you there?")
+    bob.context.set_offline(False)
+    bob.expect_online()
+    expect(bob.exact_message("Are you there?")).to_be_visible()
+    expect_reactions(alice, "Lunch at 12:30?", {"🎉": "1"})
+    expect_reactions(alice, "Sounds good", {"😂": "1"})
+    expect_reactions(bob, "Lunch at 12:30?", {"🎉": "1"})
+    expected = [
+        "Hi Bob! | ",
+        "Lunch at 12:30? | 🎉1",
+        "(deleted) | ",
+        "Sounds good | 😂1",
+        "Are you there? | ",
+    ]
+    expect(alice.page.locator("#messages .message")).to_have_count(5)
+    assert shown(alice) == expected
+    alice.page.reload()
+    alice.expect_online()
+    expect(alice.exact_message("Are you there?")).to_be_visible()
+    expect_reactions(alice, "Sounds good", {"😂": "1"})
+    assert shown(alice) == expected
+    assert shown(bob) == expected
+    assert alice.errors == [] and bob.errors == []
+
+
+def test_mention_completion_and_highlight(
+    browser: Browser, contexts: list[BrowserContext], server: ParleyServer
+) -> None:
+    alice, bob, carol = group_of_three(browser, contexts, server)
+    alice.send("Hello both")
+    expect(bob.conversation("Team")).to_be_visible()
+    bob.open_chat("Team")
+
+    # "@" offers the conversation's members (not oneself); typing narrows the list.
+    alice.type("Can @")
+    options = alice.page.locator("#mention-list .mention-option")
+    expect(alice.page.locator("#mention-list")).to_be_visible()
+    names = options.locator(".mention-name")
+    expect(names).to_have_text(["bob", "carol"])
+    alice.page.locator("#message-input").press_sequentially("c")
+    expect(names).to_have_text(["carol"])
+    alice.page.locator("#message-input").press("Backspace")
+    expect(options).to_have_count(2)
+    alice.page.locator("#message-input").press("ArrowDown")
+    expect(options.nth(1)).to_have_attribute("aria-selected", "true")
+    alice.page.locator("#message-input").press("ArrowUp")
+    screenshot(alice.page, "28-mention-completion")
+    alice.page.locator("#message-input").press("Enter")  # picks, does not send
+    expect(alice.page.locator("#mention-list")).to_be_hidden()
+    expect(alice.page.locator("#message-input")).to_have_value("Can @bob ")
+    alice.page.locator("#message-input").press_sequentially("check this with @car")
+    alice.page.locator("#mention-list .mention-option", has_text="carol").click()
+    expect(alice.page.locator("#message-input")).to_have_value("Can @bob check this with @carol ")
+    alice.page.locator("#message-input").press_sequentially("? Thanks, not @dave")
+    alice.page.locator("#message-input").press("Escape")
+    alice.page.press("#message-input", "Enter")
+
+    text = "Can @bob check this with @carol ? Thanks, not @dave"
+    for person in (alice, bob):
+        expect(person.message("check this with")).to_have_count(1)
+        mentions = person.message("check this with").locator(".mention")
+        expect(mentions).to_have_text(["@bob", "@carol"])
+    # Bob's own name stands out on his page.
+    expect(bob.message("check this with").locator(".mention-me")).to_have_text("@bob")
+    expect(alice.message("check this with").locator(".mention-me")).to_have_count(0)
+    expect(bob.message("check this with").locator(".text")).to_have_text(text)
+    screenshot(bob.page, "29-mention-highlight")
+    assert alice.errors == [] and bob.errors == [] and carol.errors == []
+
+
+def sdk_sends_mentions(page: Page) -> bool:
+    return bool(
+        page.evaluate(
+            """() => import('/static/parley.js').then(m => !!m.toSendAction({
+                conversation_id: '1', content: 'x', local_id: 'l', mentions: ['u']}).mentions)"""
+        )
+    )
+
+
+def test_mentions_reach_the_server_and_the_badge_survives_reload(
+    browser: Browser, contexts: list[BrowserContext], server: ParleyServer
+) -> None:
+    needs_message_changes(server)
+    alice, bob, carol = group_of_three(browser, contexts, server)
+    if not sdk_sends_mentions(alice.page):
+        pytest.skip("this web SDK does not send mentions yet")
+    alice.send("Hello both")
+    expect(bob.conversation("Team").locator(".badge")).to_have_text("1")
+    expect(bob.conversation("Team").locator(".mention-badge")).to_have_count(0)
+    alice.type("@bo")
+    alice.page.locator("#message-input").press("Tab")
+    alice.page.locator("#message-input").press_sequentially("please review")
+    alice.page.press("#message-input", "Enter")
+    team = bob.conversation("Team")
+    expect(team.locator(".unread-badge")).to_have_text("2")
+    expect(team.locator(".mention-badge")).to_be_visible()
+    expect(carol.conversation("Team").locator(".mention-badge")).to_have_count(0)
+    screenshot(bob.page, "30-mention-badge")
+
+    history = rest_get(
+        server,
+        f"/api/conversations/{alice.active_conversation()}/messages",
+        alice.token(),
+    )
+    assert [m["mentions"] for m in history["messages"]] == [[], ["bob"]]
+
+    # The badges come from the server after a reload, and go once Bob reads.
+    bob.page.reload()
+    bob.expect_online()
+    expect(team.locator(".unread-badge")).to_have_text("2")
+    expect(team.locator(".mention-badge")).to_be_visible()
+    bob.open_chat("Team")
+    expect(bob.message("please review").locator(".mention-me")).to_have_text("@bob")
+    expect(team.locator(".badge")).to_have_count(0)
+    bob.page.reload()
+    bob.expect_online()
+    expect(bob.message("please review")).to_be_visible()
+    expect(team.locator(".badge")).to_have_count(0)
+    assert alice.errors == [] and bob.errors == [] and carol.errors == []

@@ -791,7 +791,7 @@ function updateMentions() {
           e.preventDefault(); // keep the focus in the message box
           insertMention(u);
         },
-      }, avatar, h('span', {}, u), presenceDot(u));
+      }, avatar, h('span', { class: 'mention-name' }, u), presenceDot(u));
     }),
   );
   box.hidden = false;
