@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -431,3 +433,58 @@ def test_mentions_reach_the_server_and_the_badge_survives_reload(
     expect(bob.message("please review")).to_be_visible()
     expect(team.locator(".badge")).to_have_count(0)
     assert alice.errors == [] and bob.errors == [] and carol.errors == []
+
+
+@pytest.fixture
+def quick_presence_server(tmp_path: Path) -> Iterator[ParleyServer]:
+    """A demo server announcing "offline" one second after the last connection closes."""
+    srv = ParleyServer(tmp_path, extra_args=["--demo", "--presence-grace", "1"])
+    try:
+        srv.start()
+    except RuntimeError as exc:
+        if "presence-grace" in str(exc):
+            pytest.skip("this server has no presence yet")
+        raise
+    try:
+        yield srv
+    finally:
+        srv.terminate()
+    log = srv.log()
+    assert "Traceback" not in log, log[-5000:]
+
+
+def test_presence_dots_and_last_seen(
+    browser: Browser, contexts: list[BrowserContext], quick_presence_server: ParleyServer
+) -> None:
+    server = quick_presence_server
+    alice, bob = pair(browser, contexts, server)
+    dot = alice.conversation("bob").locator(".presence-dot")
+    subtitle = alice.page.locator("#chat-subtitle")
+    expect(dot).to_have_attribute("data-status", "online")
+    expect(alice.page.locator("#chat-avatar-wrap .presence-dot")).to_have_attribute(
+        "data-status", "online"
+    )
+    expect(subtitle).to_have_text("online")
+    screenshot(alice.page, "31-presence-online")
+
+    # Bob closes his tab: after the grace period he is offline, seen a moment ago.
+    bob.page.close()
+    expect(dot).to_have_attribute("data-status", "offline")
+    expect(subtitle).to_have_text("last seen just now")
+    screenshot(alice.page, "32-presence-last-seen")
+    # A reload asks the server (GET /api/presence) and shows the same.
+    alice.page.reload()
+    alice.expect_online()
+    expect(alice.conversation("bob").locator(".presence-dot")).to_have_attribute(
+        "data-status", "offline"
+    )
+    expect(subtitle).to_have_text("last seen just now")
+
+    # Back in a new tab: online again.
+    bob.page = bob.context.new_page()
+    bob.sign_in()
+    expect(alice.conversation("bob").locator(".presence-dot")).to_have_attribute(
+        "data-status", "online"
+    )
+    expect(subtitle).to_have_text("online")
+    assert alice.errors == []
