@@ -465,6 +465,7 @@ def test_presence_dots_and_last_seen(
         "data-status", "online"
     )
     expect(subtitle).to_have_text("online")
+    expect(alice.page.locator("#chat-avatar-wrap")).to_have_text("B")  # the avatar alone
     screenshot(alice.page, "31-presence-online")
 
     # Bob closes his tab: after the grace period he is offline, seen a moment ago.

@@ -388,8 +388,8 @@ function renderChat(state) {
   $('chat-title').textContent = title;
   paintAvatar($('chat-avatar'), title);
   const peer = peerOf(conv);
-  $('chat-avatar-wrap').querySelector('.presence-dot')?.remove();
-  if (peer) $('chat-avatar-wrap').append(presenceDot(peer));
+  const dot = peer ? presenceDot(peer) : null;
+  $('chat-avatar-wrap').replaceChildren($('chat-avatar'), ...(dot ? [dot] : []));
   const typing = selectors.typingUsers(state, activeId);
   const subtitle = $('chat-subtitle');
   subtitle.classList.toggle('accent', typing.length > 0);
