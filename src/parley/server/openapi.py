@@ -87,7 +87,19 @@ def document() -> dict[str, Any]:
                         "last_message": {
                             "oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]
                         },
-                        "unread_count": {"type": "integer"},
+                        "read_seq": {
+                            "description": "the caller's read cursor (list only)",
+                            "type": "integer",
+                        },
+                        "unread_count": {
+                            "description": "messages from others after read_seq, deleted ones"
+                            " not counted (list only)",
+                            "type": "integer",
+                        },
+                        "mention_count": {
+                            "description": "of those, the ones that mention the caller (list only)",
+                            "type": "integer",
+                        },
                     },
                 },
                 "ConversationList": {
@@ -120,6 +132,10 @@ def document() -> dict[str, Any]:
                         "content",
                         "sent_at",
                         "status",
+                        "edited_at",
+                        "deleted",
+                        "reactions",
+                        "mentions",
                     ],
                     "properties": {
                         "id": {"type": "string"},
@@ -134,6 +150,27 @@ def document() -> dict[str, Any]:
                         "attachments": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Attachment"},
+                        },
+                        "edited_at": {
+                            "description": "when the content was last edited; null if never",
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                        },
+                        "deleted": {
+                            "description": "a tombstone: empty content, no attachments"
+                            " (their links answer 404), no reactions",
+                            "type": "boolean",
+                        },
+                        "reactions": {
+                            "description": "emoji to the ids of the users who reacted with"
+                            ' it, e.g. {"👍": ["123", "456"]}',
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "mentions": {
+                            "description": "ids of the members the message mentions",
+                            "type": "array",
+                            "items": {"type": "string"},
                         },
                     },
                 },
@@ -175,7 +212,8 @@ def document() -> dict[str, Any]:
                     "responses": _ok("the conversation", "Conversation", "201"),
                 },
                 "get": {
-                    "summary": "The caller's conversations with last_message and unread_count",
+                    "summary": "The caller's conversations with last_message, read_seq,"
+                    " unread_count and mention_count",
                     "responses": _ok("conversations", "ConversationList"),
                 },
             },

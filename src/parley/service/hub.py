@@ -140,14 +140,23 @@ class Hub:
         self.peers.setdefault(user, set()).add(peer)
         if first:
             self.user_convs[user] = set()
-        convs = await self._store.user_conversations(user)  # on failure the caller disconnects
+        states = await self._store.conversation_states(user)  # on failure: disconnected
+        convs = {cid: s.last_seq for cid, s in states.items()}
         mine = self.user_convs[user]
         for cid in convs:
             mine.add(cid)
             self.conv_users.setdefault(cid, set()).add(user)
+        unread = {
+            cid: {
+                "read_seq": s.read_seq,
+                "unread_count": s.unread_count,
+                "mention_count": s.mention_count,
+            }
+            for cid, s in states.items()
+        }
         return p.encode_event(
             "connection.established",
-            p.established_data(peer.client_id, user, convs, self.clock()),
+            p.established_data(peer.client_id, user, convs, self.clock(), unread),
         )
 
     def disconnect(self, peer: Peer) -> None:

@@ -24,6 +24,7 @@ from parley.store.base import (
     Conversation,
     Cursor,
     ForbiddenError,
+    LogEntry,
     MessageRecord,
     NewAttachment,
     NewMessage,
@@ -57,6 +58,9 @@ class Messages(Hub):
         self._link_key = att.link_key(secret)
         self._public_url = (public_url or "").rstrip("/")
         self._sync_locks: dict[Peer, asyncio.Lock] = {}
+        # Sends of a connection held behind one whose mentions are being checked (a
+        # read), so that its sends still commit in the order they came.
+        self._held: dict[Peer, list[p.SendMessage]] = {}
 
     def _forget(self, peer: Peer) -> None:
         self._sync_locks.pop(peer, None)
@@ -76,14 +80,76 @@ class Messages(Hub):
             self._spawn(self._receipt(peer, cmd, "read"))
         elif isinstance(cmd, p.MarkDelivered):
             self._spawn(self._receipt(peer, cmd, "delivered"))
-        else:
+        elif isinstance(cmd, p.Sync):
             self._spawn(self._sync(peer, cmd))
 
     # ------------------------------------------------------------------ send
     def _send_message(self, peer: Peer, cmd: p.SendMessage) -> None:
+        """Queue the append (after the sends held before it, if any)."""
+        held = self._held.get(peer)
+        if held is not None:
+            held.append(cmd)
+        elif cmd.mentions:
+            self._held[peer] = [cmd]
+            self._spawn(self._send_held(peer))
+        else:
+            self._append(peer, cmd, ())
+
+    async def _send_held(self, peer: Peer) -> None:
+        """Send the held commands in order, checking each one's mentions on a fresh
+        read of the conversation."""
+        held = self._held[peer]
+        try:
+            while held:
+                cmd = held[0]
+                try:
+                    mentions = (
+                        await self.check_mentions(peer.user_id, cmd.conversation_id, cmd.mentions)
+                        if cmd.mentions
+                        else ()
+                    )
+                except ServiceError as exc:
+                    held.pop(0)
+                    self.send_error(
+                        peer,
+                        exc.code,
+                        exc.message,
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                except Exception:
+                    held.pop(0)
+                    log.exception("mention check failed")
+                    self.send_error(
+                        peer,
+                        ErrorCode.MESSAGE_FAILED,
+                        "Failed to send message",
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                held.pop(0)
+                self._append(peer, cmd, mentions)
+        finally:
+            del self._held[peer]
+
+    async def check_mentions(
+        self, user_id: str, conversation_id: str, mentions: Sequence[str]
+    ) -> Sequence[str]:
+        """The distinct mentioned ids of a send (any transport), all members of the
+        conversation (else ``INVALID_MESSAGE``); a sender who is not a member learns
+        nothing about who is (``FORBIDDEN`` first)."""
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
+        rules.may_read(conv, user_id)
+        return rules.check_mentions(mentions, conv)
+
+    def _append(self, peer: Peer, cmd: p.SendMessage, mentions: Sequence[str]) -> None:
         """Validate and queue the append; the rest happens when the commit lands."""
         try:
-            new = self._new_message(peer.user_id, cmd)
+            new = self._new_message(peer.user_id, cmd, mentions)
             pending = asyncio.ensure_future(self._store.append_message(new))
         except ServiceError as exc:
             self.send_error(
@@ -127,7 +193,9 @@ class Messages(Hub):
         wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
         peer.write(self.frame(p.encode_chat_message(wire)))
 
-    def _new_message(self, user_id: str, cmd: p.SendMessage) -> NewMessage:
+    def _new_message(
+        self, user_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()
+    ) -> NewMessage:
         rules.check_content(cmd.content, bool(cmd.attachments), self.limits)
         rules.check_storable(cmd.local_id, "local_id")
         rules.check_storable(user_id, "user id")
@@ -143,6 +211,7 @@ class Messages(Hub):
             sent_at=now,
             reply_to=cmd.reply_to,
             attachments=attachments,
+            mentions=tuple(mentions),
         )
 
     def _inline_attachment(self, user_id: str, a: p.AttachmentIn, now: float) -> NewAttachment:
@@ -225,12 +294,59 @@ class Messages(Hub):
             reply_to=m.reply_to,
             attachments=[self.wire_attachment(a) for a in m.attachments],
             local_id=m.local_id if with_local_id and m.local_id else msgspec.UNSET,
+            edited_at=None if m.edited_at is None else p.iso(m.edited_at),
+            deleted=m.deleted,
+            reactions=m.reactions,
+            mentions=m.mentions,
         )
 
     def history_message(
         self, m: MessageRecord, cursors: Sequence[Cursor], viewer: str
     ) -> p.WireMessage:
         return self.wire_message(m, _status(m, cursors), with_local_id=m.sender_id == viewer)
+
+    def entry_frame(
+        self,
+        entry: LogEntry,
+        cursors: Sequence[Cursor],
+        viewer: str,
+        request_id: str | None = None,
+    ) -> bytes:
+        """One log entry as the event a live member got for it (docs/protocol.md, "Edits,
+        deletions and reactions"); a message is shown as it is now."""
+        m, cid, seq = entry.message, entry.conversation_id, entry.seq
+        event: p.ChangeEvent
+        if entry.kind == "message":
+            return p.encode_chat_message(self.history_message(m, cursors, viewer))
+        if entry.kind == "message.updated":
+            wire = self.history_message(m, cursors, viewer)
+            event = p.MessageUpdatedEvent(
+                data=p.MessageUpdatedData(
+                    conversation_id=cid, seq=seq, message=wire, request_id=request_id
+                )
+            )
+        elif entry.kind == "message.deleted":
+            event = p.MessageDeletedEvent(
+                data=p.MessageDeletedData(
+                    conversation_id=cid,
+                    seq=seq,
+                    message_id=m.id,
+                    deleted_at=p.iso(entry.at),
+                    request_id=request_id,
+                )
+            )
+        else:
+            data = p.ReactionData(
+                conversation_id=cid,
+                seq=seq,
+                message_id=m.id,
+                user_id=entry.user_id,
+                emoji=entry.emoji or "",
+                request_id=request_id,
+            )
+            added = entry.kind == "reaction.added"
+            event = p.ReactionAddedEvent(data=data) if added else p.ReactionRemovedEvent(data=data)
+        return p.encode_change(event)
 
     # ------------------------------------------------------------------ receipts
     async def _receipt(
@@ -298,15 +414,13 @@ class Messages(Hub):
                 since = cmd.cursors.get(cid, 0)
                 more = False
                 if since < last_seq:
-                    messages, more = await self._store.get_messages(
-                        cid, after_seq=since, limit=page
-                    )
-                    cursors = await self._store.get_cursors(cid) if messages else []
-                    for m in messages:
-                        wire = self.history_message(m, cursors, user)
-                        peer.write(self.frame(p.encode_chat_message(wire)))
-                    if messages:
-                        last_seq = max(last_seq, messages[-1].seq)
+                    # The log: new messages and the changes made since, in seq order.
+                    entries, more = await self._store.get_log(cid, after_seq=since, limit=page)
+                    cursors = await self._store.get_cursors(cid) if entries else []
+                    for entry in entries:
+                        peer.write(self.frame(self.entry_frame(entry, cursors, user)))
+                    if entries:
+                        last_seq = max(last_seq, entries[-1].seq)
                 complete[cid] = {"last_seq": last_seq, "has_more": more}
         except Exception:
             log.exception("sync failed")

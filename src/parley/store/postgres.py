@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -43,15 +44,20 @@ from parley.store.base import (
     CONVERSATION_NOT_FOUND,
     DIRECT_IS_TWO,
     MEMBERSHIP_NOT_FOUND,
+    MESSAGE_DELETED,
+    MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
     AttachmentRecord,
     Conversation,
     ConversationKind,
+    ConversationState,
     ConversationSummary,
     Cursor,
+    EntryKind,
     ForbiddenError,
     LimitError,
+    LogEntry,
     MessageRecord,
     NewMessage,
     NotFoundError,
@@ -59,8 +65,13 @@ from parley.store.base import (
     StoreError,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
+    too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 log = logging.getLogger(__name__)
@@ -156,9 +167,50 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE m.conversation_id = f.conversation_id AND m.user_id = f.user_id;
         """,
     ),
+    (
+        3,
+        # Changes to messages are log entries sharing the conversation's seq; messages
+        # keep their current state (edited, deleted, mentions) and their reactions.
+        """
+        ALTER TABLE messages ADD COLUMN mentions text[],
+            ADD COLUMN edited_at double precision,
+            ADD COLUMN deleted_at double precision,
+            ADD COLUMN changed_seq bigint NOT NULL DEFAULT 0;
+        CREATE TABLE log_entries (
+            conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
+            seq bigint NOT NULL,
+            kind text NOT NULL,
+            message_id bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
+            user_id text NOT NULL,
+            emoji text,
+            at double precision NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        );
+        CREATE TABLE reactions (
+            message_id bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
+            emoji text NOT NULL,
+            user_id text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (message_id, emoji, user_id)
+        );
+        """,
+    ),
 ]
 
-_MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,"
+    " mentions, edited_at, deleted_at, changed_seq"
+)
+# Unread messages of member row ``m`` (from others, after its read cursor ``r``, not
+# deleted), and those of them that mention the user; each count stays in the unread
+# tail thanks to the (conversation_id, seq) index.
+_UNREAD = """(SELECT count(*) FROM messages u
+               WHERE u.conversation_id = c.id AND u.seq > COALESCE(r.read_seq, 0)
+                 AND u.sender_id <> $1 AND u.deleted_at IS NULL)"""
+_MENTIONED = """(SELECT count(*) FROM messages u
+                  WHERE u.conversation_id = c.id AND u.seq > COALESCE(r.read_seq, 0)
+                    AND u.sender_id <> $1 AND u.deleted_at IS NULL
+                    AND $1 = ANY(u.mentions))"""
 _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
 
 # Errors after which a whole batch is simply tried again: another node inserted one of
@@ -189,8 +241,13 @@ def _attachment(row: Row) -> AttachmentRecord:
     )
 
 
-def _message(row: Row, attachments: list[AttachmentRecord]) -> MessageRecord:
+def _message(
+    row: Row,
+    attachments: list[AttachmentRecord],
+    reactions: dict[str, list[str]] | None = None,
+) -> MessageRecord:
     reply_to = row["reply_to"]
+    edited_at, deleted_at = row["edited_at"], row["deleted_at"]
     return MessageRecord(
         id=str(row["id"]),
         conversation_id=str(row["conversation_id"]),
@@ -201,6 +258,11 @@ def _message(row: Row, attachments: list[AttachmentRecord]) -> MessageRecord:
         sent_at=float(row["sent_at"]),
         reply_to=None if reply_to is None else str(reply_to),
         attachments=attachments,
+        mentions=list(row["mentions"] or ()),
+        edited_at=None if edited_at is None else float(edited_at),
+        deleted_at=None if deleted_at is None else float(deleted_at),
+        reactions=reactions or {},
+        changed_seq=max(int(row["seq"]), int(row["changed_seq"])),
     )
 
 
@@ -241,9 +303,30 @@ async def _attachments_of(
     return out
 
 
+async def _reactions_of(
+    conn: _Connection, message_ids: list[int]
+) -> dict[int, dict[str, list[str]]]:
+    """``{message_id: {emoji: [user ids]}}``: emoji in the order first used, users in the
+    order they reacted (both by the seq of the reaction)."""
+    out: dict[int, dict[str, list[str]]] = {}
+    if not message_ids:
+        return out
+    rows = await conn.fetch(
+        """SELECT message_id, emoji, user_id,
+                  min(seq) OVER (PARTITION BY message_id, emoji) AS first, seq
+           FROM reactions WHERE message_id = ANY($1::bigint[])
+           ORDER BY message_id, first, seq""",
+        message_ids,
+    )
+    for r in rows:
+        out.setdefault(int(r["message_id"]), {}).setdefault(r["emoji"], []).append(r["user_id"])
+    return out
+
+
 async def _messages(conn: _Connection, rows: list[Row]) -> list[MessageRecord]:
     atts = await _attachments_of(conn, [int(r["id"]) for r in rows])
-    return [_message(r, atts.get(int(r["id"]), [])) for r in rows]
+    reactions = await _reactions_of(conn, [int(r["id"]) for r in rows if r["deleted_at"] is None])
+    return [_message(r, atts.get(int(r["id"]), []), reactions.get(int(r["id"]))) for r in rows]
 
 
 class _Pending:
@@ -438,52 +521,38 @@ class PostgresStore:
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         async with self._acquire() as conn:
+            # One query for every conversation (members, owners, counts, the newest
+            # message's id), then one for those messages: no query per conversation.
             rows = await conn.fetch(
                 f"""SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
                           ARRAY(SELECT user_id FROM members m2 WHERE m2.conversation_id = c.id)
                               AS member_ids, {_OWNERS},
-                          (SELECT count(*) FROM messages u
-                            WHERE u.conversation_id = c.id
-                              AND u.seq > COALESCE(r.read_seq, 0)
-                              AND u.sender_id <> $1) AS unread_count,
-                          lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id,
-                          lm.local_id AS lm_local_id, lm.content AS lm_content,
-                          lm.sent_at AS lm_sent_at, lm.reply_to AS lm_reply_to
+                          COALESCE(r.read_seq, 0) AS read_seq,
+                          {_UNREAD} AS unread_count, {_MENTIONED} AS mention_count,
+                          (SELECT id FROM messages l WHERE l.conversation_id = c.id
+                            ORDER BY l.seq DESC LIMIT 1) AS last_id
                    FROM members m
                    JOIN conversations c ON c.id = m.conversation_id
                    LEFT JOIN cursors r ON r.conversation_id = c.id AND r.user_id = $1
-                   LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
                    WHERE m.user_id = $1
                    ORDER BY c.last_activity DESC, c.id DESC""",
                 user_id,
             )
-            last_ids = [int(r["lm_id"]) for r in rows if r["lm_id"] is not None]
-            atts = await _attachments_of(conn, last_ids)
-        out: list[ConversationSummary] = []
-        for r in rows:
-            last: MessageRecord | None = None
-            if r["lm_id"] is not None:
-                last = _message(
-                    {
-                        "id": r["lm_id"],
-                        "conversation_id": r["id"],
-                        "seq": r["lm_seq"],
-                        "sender_id": r["lm_sender_id"],
-                        "local_id": r["lm_local_id"],
-                        "content": r["lm_content"],
-                        "sent_at": r["lm_sent_at"],
-                        "reply_to": r["lm_reply_to"],
-                    },
-                    atts.get(int(r["lm_id"]), []),
-                )
-            out.append(
-                ConversationSummary(
-                    conversation=_conversation(r, r["member_ids"]),
-                    last_message=last,
-                    unread_count=int(r["unread_count"]),
-                )
+            last_ids = [int(r["last_id"]) for r in rows if r["last_id"] is not None]
+            found = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::bigint[])", last_ids
             )
-        return out
+            last = {int(m.id): m for m in await _messages(conn, found)}
+        return [
+            ConversationSummary(
+                conversation=_conversation(r, r["member_ids"]),
+                last_message=None if r["last_id"] is None else last.get(int(r["last_id"])),
+                unread_count=int(r["unread_count"]),
+                read_seq=int(r["read_seq"]),
+                mention_count=int(r["mention_count"]),
+            )
+            for r in rows
+        ]
 
     async def user_conversations(self, user_id: str) -> dict[str, int]:
         async with self._acquire() as conn:
@@ -776,9 +845,14 @@ class PostgresStore:
         replies = {i: row_id(msgs[i].reply_to) for i in valid}
         inserted = await conn.fetch(
             """INSERT INTO messages
-                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
-               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                                    $5::text[], $6::float8[], $7::bigint[])
+                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,
+                    mentions)
+               SELECT v.c, v.s, v.u, v.l, v.t, v.a, v.r,
+                      CASE WHEN v.m IS NULL THEN NULL
+                           ELSE ARRAY(SELECT json_array_elements_text(v.m::json)) END
+               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                           $5::text[], $6::float8[], $7::bigint[], $8::text[])
+                    AS v(c, s, u, l, t, a, r, m)
                RETURNING id, sender_id, local_id""",
             [targets[i] for i in valid],
             [seqs[i] for i in valid],
@@ -787,6 +861,7 @@ class PostgresStore:
             [msgs[i].content for i in valid],
             [msgs[i].sent_at for i in valid],
             [replies[i] for i in valid],
+            [json.dumps(list(msgs[i].mentions)) if msgs[i].mentions else None for i in valid],
         )
         new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
         await self._link_attachments(conn, msgs, valid, new_id, uploads)
@@ -806,6 +881,8 @@ class PostgresStore:
                 attachments=[
                     a.meta if a.data is not None else uploads[a.meta.id] for a in m.attachments
                 ],
+                mentions=list(m.mentions),
+                changed_seq=seqs[i],
             )
         return records
 
@@ -981,6 +1058,271 @@ class PostgresStore:
             for r in rows
         ]
         return sorted(cursors, key=lambda c: c.user_id)
+
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        out: dict[str, list[Cursor]] = {cid: [] for cid in conversation_ids}
+        ids = [i for i in (row_id(c) for c in conversation_ids) if i is not None]
+        if not ids:
+            return out
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT m.conversation_id, m.user_id, COALESCE(r.read_seq, 0) AS read_seq,
+                          COALESCE(r.delivered_seq, 0) AS delivered_seq
+                   FROM members m LEFT JOIN cursors r
+                        ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id
+                   WHERE m.conversation_id = ANY($1::bigint[])""",
+                ids,
+            )
+        for r in sorted(rows, key=lambda r: r["user_id"]):
+            out.setdefault(str(r["conversation_id"]), []).append(
+                Cursor(r["user_id"], int(r["read_seq"]), int(r["delivered_seq"]))
+            )
+        return out
+
+    # -- unread --------------------------------------------------------------
+    async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT c.id, c.last_seq, COALESCE(r.read_seq, 0) AS read_seq,
+                           {_UNREAD} AS unread_count, {_MENTIONED} AS mention_count
+                    FROM members m
+                    JOIN conversations c ON c.id = m.conversation_id
+                    LEFT JOIN cursors r ON r.conversation_id = c.id AND r.user_id = $1
+                    WHERE m.user_id = $1""",
+                user_id,
+            )
+        return {
+            str(r["id"]): ConversationState(
+                int(r["last_seq"]),
+                int(r["read_seq"]),
+                int(r["unread_count"]),
+                int(r["mention_count"]),
+            )
+            for r in rows
+        }
+
+    # -- changes -------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        mid = row_id(message_id)
+        if mid is None:
+            return None
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", mid)
+            return None if row is None else (await _messages(conn, [row]))[0]
+
+    async def get_log(
+        self, conversation_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cid = row_id(conversation_id)
+        if cid is None:
+            return [], False
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """(SELECT seq, 'message' AS kind, id AS message_id, sender_id AS user_id,
+                           sent_at AS at, NULL::text AS emoji
+                    FROM messages WHERE conversation_id = $1 AND seq > $2
+                    ORDER BY seq LIMIT $3)
+                   UNION ALL
+                   (SELECT seq, kind, message_id, user_id, at, emoji FROM log_entries
+                    WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3)
+                   ORDER BY seq LIMIT $3""",
+                cid,
+                after_seq,
+                limit + 1,
+            )
+            more = len(rows) > limit
+            rows = rows[:limit]
+            found = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::bigint[])",
+                sorted({int(r["message_id"]) for r in rows}),
+            )
+            by_id = {int(m.id): m for m in await _messages(conn, found)}
+        entries = [
+            LogEntry(
+                conversation_id=str(cid),
+                seq=int(r["seq"]),
+                kind=r["kind"],
+                message=by_id[int(r["message_id"])],
+                user_id=r["user_id"],
+                at=float(r["at"]),
+                emoji=r["emoji"],
+            )
+            for r in rows
+        ]
+        return entries, more
+
+    @contextlib.asynccontextmanager
+    async def _change(
+        self, conversation_id: str, message_id: str, user_id: str, *, member: bool = True
+    ) -> AsyncIterator[tuple[_Connection, MessageRecord]]:
+        """The transaction of one change: the conversation's row lock (the one appends
+        take), then the checks of transaction rule 5; yields the message as it is."""
+        cid, mid = row_id(conversation_id), row_id(message_id)
+        if cid is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        if mid is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        async with self._acquire() as conn, conn.transaction():
+            # The conversation's row lock and the actor's membership, in one round trip.
+            locked = await conn.fetchrow(
+                """SELECT EXISTS (SELECT 1 FROM members m
+                                  WHERE m.conversation_id = c.id AND m.user_id = $2) AS member
+                   FROM conversations c WHERE c.id = $1 FOR NO KEY UPDATE""",
+                cid,
+                user_id,
+            )
+            if locked is None:
+                raise NotFoundError(CONVERSATION_NOT_FOUND)
+            if member and not locked["member"]:
+                raise ForbiddenError(NOT_MEMBER)
+            row = await conn.fetchrow(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2",
+                mid,
+                cid,
+            )
+            if row is None:
+                raise NotFoundError(MESSAGE_NOT_FOUND)
+            yield conn, (await _messages(conn, [row]))[0]
+
+    @staticmethod
+    async def _log(
+        conn: _Connection,
+        msg: MessageRecord,
+        kind: EntryKind,
+        user_id: str,
+        at: float,
+        emoji: str | None = None,
+    ) -> int:
+        """Append a change to the log under the row lock (the conversation's next seq,
+        the entry, the message's last change), in one statement; its seq."""
+        return int(
+            await conn.fetchval(
+                """WITH s AS (UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                              RETURNING last_seq),
+                        e AS (INSERT INTO log_entries
+                                  (conversation_id, seq, kind, message_id, user_id, emoji, at)
+                              SELECT $1, s.last_seq, $3, $2, $4, $5, $6 FROM s),
+                        m AS (UPDATE messages SET changed_seq = s.last_seq FROM s
+                              WHERE messages.id = $2)
+                   SELECT last_seq FROM s""",
+                int(msg.conversation_id),
+                int(msg.id),
+                kind,
+                user_id,
+                emoji,
+                at,
+            )
+        )
+
+    # Each change keeps its whole transaction in the one function below, so a webhook
+    # outbox row written beside the log entry commits (or not) with it.
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
+            if msg.deleted:
+                raise NotFoundError(MESSAGE_DELETED)
+            cid = msg.conversation_id
+            if msg.content == content:
+                return LogEntry(
+                    cid, msg.last_change_seq, "message.updated", msg, user_id, at
+                ), False
+            await conn.execute(
+                "UPDATE messages SET content = $2, edited_at = $3 WHERE id = $1",
+                int(msg.id),
+                content,
+                at,
+            )
+            seq = await self._log(conn, msg, "message.updated", user_id, at)
+            now = edited(msg, content, at, seq)
+        return LogEntry(cid, seq, "message.updated", now, user_id, at), True
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+    ) -> tuple[LogEntry, bool]:
+        async with self._change(conversation_id, message_id, user_id, member=not admin) as (
+            conn,
+            msg,
+        ):
+            cid = msg.conversation_id
+            if msg.deleted:
+                when = msg.deleted_at or at
+                return LogEntry(
+                    cid, msg.last_change_seq, "message.deleted", msg, user_id, when
+                ), False
+            mid = int(msg.id)
+            await conn.execute(
+                "UPDATE messages SET content = '', deleted_at = $2, mentions = NULL WHERE id = $1",
+                mid,
+                at,
+            )
+            gone = await conn.fetch(
+                "DELETE FROM message_attachments WHERE message_id = $1 RETURNING attachment_id",
+                mid,
+            )
+            if gone:
+                await conn.execute(
+                    "DELETE FROM attachments WHERE id = ANY($1::text[])",
+                    [r["attachment_id"] for r in gone],
+                )
+            await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
+            seq = await self._log(conn, msg, "message.deleted", user_id, at)
+            now = tombstone(msg, at, seq)
+        return LogEntry(cid, seq, "message.deleted", now, user_id, at), True
+
+    async def add_reaction(
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        at: float,
+        *,
+        max_reactions: int,
+    ) -> tuple[LogEntry, bool]:
+        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
+            if msg.deleted:
+                raise NotFoundError(MESSAGE_DELETED)
+            cid = msg.conversation_id
+            if user_id in msg.reactions.get(emoji, ()):
+                entry = LogEntry(
+                    cid, msg.last_change_seq, "reaction.added", msg, user_id, at, emoji
+                )
+                return entry, False
+            if emoji not in msg.reactions and len(msg.reactions) >= max_reactions:
+                raise LimitError(too_many_reactions(max_reactions))
+            seq = await self._log(conn, msg, "reaction.added", user_id, at, emoji)
+            await conn.execute(
+                "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES ($1, $2, $3, $4)",
+                int(msg.id),
+                emoji,
+                user_id,
+                seq,
+            )
+            now = with_reaction(msg, emoji, user_id, seq)
+        return LogEntry(cid, seq, "reaction.added", now, user_id, at, emoji), True
+
+    async def remove_reaction(
+        self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        async with self._change(conversation_id, message_id, user_id) as (conn, msg):
+            cid = msg.conversation_id
+            if user_id not in msg.reactions.get(emoji, ()):  # a deleted message has none
+                entry = LogEntry(
+                    cid, msg.last_change_seq, "reaction.removed", msg, user_id, at, emoji
+                )
+                return entry, False
+            await conn.execute(
+                "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+                int(msg.id),
+                emoji,
+                user_id,
+            )
+            seq = await self._log(conn, msg, "reaction.removed", user_id, at, emoji)
+            now = without_reaction(msg, emoji, user_id, seq)
+        return LogEntry(cid, seq, "reaction.removed", now, user_id, at, emoji), True
 
     # -- attachments ---------------------------------------------------------
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
