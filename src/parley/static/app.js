@@ -97,10 +97,14 @@ function start(s) {
 
   client = new ParleyClient({ token: s.token, userId: s.user_id });
   client.on('state', scheduleRender);
-  for (const type of LIVE_EVENTS) {
-    client.on(type, (frame) => {
-      if (live.onFrame(frame)) scheduleRender();
-    });
+  // An SDK with change methods applies changes and presence in its store (in seq order);
+  // with an older one the page follows the frames itself.
+  if (!sdkHasChanges()) {
+    for (const type of LIVE_EVENTS) {
+      client.on(type, (frame) => {
+        if (live.onFrame(frame)) scheduleRender();
+      });
+    }
   }
   client.on('connection.established', (frame) => {
     for (const [id, info] of Object.entries(frame.data?.conversations || {})) {
@@ -191,6 +195,19 @@ function safeUrl(url) {
   return null;
 }
 
+function sdkHasChanges() {
+  return typeof client?.editMessage === 'function';
+}
+
+/** What the page knows of `userId`'s presence: {status, last_seen} or null. */
+function presenceOf(userId) {
+  if (typeof selectors.presence === 'function') {
+    const p = selectors.presence(client.state, userId);
+    if (p) return p;
+  }
+  return live.presence.get(userId) ?? null;
+}
+
 /** A conversation's messages as they are now (with the changes that arrived since). */
 function messagesOf(state, cid) {
   return selectors.messages(state, cid).map((m) => live.apply(m));
@@ -199,12 +216,13 @@ function messagesOf(state, cid) {
 /** My read cursor in `cid`, as far as this page knows it. */
 function readFloor(state, cid) {
   const conv = state.conversations.byId[cid];
-  return Math.max(conv?.read_up_to?.[session.user_id] || 0, live.counts.get(cid)?.read_seq || 0);
+  return Math.max(conv?.read_seq || 0, conv?.read_up_to?.[session.user_id] || 0, live.counts.get(cid)?.read_seq || 0);
 }
 
 /** Unread messages of `cid` that mention me. */
 function mentionCount(state, cid) {
   if (!selectors.unreadCount(state, cid)) return 0;
+  if (typeof selectors.mentionCount === 'function') return selectors.mentionCount(state, cid);
   const me = session.user_id;
   const floor = readFloor(state, cid);
   let local = 0;
@@ -220,7 +238,7 @@ function mentionCount(state, cid) {
 
 /** A dot for `userId`: green while online, grey when offline, none while not known. */
 function presenceDot(userId) {
-  const p = live.presence.get(userId);
+  const p = presenceOf(userId);
   if (!p) return null;
   const online = p?.status === 'online';
   return h('span', {
@@ -233,7 +251,7 @@ function presenceDot(userId) {
 }
 
 function presenceText(userId) {
-  const p = live.presence.get(userId);
+  const p = presenceOf(userId);
   if (!p) return '';
   return p.status === 'online' ? 'online' : lastSeenLabel(p.last_seen);
 }
@@ -296,7 +314,7 @@ function renderConversationList(state) {
     const mentions = mentionCount(state, id);
     const title = conversationTitle(conv);
     const peer = peerOf(conv);
-    const presence = peer ? live.presence.get(peer) : null;
+    const presence = peer ? presenceOf(peer) : null;
     const named = last && (conv.kind === 'group' || last.sender_id === session.user_id);
     const who = named ? `${nameOf(last.sender_id)}: ` : '';
     const preview = typing.length
@@ -398,12 +416,12 @@ function renderChat(state) {
   if (typing.length) {
     text = `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`;
   } else if (conv?.kind === 'group') {
-    const online = otherMembers(conv).filter((u) => live.presence.get(u)?.status === 'online').length;
+    const online = otherMembers(conv).filter((u) => presenceOf(u)?.status === 'online').length;
     text = `${(conv.member_ids || []).join(', ')}${online ? ` · ${online} online` : ''}`;
   } else if (peer) {
     text = presenceText(peer);
   }
-  subtitle.dataset.presence = peer && !typing.length ? live.presence.get(peer)?.status ?? '' : '';
+  subtitle.dataset.presence = peer && !typing.length ? presenceOf(peer)?.status ?? '' : '';
   subtitle.hidden = !text;
   subtitle.textContent = text;
   renderMessages(state, conv);
@@ -522,8 +540,12 @@ async function refreshPresence() {
   for (let i = 0; i < wanted.length; i += PRESENCE_BATCH) {
     const batch = wanted.slice(i, i + PRESENCE_BATCH);
     try {
-      const answer = await client.api(`/api/presence?user_ids=${encodeURIComponent(batch.join(','))}`);
-      if (live.setPresence(answer?.presence)) scheduleRender();
+      if (typeof client.loadPresence === 'function') {
+        await client.loadPresence(batch); // into the store, which re-renders
+      } else {
+        const answer = await client.api(`/api/presence?user_ids=${encodeURIComponent(batch.join(','))}`);
+        if (live.setPresence(answer?.presence)) scheduleRender();
+      }
     } catch {
       for (const u of batch) presenceAsked.delete(u); // asked again on the next connection
     }
