@@ -314,18 +314,25 @@ def test_edit_delete_and_react_then_reload_and_offline(
     expect(bob.page.locator("#offline-banner")).to_be_visible()
     reaction(bob, "Lunch at 12:30?", "👍").click()  # takes his back
     react(bob, "Sounds good", "😂")
+    answer = bob.exact_message("Sounds good")
+    answer.hover()
+    answer.locator("button.more").click()
+    bob.page.locator("#popover .menu-edit").click()
+    bob.page.fill("#message-input", "Sounds great")
+    bob.page.press("#message-input", "Enter")
     alice.send("Are you there?")
     bob.context.set_offline(False)
     bob.expect_online()
     expect(bob.exact_message("Are you there?")).to_be_visible()
     expect_reactions(alice, "Lunch at 12:30?", {"🎉": "1"})
-    expect_reactions(alice, "Sounds good", {"😂": "1"})
+    expect_reactions(alice, "Sounds great", {"😂": "1"})
+    expect(alice.exact_message("Sounds great")).to_have_attribute("data-edited", "true")
     expect_reactions(bob, "Lunch at 12:30?", {"🎉": "1"})
     expected = [
         "Hi Bob! | ",
         "Lunch at 12:30? | 🎉1",
         "(deleted) | ",
-        "Sounds good | 😂1",
+        "Sounds great | 😂1",
         "Are you there? | ",
     ]
     expect(alice.page.locator("#messages .message")).to_have_count(5)
@@ -333,7 +340,7 @@ def test_edit_delete_and_react_then_reload_and_offline(
     alice.page.reload()
     alice.expect_online()
     expect(alice.exact_message("Are you there?")).to_be_visible()
-    expect_reactions(alice, "Sounds good", {"😂": "1"})
+    expect_reactions(alice, "Sounds great", {"😂": "1"})
     assert shown(alice) == expected
     assert shown(bob) == expected
     assert alice.errors == [] and bob.errors == []

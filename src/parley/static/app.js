@@ -610,8 +610,8 @@ function openPopover(kind, m, anchor) {
     pop.replaceChildren(
       ...QUICK_EMOJI.map((emoji) =>
         h('button', {
-          type: 'button', class: 'pick', dataset: { emoji }, title: `React with ${emoji}`,
-          'aria-pressed': (current().reactions?.[emoji] || []).includes(session.user_id) ? 'true' : 'false',
+          type: 'button', class: 'pick', role: 'menuitemcheckbox', dataset: { emoji }, title: `React with ${emoji}`,
+          'aria-checked': (current().reactions?.[emoji] || []).includes(session.user_id) ? 'true' : 'false',
           onclick: () => {
             closePopover();
             toggleReaction(current(), emoji);
@@ -622,7 +622,7 @@ function openPopover(kind, m, anchor) {
   } else {
     pop.className = 'popover menu';
     pop.setAttribute('aria-label', 'Message actions');
-    const del = h('button', { type: 'button', class: 'menu-item menu-delete danger' }, 'Delete');
+    const del = h('button', { type: 'button', role: 'menuitem', class: 'menu-item menu-delete danger' }, 'Delete');
     del.addEventListener('click', () => {
       if (!del.classList.contains('confirm')) {
         del.classList.add('confirm');
@@ -633,7 +633,7 @@ function openPopover(kind, m, anchor) {
       deleteMessage(current());
     });
     pop.replaceChildren(
-      h('button', { type: 'button', class: 'menu-item menu-edit', onclick: () => { closePopover(); startEdit(current()); } }, 'Edit'),
+      h('button', { type: 'button', role: 'menuitem', class: 'menu-item menu-edit', onclick: () => { closePopover(); startEdit(current()); } }, 'Edit'),
       del,
     );
   }
