@@ -2,15 +2,18 @@
 //
 // All chat logic lives in parley.js (ParleyClient); this page renders its state and turns
 // clicks and keystrokes into client calls. app-messages.js draws the message list,
-// app-live.js follows changes and presence, app-text.js finds links and mentions, and
-// app-ui.js holds the DOM helpers. User content reaches the DOM through textContent and
+// app-menu.js is a bubble's menu, app-mentions.js the @ completion, app-live.js follows
+// changes and presence for an SDK without them, app-text.js finds links and mentions,
+// and app-ui.js holds the DOM helpers. User content reaches the DOM through textContent and
 // attribute setters only, never innerHTML.
 
 import { ParleyClient, selectors } from './parley.js';
 import { $, h, paintAvatar, formatTime, formatSize } from './app-ui.js';
-import { lastSeenLabel, mentionQuery, mentionedUsers } from './app-text.js';
+import { lastSeenLabel, mentionedUsers } from './app-text.js';
+import { MentionPicker } from './app-mentions.js';
 import { LiveState } from './app-live.js';
-import { MessageList, QUICK_EMOJI, snippet } from './app-messages.js';
+import { MessageList, snippet } from './app-messages.js';
+import { BubbleMenu } from './app-menu.js';
 
 const SESSION_KEY = 'parley.demo.session';
 const ACTIVE_KEY = 'parley.demo.active';
@@ -39,7 +42,6 @@ let presenceTimer = null;
 let clockTimer = null;
 let changeCount = 0;
 let pendingChanges = []; // changes made while offline, for an SDK without its own queue
-let mention = null; // the open @ completion: {start, prefix, users, index}
 const conversationEls = new Map(); // conversation id → {el, sig}
 
 const list = new MessageList($('messages'), {
@@ -54,6 +56,11 @@ const list = new MessageList($('messages'), {
   onJump: (id) => jumpTo(id),
   onRetry: (localId) => client?.retry(localId),
   keepBottom: (img) => keepBottom(img),
+});
+
+const mentionPicker = new MentionPicker($('message-input'), $('mention-list'), {
+  members: () => (activeId && client ? otherMembers(client.state.conversations.byId[activeId]) : []),
+  decorate: (u) => presenceDot(u),
 });
 
 function loadSession() {
@@ -592,65 +599,20 @@ function toggleReaction(m, emoji) {
   else change('react', [m.conversation_id, m.id, emoji], { action: 'add_reaction', ...frame });
 }
 
-// The small menu of a bubble: a reaction picker, or edit / delete for one's own.
-
-let popoverFor = null;
+const popover = new BubbleMenu($('popover'), {
+  current: (m) => live.apply(client.state.messages.byId[m.id] || m),
+  mine: (m, emoji) => (m.reactions?.[emoji] || []).includes(session.user_id),
+  onReact: (m, emoji) => toggleReaction(m, emoji),
+  onEdit: (m) => startEdit(m),
+  onDelete: (m) => deleteMessage(m),
+});
 
 function openPopover(kind, m, anchor) {
-  const pop = $('popover');
-  if (popoverFor && popoverFor.kind === kind && popoverFor.id === m.id && !pop.hidden) {
-    closePopover();
-    return;
-  }
-  popoverFor = { kind, id: m.id };
-  const current = () => live.apply(client.state.messages.byId[m.id] || m);
-  if (kind === 'react') {
-    pop.className = 'popover picker';
-    pop.setAttribute('aria-label', 'React');
-    pop.replaceChildren(
-      ...QUICK_EMOJI.map((emoji) =>
-        h('button', {
-          type: 'button', class: 'pick', role: 'menuitemcheckbox', dataset: { emoji }, title: `React with ${emoji}`,
-          'aria-checked': (current().reactions?.[emoji] || []).includes(session.user_id) ? 'true' : 'false',
-          onclick: () => {
-            closePopover();
-            toggleReaction(current(), emoji);
-          },
-        }, emoji),
-      ),
-    );
-  } else {
-    pop.className = 'popover menu';
-    pop.setAttribute('aria-label', 'Message actions');
-    const del = h('button', { type: 'button', role: 'menuitem', class: 'menu-item menu-delete danger' }, 'Delete');
-    del.addEventListener('click', () => {
-      if (!del.classList.contains('confirm')) {
-        del.classList.add('confirm');
-        del.textContent = 'Delete for everyone';
-        return;
-      }
-      closePopover();
-      deleteMessage(current());
-    });
-    pop.replaceChildren(
-      h('button', { type: 'button', role: 'menuitem', class: 'menu-item menu-edit', onclick: () => { closePopover(); startEdit(current()); } }, 'Edit'),
-      del,
-    );
-  }
-  pop.hidden = false;
-  const r = anchor.getBoundingClientRect();
-  const width = pop.offsetWidth;
-  const height = pop.offsetHeight;
-  const left = Math.min(Math.max(8, r.left + r.width / 2 - width / 2), window.innerWidth - width - 8);
-  const top = r.top - height - 6 > 8 ? r.top - height - 6 : r.bottom + 6;
-  pop.style.left = `${left}px`;
-  pop.style.top = `${top}px`;
-  pop.querySelector('button')?.focus();
+  popover.open(kind, m, anchor);
 }
 
 function closePopover() {
-  popoverFor = null;
-  $('popover').hidden = true;
+  popover.close();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -668,7 +630,7 @@ function openConversation(id, { focus = true } = {}) {
   cancelReply();
   cancelEdit();
   clearAttachment();
-  closeMentions();
+  mentionPicker.close();
   $('message-input').value = '';
   autosize();
   scheduleRender();
@@ -760,7 +722,7 @@ function send() {
   if (!client || !activeId) return;
   const input = $('message-input');
   const content = input.value.trim();
-  closeMentions();
+  mentionPicker.close();
   if (editing) {
     const m = live.apply(client.state.messages.byId[editing.id] || editing);
     if (content && content !== m.content && !m.deleted) editMessage(m, content);
@@ -787,64 +749,6 @@ function autosize() {
   const input = $('message-input');
   input.style.height = 'auto';
   input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
-}
-
-// @ completion of the conversation's members.
-
-function updateMentions() {
-  const input = $('message-input');
-  const q = activeId ? mentionQuery(input.value, input.selectionStart ?? input.value.length) : null;
-  const conv = activeId ? client?.state.conversations.byId[activeId] : null;
-  if (!q || !conv) return closeMentions();
-  const prefix = q.prefix.toLowerCase();
-  const users = otherMembers(conv).filter((u) => u.toLowerCase().startsWith(prefix)).slice(0, 8);
-  if (!users.length) return closeMentions();
-  const index = mention && mention.prefix === q.prefix ? Math.min(mention.index, users.length - 1) : 0;
-  mention = { start: q.start, prefix: q.prefix, users, index };
-  const box = $('mention-list');
-  box.replaceChildren(
-    ...users.map((u, i) => {
-      const avatar = h('span', { class: 'avatar small-avatar', 'aria-hidden': 'true' });
-      paintAvatar(avatar, u);
-      return h('li', {
-        role: 'option', id: `mention-${i}`, class: `mention-option${i === index ? ' selected' : ''}`,
-        'aria-selected': i === index ? 'true' : 'false', dataset: { user: u },
-        onmousedown: (e) => {
-          e.preventDefault(); // keep the focus in the message box
-          insertMention(u);
-        },
-      }, avatar, h('span', { class: 'mention-name' }, u), presenceDot(u));
-    }),
-  );
-  box.hidden = false;
-  input.setAttribute('aria-activedescendant', `mention-${index}`);
-}
-
-function closeMentions() {
-  mention = null;
-  $('mention-list').hidden = true;
-  $('message-input').removeAttribute('aria-activedescendant');
-}
-
-function insertMention(user) {
-  const input = $('message-input');
-  if (!mention) return;
-  const caret = input.selectionStart ?? input.value.length;
-  const before = input.value.slice(0, mention.start);
-  const after = input.value.slice(caret);
-  const text = `@${user} `;
-  input.value = before + text + after.replace(/^ /, '');
-  const at = before.length + text.length;
-  input.setSelectionRange(at, at);
-  closeMentions();
-  autosize();
-  input.focus();
-}
-
-function moveMention(step) {
-  if (!mention) return;
-  mention.index = (mention.index + step + mention.users.length) % mention.users.length;
-  updateMentions();
 }
 
 async function openNewChat() {
@@ -939,23 +843,7 @@ function wire() {
   });
   const input = $('message-input');
   input.addEventListener('keydown', (e) => {
-    if (mention && !e.isComposing) {
-      if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
-        e.preventDefault();
-        moveMention(e.key === 'ArrowDown' ? 1 : -1);
-        return;
-      }
-      if (e.key === 'Enter' || e.key === 'Tab') {
-        e.preventDefault();
-        insertMention(mention.users[mention.index]);
-        return;
-      }
-      if (e.key === 'Escape') {
-        e.preventDefault();
-        closeMentions();
-        return;
-      }
-    }
+    if (mentionPicker.onKeyDown(e)) return;
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       send();
@@ -966,13 +854,13 @@ function wire() {
   });
   input.addEventListener('input', () => {
     autosize();
-    updateMentions();
+    mentionPicker.update();
     if (!client || !activeId || editing) return;
     if (input.value.trim()) client.notifyTyping(activeId);
     else client.stopTyping(activeId);
   });
-  input.addEventListener('click', updateMentions);
-  input.addEventListener('blur', closeMentions);
+  input.addEventListener('click', () => mentionPicker.update());
+  input.addEventListener('blur', () => mentionPicker.close());
   document.addEventListener('click', (e) => {
     const pop = $('popover');
     if (!pop.hidden && !pop.contains(e.target) && !e.target.closest?.('.message-actions')) closePopover();
