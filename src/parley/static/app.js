@@ -2,16 +2,16 @@
 //
 // All chat logic lives in parley.js (ParleyClient); this page renders its state and turns
 // clicks and keystrokes into client calls. app-messages.js draws the message list,
-// app-menu.js is a bubble's menu, app-mentions.js the @ completion, app-live.js follows
-// changes and presence for an SDK without them, app-text.js finds links and mentions,
-// and app-ui.js holds the DOM helpers. User content reaches the DOM through textContent and
+// app-menu.js is a bubble's menu, app-mentions.js the @ completion, app-text.js finds
+// links and mentions, and app-ui.js holds the DOM helpers. Edits, deletions, reactions,
+// unread and mention counts and presence are the SDK's state (docs/web-client.md); the
+// page only shows them and calls its methods, which queue changes offline like sends. User content reaches the DOM through textContent and
 // attribute setters only, never innerHTML.
 
 import { ParleyClient, selectors } from './parley.js';
 import { $, h, paintAvatar, formatTime, formatSize } from './app-ui.js';
 import { lastSeenLabel, mentionedUsers } from './app-text.js';
 import { MentionPicker } from './app-mentions.js';
-import { LiveState } from './app-live.js';
 import { MessageList, snippet } from './app-messages.js';
 import { BubbleMenu } from './app-menu.js';
 
@@ -32,7 +32,6 @@ let replyTo = null; // message being replied to
 let editing = null; // message being edited
 let attachment = null; // {type, file (data URL), filename, content_type, size}
 let renderQueued = false;
-let live = new LiveState();
 let countsLoaded = false; // the conversation list (with unread counts) has been answered
 let marker = { cid: null, seq: null, decided: false }; // the "new messages" marker
 let pendingScroll = false; // scroll to the marker or the bottom once messages are there
@@ -40,8 +39,6 @@ let jumpNew = 0; // messages from others that arrived while scrolled up
 let presenceAsked = new Set();
 let presenceTimer = null;
 let clockTimer = null;
-let changeCount = 0;
-let pendingChanges = []; // changes made while offline, for an SDK without its own queue
 const conversationEls = new Map(); // conversation id → {el, sig}
 
 const list = new MessageList($('messages'), {
@@ -89,8 +86,6 @@ function showLogin(message = '') {
   $('login-name').focus();
 }
 
-const LIVE_EVENTS = ['message.updated', 'message.deleted', 'reaction.added', 'reaction.removed', 'presence'];
-
 function start(s) {
   session = s;
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
@@ -98,26 +93,12 @@ function start(s) {
   $('app').hidden = false;
   $('me-name').textContent = s.user_id;
   paintAvatar($('me-avatar'), s.user_id);
-  live = new LiveState();
   countsLoaded = false;
   presenceAsked = new Set();
 
   client = new ParleyClient({ token: s.token, userId: s.user_id });
   client.on('state', scheduleRender);
-  // An SDK with change methods applies changes and presence in its store (in seq order);
-  // with an older one the page follows the frames itself.
-  if (!sdkHasChanges()) {
-    for (const type of LIVE_EVENTS) {
-      client.on(type, (frame) => {
-        if (live.onFrame(frame)) scheduleRender();
-      });
-    }
-  }
-  client.on('connection.established', (frame) => {
-    for (const [id, info] of Object.entries(frame.data?.conversations || {})) {
-      if (info && 'read_seq' in info) live.setCounts(id, info);
-    }
-    flushChanges();
+  client.on('connection.established', () => {
     presenceAsked = new Set(); // presence may have changed while away: ask again
     schedulePresence();
   });
@@ -129,9 +110,6 @@ function start(s) {
   client.connect();
   client
     .loadConversations()
-    .then((conversations) => {
-      for (const c of conversations) live.setCounts(String(c.id), c);
-    })
     .catch((err) => {
       if (err.status === 401) signOut('Your session has ended. Please sign in again.');
     })
@@ -152,7 +130,6 @@ function signOut(message = '') {
   activeId = null;
   clearInterval(clockTimer);
   clearTimeout(presenceTimer);
-  pendingChanges = [];
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(ACTIVE_KEY);
   list.clear();
@@ -202,45 +179,20 @@ function safeUrl(url) {
   return null;
 }
 
-function sdkHasChanges() {
-  return typeof client?.editMessage === 'function';
-}
-
 /** What the page knows of `userId`'s presence: {status, last_seen} or null. */
 function presenceOf(userId) {
-  if (typeof selectors.presence === 'function') {
-    const p = selectors.presence(client.state, userId);
-    if (p) return p;
-  }
-  return live.presence.get(userId) ?? null;
-}
-
-/** A conversation's messages as they are now (with the changes that arrived since). */
-function messagesOf(state, cid) {
-  return selectors.messages(state, cid).map((m) => live.apply(m));
+  return selectors.presence(client.state, userId);
 }
 
 /** My read cursor in `cid`, as far as this page knows it. */
 function readFloor(state, cid) {
   const conv = state.conversations.byId[cid];
-  return Math.max(conv?.read_seq || 0, conv?.read_up_to?.[session.user_id] || 0, live.counts.get(cid)?.read_seq || 0);
+  return Math.max(selectors.readSeq(state, cid), conv?.read_up_to?.[session.user_id] || 0);
 }
 
 /** Unread messages of `cid` that mention me. */
 function mentionCount(state, cid) {
-  if (!selectors.unreadCount(state, cid)) return 0;
-  if (typeof selectors.mentionCount === 'function') return selectors.mentionCount(state, cid);
-  const me = session.user_id;
-  const floor = readFloor(state, cid);
-  let local = 0;
-  for (const m of messagesOf(state, cid)) {
-    if (typeof m.seq === 'number' && m.seq > floor && m.sender_id !== me && !m.deleted && (m.mentions || []).includes(me)) local++;
-  }
-  const counts = live.counts.get(cid);
-  const held = selectors.syncedSeq(state, cid);
-  // The server's count covers what this page may not hold yet, until it reads further.
-  if (counts && held < counts.last_seq && floor <= counts.read_seq) return Math.max(local, counts.mention_count);
-  return local;
+  return selectors.unreadCount(state, cid) ? selectors.mentionCount(state, cid) : 0;
 }
 
 /** A dot for `userId`: green while online, grey when offline, none while not known. */
@@ -315,7 +267,7 @@ function renderConversationList(state) {
   for (const id of ids) {
     const conv = state.conversations.byId[id];
     const lastRaw = selectors.lastMessage(state, id);
-    const last = lastRaw ? live.apply(lastRaw) : null;
+    const last = lastRaw;
     const typing = selectors.typingUsers(state, id);
     const unread = selectors.unreadCount(state, id);
     const mentions = mentionCount(state, id);
@@ -447,7 +399,7 @@ function decideMarker(state, messages) {
   const floor = readFloor(state, activeId);
   const candidates = messages.filter((m) => typeof m.seq === 'number' && m.sender_id !== me && m.seq > floor);
   if (!candidates.length) return; // not held yet: decide when they arrive
-  const known = floor > 0 || live.counts.has(activeId);
+  const known = floor > 0 || countsLoaded;
   const first = known ? candidates[0] : candidates[Math.max(0, candidates.length - unread)];
   marker.seq = first.seq;
   marker.decided = true;
@@ -456,16 +408,13 @@ function decideMarker(state, messages) {
 function renderMessages(state, conv) {
   const box = $('messages');
   const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < NEAR_BOTTOM_PX;
-  const messages = messagesOf(state, activeId);
+  const messages = selectors.messages(state, activeId);
   decideMarker(state, messages);
   const added = list.render(messages, {
     group: conv?.kind === 'group',
     markerSeq: marker.seq,
     members: conv?.member_ids || [],
-    quotedOf: (id) => {
-      const q = state.messages.byId[id];
-      return q ? live.apply(q) : null;
-    },
+    quotedOf: (id) => state.messages.byId[id] ?? null,
   });
   const ownSent = added.some((item) => item.m.sender_id === session.user_id && item.m.id === null);
   if (pendingScroll && messages.length && marker.decided) {
@@ -547,12 +496,7 @@ async function refreshPresence() {
   for (let i = 0; i < wanted.length; i += PRESENCE_BATCH) {
     const batch = wanted.slice(i, i + PRESENCE_BATCH);
     try {
-      if (typeof client.loadPresence === 'function') {
-        await client.loadPresence(batch); // into the store, which re-renders
-      } else {
-        const answer = await client.api(`/api/presence?user_ids=${encodeURIComponent(batch.join(','))}`);
-        if (live.setPresence(answer?.presence)) scheduleRender();
-      }
+      await client.loadPresence(batch); // into the store, which re-renders
     } catch {
       for (const u of batch) presenceAsked.delete(u); // asked again on the next connection
     }
@@ -562,45 +506,25 @@ async function refreshPresence() {
 // ---------------------------------------------------------------------------------------
 // Changes to messages: edits, deletions, reactions
 
-/**
- * Send one change. The SDK's own method when it has one (it queues offline, with the
- * guarantees of sends); otherwise the action itself, kept here while offline and sent
- * again on the next connection (changes are idempotent, so a repeat changes nothing).
- */
-function change(method, args, frame) {
-  if (typeof client[method] === 'function') return client[method](...args);
-  const action = { ...frame, request_id: `demo_${++changeCount}` };
-  if (!client.socket.send(action)) pendingChanges.push(action);
-  return action.request_id;
-}
-
-function flushChanges() {
-  const waiting = pendingChanges;
-  pendingChanges = [];
-  for (const action of waiting) if (!client.socket.send(action)) pendingChanges.push(action);
-}
+// Each returns at once; the SDK shows the change when the server's event arrives, and
+// queues it offline with the sends (in order, replayed with the same request_id).
 
 function editMessage(m, content) {
-  change('editMessage', [m.conversation_id, m.id, content], {
-    action: 'edit_message', conversation_id: m.conversation_id, message_id: m.id, content,
-  });
+  client.editMessage(m.conversation_id, m.id, content);
 }
 
 function deleteMessage(m) {
-  change('deleteMessage', [m.conversation_id, m.id], {
-    action: 'delete_message', conversation_id: m.conversation_id, message_id: m.id,
-  });
+  client.deleteMessage(m.conversation_id, m.id);
 }
 
 function toggleReaction(m, emoji) {
   const mine = (m.reactions?.[emoji] || []).includes(session.user_id);
-  const frame = { conversation_id: m.conversation_id, message_id: m.id, emoji };
-  if (mine) change('unreact', [m.conversation_id, m.id, emoji], { action: 'remove_reaction', ...frame });
-  else change('react', [m.conversation_id, m.id, emoji], { action: 'add_reaction', ...frame });
+  if (mine) client.unreact(m.conversation_id, m.id, emoji);
+  else client.react(m.conversation_id, m.id, emoji);
 }
 
 const popover = new BubbleMenu($('popover'), {
-  current: (m) => live.apply(client.state.messages.byId[m.id] || m),
+  current: (m) => client.state.messages.byId[m.id] || m,
   mine: (m, emoji) => (m.reactions?.[emoji] || []).includes(session.user_id),
   onReact: (m, emoji) => toggleReaction(m, emoji),
   onEdit: (m) => startEdit(m),
@@ -724,7 +648,7 @@ function send() {
   const content = input.value.trim();
   mentionPicker.close();
   if (editing) {
-    const m = live.apply(client.state.messages.byId[editing.id] || editing);
+    const m = client.state.messages.byId[editing.id] || editing;
     if (content && content !== m.content && !m.deleted) editMessage(m, content);
     cancelEdit();
     input.focus();
