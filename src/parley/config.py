@@ -97,6 +97,11 @@ class Settings:
     edit_window: float = _s(
         0.0, "seconds after sending during which a message may be edited (0: no limit)"
     )
+    presence_grace: float = _s(
+        10.0,
+        "seconds a user stays online after its last connection closes; its presence"
+        " changes at most once per this period",
+    )
     max_members: int = _s(10_000, "members per conversation (413 above)")
     max_members_per_request: int = _s(
         1_000, "user ids per create-conversation or add-members request (413 above)"

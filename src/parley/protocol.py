@@ -589,6 +589,15 @@ def typing_data(user_id: str, conversation_id: str, is_typing: bool, now: float)
     }
 
 
+def presence_data(user_id: str, status: str, last_seen: float | None) -> dict[str, Any]:
+    """``presence`` event data, also one item of ``GET /api/presence``."""
+    return {
+        "user_id": user_id,
+        "status": status,
+        "last_seen": None if last_seen is None else iso(last_seen),
+    }
+
+
 def established_data(
     client_id: str,
     user_id: str,

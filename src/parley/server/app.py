@@ -26,6 +26,7 @@ from parley.broker import open_broker
 from parley.broker.base import Broker
 from parley.config import Settings, StartupError, mask_url, parse_list
 from parley.metrics import Metrics
+from parley.presence import Presence, open_presence
 from parley.server.health import Health
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
@@ -161,6 +162,7 @@ def build_app(
     *,
     store: Store | None = None,
     broker: Broker | None = None,
+    presence: Presence | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The whole server as an aiohttp application; backends start with the app."""
@@ -171,6 +173,7 @@ def build_app(
         commit_delay=settings.commit_delay,
     )
     broker = broker or open_broker(settings.redis)
+    presence = presence or open_presence(settings.redis, grace=settings.presence_grace)
     service = ChatService(
         service_limits(settings),
         store,
@@ -180,6 +183,7 @@ def build_app(
         metrics=metrics,
         clock=clock,
         framer=ws_frame,
+        presence=presence,
     )
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
@@ -218,6 +222,7 @@ def build_app(
 
     async def cleanup(app: web.Application) -> None:
         await service.drain()
+        await presence.close()
         await broker.close()
         await store.close()
 

@@ -82,6 +82,20 @@ class ChatService(Changes):
             out.append(data)
         return out
 
+    async def presence_of(self, user_id: str, raw_ids: str | None) -> list[dict[str, Any]]:
+        """The presence of those of ``raw_ids`` (``a,b``) who share a conversation with
+        ``user_id`` (the others are left out; ``user_id`` itself is always answered)."""
+        await self.authorize(user_id)
+        ids = rules.presence_ids(raw_ids, self.limits)
+        mine = set(await self._store.user_conversations(user_id))
+        shown = [
+            u
+            for u in ids
+            if u == user_id or not mine.isdisjoint(await self._store.user_conversations(u))
+        ]
+        states = await self.presence.states(shown)
+        return [p.presence_data(u, states[u].status, states[u].last_seen) for u in shown]
+
     async def _existing(self, conversation_id: str) -> Conversation:
         conv = await self._store.get_conversation(conversation_id)
         if conv is None:

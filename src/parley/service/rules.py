@@ -249,3 +249,19 @@ def may_delete(conv: Conversation, msg: MessageRecord, actor: str, admin: bool) 
 def may_react(msg: MessageRecord) -> None:
     if msg.deleted:
         raise ServiceError(ErrorCode.NOT_FOUND, MESSAGE_DELETED)
+
+
+def presence_ids(raw: str | None, limits: Limits) -> list[str]:
+    """The distinct user ids of a presence query (``a,b,c``), in order. Missing, empty
+    or malformed ids are refused with ``INVALID_MESSAGE``; more than
+    ``max_presence_ids`` with ``PAYLOAD_TOO_LARGE``."""
+    if not raw:
+        raise invalid("user_ids is required: comma-separated user ids")
+    ids = list(dict.fromkeys(raw.split(",")))
+    if len(ids) > limits.max_presence_ids:
+        raise ServiceError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"more than {limits.max_presence_ids} user_ids"
+        )
+    for user_id in ids:
+        check_user_id(user_id, "user_ids")
+    return ids

@@ -24,7 +24,8 @@ a check made before it could be stale by the time it commits):
 1. An append, a receipt and every membership change of one conversation are serialised
    on that conversation (SQLite: its single writer; PostgreSQL: the conversation's row
    lock, taken first). Inside it, an append checks that the sender is a member, that
-   ``reply_to`` is a message of the same conversation and that each uploaded attachment
+   ``reply_to`` is a message of the same conversation, that the sender is not
+   deactivated (on whichever node that happened), and that each uploaded attachment
    exists, was uploaded by the sender and is linked to no message yet (it is linked to
    at most one, ever). A member removed concurrently with a send either sees the message
    committed before the removal, or the send refused.
@@ -76,6 +77,9 @@ def too_many_reactions(cap: int) -> str:
     return f"a message has at most {cap} distinct reactions"
 
 
+USER_DEACTIVATED = "user deactivated"
+
+
 def attachment_not_found(attachment_id: str) -> str:
     return f"attachment {attachment_id} not found"
 
@@ -106,6 +110,10 @@ class NotFoundError(StoreError):
 class ForbiddenError(StoreError):
     """The user is not a member of the conversation (or does not own the attachment),
     or the change is one a direct conversation never takes."""
+
+
+class DeactivatedError(ForbiddenError):
+    """The user is deactivated: it can do nothing until reactivated."""
 
 
 class LimitError(StoreError):
@@ -234,6 +242,13 @@ class Conversation(msgspec.Struct, frozen=True):
     owner_ids: list[str] = msgspec.field(default_factory=list)
 
 
+class UserState(msgspec.Struct, frozen=True):
+    """A user's active flag and the conversations it belongs to (``users_state``)."""
+
+    active: bool
+    conversation_ids: list[str]  # ascending
+
+
 class ConversationSummary(msgspec.Struct, frozen=True):
     conversation: Conversation
     last_message: MessageRecord | None
@@ -248,6 +263,23 @@ class Cursor(msgspec.Struct, frozen=True):
     user_id: str
     read_seq: int
     delivered_seq: int
+
+
+class SearchTerm(msgspec.Struct, frozen=True):
+    """Words that must appear next to each other, in this order: one word, or the words
+    of a quoted phrase. Each word holds only letters, digits and combining marks (no
+    quote, operator or space), so a store may quote it into its query language as is."""
+
+    words: tuple[str, ...]  # non-empty
+
+
+class SearchQuery(msgspec.Struct, frozen=True):
+    """A parsed search (``parley.service.search.parse_query``): every ``include`` term
+    matches and no ``exclude`` term does. Each store renders it into its own full-text
+    query with the words as data, never as query syntax."""
+
+    include: tuple[SearchTerm, ...]  # non-empty
+    exclude: tuple[SearchTerm, ...] = ()
 
 
 class Store(Protocol):
@@ -270,6 +302,11 @@ class Store(Protocol):
 
     async def is_user_active(self, user_id: str) -> bool:
         """Users are active unless deactivated; unknown users are active."""
+
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """For each of ``user_ids``: whether it is active and the conversations it
+        belongs to, read in one query (a node catching up after a broker outage calls it
+        with a batch of its connected users). Unknown users are active, in none."""
 
     # -- conversations -------------------------------------------------------
     async def create_conversation(
@@ -323,8 +360,9 @@ class Store(Protocol):
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a
-        member, attachment uploaded by someone else or already linked to a message),
-        checked inside the writing transaction (transaction rule 1). A duplicate
+        member, attachment uploaded by someone else or already linked to a message;
+        ``DeactivatedError`` when the sender, a member, is deactivated), checked inside
+        the writing transaction (transaction rule 1). A duplicate
         ``(sender_id, local_id)`` returns the original record with ``created=False``.
         Any other failure of this one message (a value the database cannot keep)
         raises for it alone; the rest of its batch commits.
@@ -343,6 +381,27 @@ class Store(Protocol):
         With ``after_seq`` the page starts right after it (oldest first, for sync);
         otherwise it is the newest ``limit`` messages below ``before_seq`` (or the
         newest overall). ``has_more`` says whether more exist in the paging direction.
+        ``limit < 1`` raises ``ValueError``.
+        """
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        """Messages whose *current* content matches ``query``, best match first (ties:
+        newest first), skipping ``offset``; ``(messages, has_more)``.
+
+        Only messages of conversations ``user_id`` is a member of when the query runs,
+        checked in the same statement that reads the index; with ``conversation_id``,
+        only that one. The index follows the message row: an edit is found by its new
+        words only, a message whose content is blanked is found by none. Both backends
+        split text into words the same way: runs of letters and digits, case folded,
+        diacritics of Latin letters removed (docs/protocol.md, "Search").
         ``limit < 1`` raises ``ValueError``.
         """
 

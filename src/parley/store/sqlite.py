@@ -43,12 +43,14 @@ from parley.store.base import (
     MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     ConversationKind,
     ConversationState,
     ConversationSummary,
     Cursor,
+    DeactivatedError,
     EntryKind,
     ForbiddenError,
     LimitError,
@@ -57,7 +59,10 @@ from parley.store.base import (
     NewMessage,
     NotFoundError,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
+    UserState,
     attachment_not_found,
     attachment_unusable,
     edited,
@@ -71,9 +76,14 @@ from parley.store.base import (
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+# (version, script). Versions are applied in ascending order, each once; a script's
+# statements are split where ``sqlite3.complete_statement`` says one ends (so a
+# trigger's BEGIN … END body stays whole).
+MIGRATIONS: list[tuple[int, str]] = [
     # 1: initial schema
-    """
+    (
+        1,
+        """
     CREATE TABLE users (
         id TEXT PRIMARY KEY,
         active INTEGER NOT NULL DEFAULT 1
@@ -121,15 +131,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX attachments_by_message ON attachments (message_id);
     """,
+    ),
     # 2: a conversation's last seq and activity are read off its newest message
-    """
+    (
+        2,
+        """
     ALTER TABLE conversations DROP COLUMN last_seq;
     ALTER TABLE conversations DROP COLUMN last_activity;
     """,
+    ),
     # 3: group owners, join order, the creator, cursors kept across leave and re-join.
     # A direct conversation that ever had other than two members becomes a group; a
     # group's first member (by user id) becomes its owner.
-    """
+    (
+        3,
+        """
     ALTER TABLE conversations ADD COLUMN creator_id TEXT;
     ALTER TABLE members ADD COLUMN joined_at REAL NOT NULL DEFAULT 0;
     ALTER TABLE members ADD COLUMN owner_since REAL;
@@ -148,9 +164,12 @@ MIGRATIONS: list[str] = [
          JOIN conversations c ON c.id = m.conversation_id
          WHERE c.kind = 'group' GROUP BY m.conversation_id);
     """,
+    ),
     # 4: changes to messages are log entries sharing the conversation's seq; messages
     # keep their current state (edited, deleted, mentions) and their reactions.
-    """
+    (
+        4,
+        """
     ALTER TABLE messages ADD COLUMN mentions TEXT;
     ALTER TABLE messages ADD COLUMN edited_at REAL;
     ALTER TABLE messages ADD COLUMN deleted_at REAL;
@@ -173,6 +192,33 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (message_id, emoji, user_id)
     ) WITHOUT ROWID;
     """,
+    ),
+    # 6: full-text search over the current content of every message (docs/protocol.md,
+    # "Search"). An external-content FTS5 index kept in step with the messages table by
+    # triggers, so an edit (an UPDATE of content) re-indexes the message and a deletion
+    # that blanks it leaves nothing to find; existing messages are indexed here.
+    (
+        6,
+        """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content='messages', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
@@ -510,6 +556,24 @@ class SQLiteStore:
         )
         return row is None or bool(row[0])
 
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        ids = list(dict.fromkeys(user_ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT q.value, coalesce(u.active, 1), m.conversation_id"
+                " FROM json_each(?) q LEFT JOIN users u ON u.id = q.value"
+                " LEFT JOIN members m ON m.user_id = q.value ORDER BY m.conversation_id",
+                (json.dumps(ids),),
+            ).fetchall()
+        )
+        convs: dict[str, list[str]] = {user: [] for user in ids}
+        active: dict[str, bool] = {}
+        for user, flag, cid in rows:
+            active[user] = bool(flag)
+            if cid is not None:
+                convs[user].append(str(cid))
+        return {user: UserState(active.get(user, True), convs[user]) for user in ids}
+
     # ------------------------------------------------------------------ conversations
     async def create_conversation(
         self,
@@ -777,6 +841,11 @@ class SQLiteStore:
             if existing is not None:
                 return existing, False
             raise ForbiddenError(NOT_MEMBER)
+        if _deactivated(conn, m.sender_id):
+            existing = _find_by_local_id(conn, m.sender_id, m.local_id)
+            if existing is not None:
+                return existing, False
+            raise DeactivatedError(USER_DEACTIVATED)
         reply_to: int | None = None
         if m.reply_to is not None:
             reply_to = row_id(m.reply_to)
@@ -899,6 +968,41 @@ class SQLiteStore:
             rows = rows[:limit]
             rows.reverse()
             return _messages(c, rows), more
+
+        return await self._read(read)
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = ""
+        args: list[object] = [user_id, fts5_match(query)]
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+            where = " AND m.conversation_id = ?"
+            args.append(cid)
+        args += [limit + 1, offset]
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        sql = (
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?"
+            f" WHERE messages_fts MATCH ?{where}"
+            " ORDER BY bm25(messages_fts), m.id DESC LIMIT ? OFFSET ?"
+        )
+
+        def read(c: sqlite3.Connection) -> tuple[list[MessageRecord], bool]:
+            rows = c.execute(sql, args).fetchall()
+            return _messages(c, rows[:limit]), len(rows) > limit
 
         return await self._read(read)
 
@@ -1284,6 +1388,12 @@ def _op_set_user_active(
     )
 
 
+def _deactivated(conn: sqlite3.Connection, user_id: str) -> bool:
+    """Whether ``user_id`` is deactivated (one primary-key lookup, in the writer)."""
+    row = conn.execute("SELECT active FROM users WHERE id = ?", (user_id,)).fetchone()
+    return row is not None and not row[0]
+
+
 def _op_put_attachment(
     conn: sqlite3.Connection, state: _WriterState, meta: AttachmentRecord, data: bytes
 ) -> None:
@@ -1318,15 +1428,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
     from parley.store.admin import check_not_newer
 
-    check_not_newer(done, len(MIGRATIONS))  # never run on a newer Parley's schema
-    for version, sql in enumerate(MIGRATIONS, start=1):
+    check_not_newer(done, max(v for v, _ in MIGRATIONS))  # never run on a newer Parley's schema
+    for version, sql in sorted(MIGRATIONS):
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in split_script(sql):
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -1335,6 +1444,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def fts5_match(query: SearchQuery) -> str:
+    """``query`` as an FTS5 MATCH expression: each term a quoted string (inside which
+    FTS5 reads no syntax at all), all included terms ANDed, each exclusion NOTed."""
+
+    def phrase(term: SearchTerm) -> str:
+        return '"' + " ".join(term.words).replace('"', '""') + '"'
+
+    expr = " AND ".join(phrase(t) for t in query.include)
+    for term in query.exclude:
+        expr = f"({expr}) NOT {phrase(term)}"
+    return expr
+
+
+def split_script(sql: str) -> list[str]:
+    """The statements of a migration script, each whole (a trigger body included)."""
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
 
 
 def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:

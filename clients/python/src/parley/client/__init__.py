@@ -13,7 +13,8 @@ seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``qu
 (the SQLite offline queue), ``rest`` (``RestClient``: send and search from a backend),
 ``connection`` (one connection's bookkeeping and the
 close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``pacing``
-(the send pacer), ``errors``. Names, codes and limits come from ``parley.codes``, shipped
+(the send pacer), ``rest`` (``RestClient``: send and search over REST, for a backend),
+``errors``. Names, codes and limits come from ``parley.codes``, shipped
 with this package (``parley-client``, whose only dependency is websockets).
 See ``docs/python-client.md``.
 """
