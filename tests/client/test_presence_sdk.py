@@ -10,8 +10,14 @@ from typing import Any
 
 import pytest
 
+from parley.client import ChatState
 from tests.client.conftest import MakeClient, create_conversation
 from tests.support.server import ParleyServer
+
+
+def status_of(state: ChatState, user: str) -> str | None:
+    found = state["presence"]["byUserId"].get(user)
+    return found["status"] if found is not None else None
 
 
 @pytest.fixture
@@ -26,15 +32,13 @@ async def test_presence_events_and_snapshot(srv: ParleyServer, make_client: Make
     seen: list[dict[str, Any]] = []
     a.on("presence", seen.append)
     b = await make_client(srv, "bob")
-    await a.wait_for(
-        lambda s: s["presence"]["byUserId"].get("bob", {}).get("status") == "online", 10
-    )
+    await a.wait_for(lambda s: status_of(s, "bob") == "online", 10)
     assert seen and seen[-1]["user_id"] == "bob"
     snapshot = await a.presence(["bob", "nobody"])
     assert [p["user_id"] for p in snapshot] == ["bob"] and snapshot[0]["status"] == "online"
     online_at = a.state["presence"]["byUserId"]["bob"]["last_seen"]
     await b.close()
-    await a.wait_for(lambda s: s["presence"]["byUserId"]["bob"]["status"] == "offline", 15)
+    await a.wait_for(lambda s: status_of(s, "bob") == "offline", 15)
     offline = a.state["presence"]["byUserId"]["bob"]
     assert offline["last_seen"] is not None and online_at is not None
     assert offline["last_seen"] >= online_at
