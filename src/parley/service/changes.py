@@ -41,9 +41,26 @@ class Changes(Messages):
 
     def handle(self, peer: Peer, cmd: p.Command) -> None:
         if isinstance(cmd, _CHANGES):
-            self._spawn(self._change_cmd(peer, cmd))
+            # One connection's changes commit in the order it sent them (a reaction
+            # pipelined after a deletion must not land before it): one runner per
+            # connection works through its queue.
+            queue = self._change_queues.get(peer)
+            if queue is not None:
+                queue.append(cmd)
+            else:
+                self._change_queues[peer] = [cmd]
+                self._spawn(self._run_changes(peer))
         else:
             super().handle(peer, cmd)
+
+    async def _run_changes(self, peer: Peer) -> None:
+        queue = self._change_queues[peer]
+        try:
+            while queue:
+                await self._change_cmd(peer, queue[0])
+                queue.pop(0)
+        finally:
+            del self._change_queues[peer]
 
     async def _change_cmd(self, peer: Peer, cmd: p.MessageChange) -> None:
         # An admin token's connection may delete any message (server.ws sets ``admin``).

@@ -68,6 +68,8 @@ class Messages(Hub):
         # Sends of a connection held behind one whose mentions are being checked (a
         # read), so that its sends still commit in the order they came.
         self._held: dict[Peer, list[p.SendMessage]] = {}
+        # changes (edits, deletions, reactions) waiting their turn, per connection
+        self._change_queues: dict[Peer, list[p.MessageChange]] = {}
 
     def _forget(self, peer: Peer) -> None:
         self._sync_locks.pop(peer, None)
