@@ -15,7 +15,7 @@ async def test_version_1_database_upgrades_and_keeps_its_data(tmp_path: Path) ->
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
-    for statement in MIGRATIONS[0].split(";"):
+    for statement in MIGRATIONS[0][1].split(";"):
         if statement.strip():
             conn.execute(statement)
     conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
@@ -41,7 +41,7 @@ async def test_version_1_database_upgrades_and_keeps_its_data(tmp_path: Path) ->
     versions = [
         r[0] for r in sqlite3.connect(path).execute("SELECT version FROM schema_migrations")
     ]
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert versions == [v for v, _ in MIGRATIONS]
 
 
 async def test_version_2_database_gains_owners(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ async def test_version_2_database_gains_owners(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     for version in (1, 2):
-        for statement in MIGRATIONS[version - 1].split(";"):
+        for statement in MIGRATIONS[version - 1][1].split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))

@@ -52,9 +52,13 @@ from parley.store.base import (
     Cursor,
     ForbiddenError,
     LimitError,
+    MembershipEmit,
+    MessageEmit,
     MessageRecord,
     NewMessage,
     NotFoundError,
+    OutboxEvent,
+    OutboxRow,
     ReceiptKind,
     StoreError,
     attachment_not_found,
@@ -156,6 +160,27 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE m.conversation_id = f.conversation_id AND m.user_id = f.user_id;
         """,
     ),
+    (
+        4,
+        # The webhook outbox (docs/webhooks.md): events written in the transaction of
+        # their change, leased to one node at a time (``lease_until``).
+        """
+        CREATE TABLE webhook_outbox (
+            position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL UNIQUE,
+            type text NOT NULL,
+            conversation_id text NOT NULL,
+            created_at double precision NOT NULL,
+            data bytea NOT NULL,
+            stamped boolean NOT NULL,
+            attempts int NOT NULL DEFAULT 0,
+            next_at double precision NOT NULL,
+            lease_until double precision
+        );
+        CREATE INDEX webhook_outbox_by_conversation ON webhook_outbox (conversation_id, position);
+        CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE NOT stamped;
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
@@ -246,12 +271,58 @@ async def _messages(conn: _Connection, rows: list[Row]) -> list[MessageRecord]:
     return [_message(r, atts.get(int(r["id"]), [])) for r in rows]
 
 
-class _Pending:
-    __slots__ = ("future", "message")
+_OUTBOX_COLUMNS = (
+    "position, event_id, type, conversation_id, created_at, data, stamped, attempts, next_at"
+)
 
-    def __init__(self, message: NewMessage, future: asyncio.Future[AppendResult]) -> None:
+
+def _outbox_row(r: Row) -> OutboxRow:
+    return OutboxRow(
+        position=int(r["position"]),
+        event=OutboxEvent(
+            id=r["event_id"],
+            type=r["type"],
+            conversation_id=r["conversation_id"],
+            created_at=float(r["created_at"]),
+            data=bytes(r["data"]),
+            stamped=bool(r["stamped"]),
+        ),
+        attempts=int(r["attempts"]),
+        next_at=float(r["next_at"]),
+    )
+
+
+async def _insert_events(conn: _Connection, events: Sequence[OutboxEvent]) -> None:
+    """Write webhook events inside the caller's transaction (transaction rule 5)."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO webhook_outbox
+               (event_id, type, conversation_id, created_at, data, stamped, next_at)
+           SELECT e, t, c, a, d, s, a FROM unnest($1::text[], $2::text[], $3::text[],
+                                                 $4::float8[], $5::bytea[], $6::bool[])
+               AS v(e, t, c, a, d, s)""",
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.conversation_id for e in events],
+        [e.created_at for e in events],
+        [e.data for e in events],
+        [e.stamped for e in events],
+    )
+
+
+class _Pending:
+    __slots__ = ("emit", "future", "message")
+
+    def __init__(
+        self,
+        message: NewMessage,
+        future: asyncio.Future[AppendResult],
+        emit: MessageEmit | None = None,
+    ) -> None:
         self.message = message
         self.future = future
+        self.emit = emit
 
 
 class PostgresStore:
@@ -362,6 +433,7 @@ class PostgresStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None = None,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         pair: tuple[str | None, str | None] = (None, None)
@@ -402,7 +474,10 @@ class PostgresStore:
                 created_at,
                 owners,
             )
-        return _conversation(row, members), True
+            conv = _conversation(row, members)
+            if emit is not None:
+                await _insert_events(conn, emit(conv, members))
+        return conv, True
 
     async def conversations_created_since(self, user_id: str, since: float) -> int:
         async with self._acquire() as conn:
@@ -502,7 +577,12 @@ class PostgresStore:
         return str(kind)
 
     async def add_members(
-        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+        self,
+        conversation_id: str,
+        user_ids: Sequence[str],
+        *,
+        max_members: int,
+        emit: MembershipEmit | None = None,
     ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
@@ -531,10 +611,14 @@ class PostgresStore:
                 time.time(),
             )
             conversation = await self._conversation(conn, cid)
-        assert conversation is not None
+            assert conversation is not None
+            if emit is not None and new:
+                await _insert_events(conn, emit(conversation, new))
         return conversation
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_member(
+        self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
@@ -564,7 +648,9 @@ class PostgresStore:
                     time.time(),
                 )
             conversation = await self._conversation(conn, cid)
-        assert conversation is not None
+            assert conversation is not None
+            if emit is not None:
+                await _insert_events(conn, emit(conversation, [user_id]))
         return conversation
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
@@ -579,11 +665,13 @@ class PostgresStore:
         return conversation
 
     # -- messages ------------------------------------------------------------
-    async def append_message(self, message: NewMessage) -> AppendResult:
+    async def append_message(
+        self, message: NewMessage, emit: MessageEmit | None = None
+    ) -> AppendResult:
         if self._closing or not self._tasks:
             raise RuntimeError("PostgresStore is not running")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(message, future))
+        self._queue.put_nowait(_Pending(message, future, emit))
         # Shielded: a caller that stops waiting does not pull the message out of a batch.
         return await asyncio.shield(future)
 
@@ -637,7 +725,9 @@ class PostgresStore:
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 async with self._acquire() as conn:
-                    results = await self._append_batch(conn, [p.message for p in unique])
+                    results = await self._append_batch(
+                        conn, [p.message for p in unique], [p.emit for p in unique]
+                    )
                 break
             except _RETRYABLE:
                 if attempt == _BATCH_ATTEMPTS - 1:
@@ -656,7 +746,7 @@ class PostgresStore:
                 p.future.set_result((result[0], False))
 
     async def _append_batch(
-        self, conn: _Connection, msgs: list[NewMessage]
+        self, conn: _Connection, msgs: list[NewMessage], emits: Sequence[MessageEmit | None]
     ) -> list[AppendResult | StoreError]:
         """Commit the valid messages of ``msgs`` (distinct pairs) in one transaction."""
         results: list[AppendResult | StoreError | None] = [None] * len(msgs)
@@ -731,8 +821,13 @@ class PostgresStore:
             valid = [i for i in todo if results[i] is None]
             if valid:
                 targets = {i: cast(int, conv_ids[i]) for i in valid}
+                events: list[OutboxEvent] = []
                 for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
                     results[i] = (record, True)
+                    emit = emits[i]
+                    if emit is not None:
+                        events.extend(emit(record))
+                await _insert_events(conn, events)
         return [cast(AppendResult | StoreError, r) for r in results]
 
     async def _insert(
@@ -1002,3 +1097,74 @@ class PostgresStore:
         if row is None:
             return None
         return _attachment(row), bytes(row["data"])
+
+    # -- webhook outbox (transaction rule 5) ---------------------------------
+    async def outbox_claim(self, *, now: float, lease: float, limit: int) -> list[OutboxRow]:
+        # The head of each conversation (its oldest undelivered event) is the only one
+        # that may be handed out; a head leased or locked by another node is skipped,
+        # and so, being the head, it keeps the rest of its conversation waiting.
+        async with self._acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"""WITH heads AS (
+                        SELECT DISTINCT ON (conversation_id) position FROM webhook_outbox
+                        ORDER BY conversation_id, position
+                    ), due AS (
+                        SELECT o.position FROM webhook_outbox o
+                        JOIN heads h ON h.position = o.position
+                        WHERE o.next_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1)
+                        ORDER BY o.position LIMIT $3
+                        FOR UPDATE OF o SKIP LOCKED
+                    )
+                    UPDATE webhook_outbox o SET lease_until = $1 + $2
+                    FROM due WHERE o.position = due.position
+                    RETURNING {", ".join("o." + c for c in _OUTBOX_COLUMNS.split(", "))}""",
+                now,
+                lease,
+                limit,
+            )
+        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.position)
+
+    async def outbox_delivered(self, positions: Sequence[int]) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "DELETE FROM webhook_outbox WHERE position = ANY($1::bigint[])", list(positions)
+            )
+
+    async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                """UPDATE webhook_outbox SET attempts = $2, next_at = $3, lease_until = NULL
+                   WHERE position = $1""",
+                position,
+                attempts,
+                next_at,
+            )
+
+    async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE NOT stamped
+                    ORDER BY position LIMIT $1""",
+                limit,
+            )
+        return [_outbox_row(r) for r in rows]
+
+    async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
+        if not stamps:
+            return
+        async with self._acquire() as conn:
+            await conn.execute(
+                """UPDATE webhook_outbox o SET data = v.d, stamped = true
+                   FROM unnest($1::bigint[], $2::bytea[]) AS v(p, d) WHERE o.position = v.p""",
+                [position for position, _ in stamps],
+                [data for _, data in stamps],
+            )
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(created_at) AS t FROM webhook_outbox"
+            )
+        assert row is not None
+        oldest = row["t"]
+        return int(row["n"]), None if oldest is None else float(oldest)

@@ -47,9 +47,13 @@ from parley.store.base import (
     Cursor,
     ForbiddenError,
     LimitError,
+    MembershipEmit,
+    MessageEmit,
     MessageRecord,
     NewMessage,
     NotFoundError,
+    OutboxEvent,
+    OutboxRow,
     ReceiptKind,
     StoreError,
     attachment_not_found,
@@ -60,9 +64,11 @@ from parley.store.base import (
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[tuple[int, str]] = [
     # 1: initial schema
-    """
+    (
+        1,
+        """
     CREATE TABLE users (
         id TEXT PRIMARY KEY,
         active INTEGER NOT NULL DEFAULT 1
@@ -110,15 +116,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX attachments_by_message ON attachments (message_id);
     """,
+    ),
     # 2: a conversation's last seq and activity are read off its newest message
-    """
+    (
+        2,
+        """
     ALTER TABLE conversations DROP COLUMN last_seq;
     ALTER TABLE conversations DROP COLUMN last_activity;
     """,
+    ),
     # 3: group owners, join order, the creator, cursors kept across leave and re-join.
     # A direct conversation that ever had other than two members becomes a group; a
     # group's first member (by user id) becomes its owner.
-    """
+    (
+        3,
+        """
     ALTER TABLE conversations ADD COLUMN creator_id TEXT;
     ALTER TABLE members ADD COLUMN joined_at REAL NOT NULL DEFAULT 0;
     ALTER TABLE members ADD COLUMN owner_since REAL;
@@ -137,6 +149,27 @@ MIGRATIONS: list[str] = [
          JOIN conversations c ON c.id = m.conversation_id
          WHERE c.kind = 'group' GROUP BY m.conversation_id);
     """,
+    ),
+    # 5: the webhook outbox (docs/webhooks.md). Leases live in the store object: SQLite
+    # serves one node, so a restarted process owns every event again.
+    (
+        5,
+        """
+    CREATE TABLE webhook_outbox (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        data BLOB NOT NULL,
+        stamped INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL
+    );
+    CREATE INDEX webhook_outbox_by_conversation ON webhook_outbox (conversation_id, position);
+    CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE stamped = 0;
+    """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
@@ -236,6 +269,9 @@ class SQLiteStore:
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._closed = False
+        # Webhook outbox leases; touched on the writer thread only. In
+        # memory: one SQLite file serves one node (transaction rule 5).
+        self._leases: dict[int, tuple[float, object]] = {}  # {position: (until, claim)}
         self.batches = 0  # committed write batches (for metrics)
         self.batched_ops = 0
 
@@ -455,11 +491,14 @@ class SQLiteStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None = None,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         if kind == "direct" and len(members) != 2:
             raise ValueError(DIRECT_IS_TWO)
-        return await self._submit(self._op_create, members, kind, title, created_at, creator_id)
+        return await self._submit(
+            self._op_create, members, kind, title, created_at, creator_id, emit
+        )
 
     def _op_create(
         self,
@@ -470,6 +509,7 @@ class SQLiteStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None,
     ) -> tuple[Conversation, bool]:
         direct_key = "\x00".join(members) if kind == "direct" else None
         if direct_key is not None:
@@ -492,10 +532,10 @@ class SQLiteStore:
             [(conv_id, m, created_at, created_at if m in owners else None) for m in members],
         )
         state.conv[conv_id] = _ConvState(0, set(members), kind)
-        return (
-            Conversation(str(conv_id), kind, title, members, created_at, 0, owners),
-            True,
-        )
+        conv = Conversation(str(conv_id), kind, title, members, created_at, 0, owners)
+        if emit is not None:
+            _insert_events(conn, emit(conv, members))
+        return conv, True
 
     async def conversations_created_since(self, user_id: str, since: float) -> int:
         row = await self._read(
@@ -557,13 +597,18 @@ class SQLiteStore:
         return {str(cid): seq for cid, seq in rows}
 
     async def add_members(
-        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+        self,
+        conversation_id: str,
+        user_ids: Sequence[str],
+        *,
+        max_members: int,
+        emit: MembershipEmit | None = None,
     ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
         return await self._submit(
-            self._op_add_members, cid, sorted(set(user_ids)), max_members, time.time()
+            self._op_add_members, cid, sorted(set(user_ids)), max_members, time.time(), emit
         )
 
     def _op_add_members(
@@ -574,6 +619,7 @@ class SQLiteStore:
         user_ids: list[str],
         max_members: int,
         now: float,
+        emit: MembershipEmit | None,
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         new = [u for u in user_ids if u not in cs.members]
@@ -593,16 +639,27 @@ class SQLiteStore:
             [(cid, u, now) for u in new],
         )
         cs.members.update(new)
-        return self._conversation_from_cache(conn, cid, cs)
+        conv = self._conversation_from_cache(conn, cid, cs)
+        if emit is not None and new:
+            _insert_events(conn, emit(conv, new))
+        return conv
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_member(
+        self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
-        return await self._submit(self._op_remove_member, cid, user_id, time.time())
+        return await self._submit(self._op_remove_member, cid, user_id, time.time(), emit)
 
     def _op_remove_member(
-        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_id: str, now: float
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        user_id: str,
+        now: float,
+        emit: MembershipEmit | None,
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         if user_id not in cs.members:
@@ -634,7 +691,10 @@ class SQLiteStore:
                     " ORDER BY joined_at, user_id LIMIT 1)",
                     (now, cid, cid),
                 )
-        return self._conversation_from_cache(conn, cid, cs)
+        conv = self._conversation_from_cache(conn, cid, cs)
+        if emit is not None:
+            _insert_events(conn, emit(conv, [user_id]))
+        return conv
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
         cid = row_id(conversation_id)
@@ -661,13 +721,19 @@ class SQLiteStore:
         )
 
     # ------------------------------------------------------------------ messages
-    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[MessageRecord, bool]]:
+    def append_message(
+        self, message: NewMessage, emit: MessageEmit | None = None
+    ) -> asyncio.Future[tuple[MessageRecord, bool]]:
         # Queued synchronously: the caller's order is the commit order, and no task is
         # made per message.
-        return self._submit(self._op_append, message, source=message.sender_id)
+        return self._submit(self._op_append, message, emit, source=message.sender_id)
 
     def _op_append(
-        self, conn: sqlite3.Connection, state: _WriterState, m: NewMessage
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        m: NewMessage,
+        emit: MessageEmit | None = None,
     ) -> tuple[MessageRecord, bool]:
         cid = row_id(m.conversation_id)
         if cid is None:
@@ -761,6 +827,8 @@ class SQLiteStore:
             reply_to=str(reply_to) if reply_to is not None else None,
             attachments=records,
         )
+        if emit is not None:
+            _insert_events(conn, emit(record))
         return record, True
 
     async def get_messages(
@@ -879,8 +947,121 @@ class SQLiteStore:
             return None
         return AttachmentRecord(*row[:7]), bytes(row[7])
 
+    # ------------------------------------------------------------------ webhook outbox
+    # Claims, deliveries and retries run on the writer thread, which alone touches the
+    # leases: each sees every earlier write, so a delivered head is never handed out again.
+    async def outbox_claim(self, *, now: float, lease: float, limit: int) -> list[OutboxRow]:
+        return await self._submit(self._op_outbox_claim, now, lease, limit, object())
+
+    def _op_outbox_claim(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        now: float,
+        lease: float,
+        limit: int,
+        token: object,
+    ) -> list[OutboxRow]:
+        # ``token``: a batch run again (poison isolation) hands out the same rows.
+        leases = self._leases
+        for position in [p for p, (until, _) in leases.items() if until <= now]:
+            del leases[position]
+        # A leased head still blocks its conversation, so read past as many as are leased.
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE position IN"
+            " (SELECT min(position) FROM webhook_outbox GROUP BY conversation_id)"
+            " AND next_at <= ? ORDER BY position LIMIT ?",
+            (now, limit + len(leases)),
+        ).fetchall()
+        free = [r for r in rows if r[0] not in leases or leases[r[0]][1] is token]
+        out = [_outbox_row(r) for r in free[:limit]]
+        for row in out:
+            leases[row.position] = (now + lease, token)
+        return out
+
+    async def outbox_delivered(self, positions: Sequence[int]) -> None:
+        await self._submit(self._op_outbox_delete, list(positions))
+
+    def _op_outbox_delete(
+        self, conn: sqlite3.Connection, state: _WriterState, positions: list[int]
+    ) -> None:
+        conn.executemany("DELETE FROM webhook_outbox WHERE position = ?", [(p,) for p in positions])
+        for position in positions:
+            self._leases.pop(position, None)
+
+    async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
+        await self._submit(self._op_outbox_retry, position, attempts, next_at)
+
+    def _op_outbox_retry(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        position: int,
+        attempts: int,
+        next_at: float,
+    ) -> None:
+        conn.execute(
+            "UPDATE webhook_outbox SET attempts = ?, next_at = ? WHERE position = ?",
+            (attempts, next_at, position),
+        )
+        self._leases.pop(position, None)
+
+    async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE stamped = 0"
+                " ORDER BY position LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_outbox_row(r) for r in rows]
+
+    async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
+        if stamps:
+            await self._submit(_op_outbox_stamp, list(stamps))
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        row = await self._read(
+            lambda c: c.execute("SELECT count(*), min(created_at) FROM webhook_outbox").fetchone()
+        )
+        return int(row[0]), row[1]
+
 
 # ---------------------------------------------------------------------- module helpers
+_OUTBOX_COLUMNS = (
+    "position, event_id, type, conversation_id, created_at, data, stamped, attempts, next_at"
+)
+
+
+def _outbox_row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        position=r[0],
+        event=OutboxEvent(r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6])),
+        attempts=r[7],
+        next_at=r[8],
+    )
+
+
+def _insert_events(conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
+    conn.executemany(
+        "INSERT INTO webhook_outbox (event_id, type, conversation_id, created_at, data,"
+        " stamped, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (e.id, e.type, e.conversation_id, e.created_at, e.data, int(e.stamped), e.created_at)
+            for e in events
+        ],
+    )
+
+
+def _op_outbox_stamp(
+    conn: sqlite3.Connection, state: _WriterState, stamps: list[tuple[int, bytes]]
+) -> None:
+    conn.executemany(
+        "UPDATE webhook_outbox SET data = ?, stamped = 1 WHERE position = ?",
+        [(data, position) for position, data in stamps],
+    )
+
+
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, exc in results:
         if future.done():
@@ -926,7 +1107,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         " applied_at REAL NOT NULL)"
     )
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-    for version, sql in enumerate(MIGRATIONS, start=1):
+    for version, sql in MIGRATIONS:
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
