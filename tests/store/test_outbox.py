@@ -127,9 +127,7 @@ async def test_heads_only_leased_once_and_retry_keeps_order(
     ann = uid("ann")
     one, two = await _group(store, ann, [ann]), await _group(store, ann, [ann])
     for n in range(3):
-        await store.append_message(
-            NewMessage(one.id, ann, f"a{n}", "x", time.time()), message_emit
-        )
+        await store.append_message(NewMessage(one.id, ann, f"a{n}", "x", time.time()), message_emit)
     await store.append_message(NewMessage(two.id, ann, "b0", "x", time.time()), message_emit)
     now = time.time()
     first = await store.outbox_claim(now=now, lease=LEASE, limit=10)

@@ -18,13 +18,14 @@ from aiohttp.web_request import BaseRequest
 from parley.auth import TokenVerifier
 from parley.broker import open_broker
 from parley.broker.base import Broker
-from parley.config import Settings, parse_list
+from parley.config import Settings, parse_list, webhook_problem
 from parley.metrics import Metrics
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
 from parley.service import ChatService, Limits
 from parley.store import open_store
 from parley.store.base import Store
+from parley.webhooks import LocalPresence, RedisPresence, RetryPolicy, WebhookWorker
 
 log = logging.getLogger("parley")
 
@@ -98,6 +99,7 @@ def build_app(
         clock=clock,
         framer=ws_frame,
     )
+    worker, presence = _webhooks(settings, store, service, metrics)
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
     rest = Rest(settings, service, verifier, metrics)
@@ -120,6 +122,10 @@ def build_app(
 
     async def startup(app: web.Application) -> None:
         await store.start()
+        if presence is not None:
+            await presence.start()
+        if worker is not None:
+            await worker.start()
         await service.start()
 
     async def shutdown(app: web.Application) -> None:
@@ -127,6 +133,10 @@ def build_app(
 
     async def cleanup(app: web.Application) -> None:
         await service.drain()
+        if worker is not None:  # deliveries in flight finish; the rest waits in the outbox
+            await worker.close(grace=settings.shutdown_timeout / 2)
+        if presence is not None:
+            await presence.close()
         await broker.close()
         await store.close()
 
@@ -134,6 +144,29 @@ def build_app(
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     return app
+
+
+def _webhooks(
+    settings: Settings, store: Store, service: ChatService, metrics: Metrics
+) -> tuple[WebhookWorker | None, RedisPresence | None]:
+    """The webhook worker (and Redis presence across nodes), when webhooks are on: the
+    service then writes its events into the store's outbox (docs/webhooks.md)."""
+    if not settings.webhook_url or not settings.webhook_secret:
+        return None, None
+    presence: RedisPresence | None = None
+    if settings.redis:
+        presence = RedisPresence(settings.redis, service.node_id, lambda: service.peers.keys())
+        service.presence_listener = presence
+    worker = WebhookWorker(
+        store,
+        settings.webhook_url,
+        settings.webhook_secret,
+        presence or LocalPresence(lambda user: service.connection_count(user) > 0),
+        policy=RetryPolicy(base=settings.webhook_retry_base),
+        metrics=metrics,
+    )
+    service.webhooks = worker
+    return worker, presence
 
 
 async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> int:
@@ -211,6 +244,10 @@ async def reap_slow_handshakes(runner: web.AppRunner, timeout: float) -> None:
 
 
 def run(settings: Settings) -> int:
+    problem = webhook_problem(settings)
+    if problem is not None:
+        print(f"parley: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -67,6 +67,19 @@ class NoMetrics:
         pass
 
 
+class EventSink(Protocol):
+    """Takes note that webhook events were committed (the delivery worker)."""
+
+    def notify(self) -> None: ...
+
+
+class PresenceListener(Protocol):
+    """Told when a user's first connection on this node opens and its last closes."""
+
+    async def connected(self, user_id: str) -> None: ...
+    def disconnected(self, user_id: str) -> None: ...
+
+
 def _identity(payload: bytes) -> bytes:
     return payload
 
@@ -101,6 +114,10 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[asyncio.Future[Any]] = set()  # appends awaiting their commit
         self.node_id = secrets.token_hex(6)
+        # Set by the server before start when webhooks are configured (docs/webhooks.md):
+        # changes then write their events into the store's outbox and wake ``webhooks``.
+        self.webhooks: EventSink | None = None
+        self.presence_listener: PresenceListener | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -138,6 +155,8 @@ class Hub:
         self.peers.setdefault(user, set()).add(peer)
         if first:
             self.user_convs[user] = set()
+            if self.presence_listener is not None:
+                await self.presence_listener.connected(user)
         convs = await self._store.user_conversations(user)  # on failure the caller disconnects
         mine = self.user_convs[user]
         for cid in convs:
@@ -159,6 +178,8 @@ class Hub:
         peers.discard(peer)
         if not peers:
             del self.peers[user]
+            if self.presence_listener is not None:
+                self.presence_listener.disconnected(user)
             for cid in self.user_convs.pop(user, ()):
                 users = self.conv_users.get(cid)
                 if users is not None:

@@ -1,0 +1,240 @@
+"""The delivery worker: takes events out of the store's outbox and POSTs them
+(docs/webhooks.md).
+
+One worker per node. It leases events from the outbox (``Store.outbox_claim``: each the
+oldest undelivered event of its conversation, so a conversation's events arrive in
+order), POSTs each signed, and removes it on a 2xx answer. Anything else, or no answer
+within ``timeout`` seconds, is a failure: the event is due again after the backoff of
+``RetryPolicy`` and dropped (and counted) once it is older than ``give_up_after``.
+Delivery is at least once: a node killed after the receiver's 2xx but before the removal
+sends that event again after its lease runs out; receivers deduplicate by ``id``.
+
+``message.created`` events are stamped with ``offline_member_ids`` right after their
+commit (the service calls ``notify``), or, after a crash, when the worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+
+from parley.store.base import OutboxEvent, OutboxRow, Store
+from parley.webhooks import events
+from parley.webhooks.backoff import RetryPolicy
+from parley.webhooks.presence import Presence
+from parley.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Parley-Webhooks/1"
+
+
+class WebhookMetrics(Protocol):
+    """What the worker reports (``parley.metrics.Metrics`` implements it)."""
+
+    def webhook_delivered(self, seconds_since_created: float) -> None: ...
+    def webhook_failed(self) -> None: ...
+    def webhook_dropped(self) -> None: ...
+    def webhook_outbox(self, depth: int, oldest_created_at: float | None) -> None: ...
+
+
+class _NoMetrics:
+    def webhook_delivered(self, seconds_since_created: float) -> None:
+        pass
+
+    def webhook_failed(self) -> None:
+        pass
+
+    def webhook_dropped(self) -> None:
+        pass
+
+    def webhook_outbox(self, depth: int, oldest_created_at: float | None) -> None:
+        pass
+
+
+class WebhookWorker:
+    """Delivers the outbox of ``store`` to ``url``. ``start`` once the store is started;
+    ``close`` before the store closes."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        secret: str,
+        presence: Presence,
+        *,
+        policy: RetryPolicy | None = None,
+        metrics: WebhookMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 10.0,
+        lease: float = 60.0,
+        concurrency: int = 32,
+        poll: float = 1.0,
+        stats_every: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._url = url
+        self._secret = secret
+        self._presence = presence
+        self.policy = policy or RetryPolicy()
+        self._metrics: WebhookMetrics = metrics or _NoMetrics()
+        self._clock = clock
+        self._timeout = timeout
+        self._lease = lease  # longer than a delivery can take (timeout + store writes)
+        self._concurrency = concurrency
+        # Other nodes' commits are not announced here: looked for every ``poll`` seconds.
+        self._poll = min(poll, max(self.policy.base, 0.01))
+        self._stats_every = stats_every
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, asyncio.Task[None]] = {}  # by outbox position
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self._last_stats = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._task = asyncio.create_task(self._run(), name="parley-webhooks")
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop taking events; let the deliveries in flight finish (at most ``grace``
+        seconds, default the delivery timeout), then stop. What is left stays in the
+        outbox for the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        pending = list(self._inflight.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace or self._timeout + 1)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def notify(self) -> None:
+        """Events were committed on this node: look at the outbox now."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._round()
+            except Exception:
+                log.exception("webhooks: outbox round failed")
+                await asyncio.sleep(self._poll)
+                continue
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def _round(self) -> None:
+        now = self._clock()
+        free = self._concurrency - len(self._inflight)
+        if free > 0:
+            rows = await self._store.outbox_claim(now=now, lease=self._lease, limit=free)
+            for row in rows:
+                task = asyncio.create_task(self._deliver(row))
+                self._inflight[row.position] = task
+                task.add_done_callback(functools.partial(self._done, row.position))
+        await self._stamp_waiting()
+        if now - self._last_stats >= self._stats_every:
+            self._last_stats = now
+            depth, oldest = await self._store.outbox_stats()
+            self._metrics.webhook_outbox(depth, oldest)
+
+    def _done(self, position: int, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(position, None)
+        self._wake.set()  # the next event of that conversation may go now
+
+    # ------------------------------------------------------------------ stamping
+    async def _stamp_waiting(self) -> None:
+        """Stamp the ``message.created`` events not being delivered (waiting behind an
+        earlier event of their conversation), so ``offline_member_ids`` says who was
+        offline when the message was sent, not when it is finally delivered."""
+        rows = [
+            r for r in await self._store.outbox_unstamped(256) if r.position not in self._inflight
+        ]
+        if rows:
+            stamped = await self._stamped(rows)
+            await self._store.outbox_stamp([(r.position, e.data) for r, e in stamped])
+
+    async def _stamped(self, rows: list[OutboxRow]) -> list[tuple[OutboxRow, OutboxEvent]]:
+        members: dict[str, list[str]] = {}
+        for row in rows:
+            cid = row.event.conversation_id
+            if cid not in members:
+                conv = await self._store.get_conversation(cid)
+                members[cid] = conv.member_ids if conv is not None else []
+        everyone = sorted({m for ms in members.values() for m in ms})
+        online = await self._presence.online(everyone) if everyone else set()
+        out = []
+        for row in rows:
+            e = row.event
+            data = events.stamp_offline(
+                e.data, members[e.conversation_id], online, events.sender_of(e.data)
+            )
+            out.append((row, OutboxEvent(e.id, e.type, e.conversation_id, e.created_at, data)))
+        return out
+
+    # ------------------------------------------------------------------ delivery
+    async def _deliver(self, row: OutboxRow) -> None:
+        try:
+            event = row.event
+            if not event.stamped:
+                [(_, event)] = await self._stamped([row])
+            ok = await self._post(event)
+            if ok:
+                await self._store.outbox_delivered([row.position])
+                self._metrics.webhook_delivered(self._clock() - event.created_at)
+                return
+            self._metrics.webhook_failed()
+            if not row.event.stamped:  # a retry sends the same body
+                await self._store.outbox_stamp([(row.position, event.data)])
+            attempts = row.attempts + 1
+            next_at = self.policy.next_attempt(event.created_at, attempts, self._clock())
+            if next_at is None:
+                log.warning("webhooks: dropping %s after %d attempts", event.id, attempts)
+                await self._store.outbox_delivered([row.position])
+                self._metrics.webhook_dropped()
+            else:
+                await self._store.outbox_retry(row.position, attempts=attempts, next_at=next_at)
+        except Exception:
+            # The store failed: the lease runs out and the event is taken again.
+            log.exception("webhooks: delivery bookkeeping of outbox row %d failed", row.position)
+
+    async def _post(self, event: OutboxEvent) -> bool:
+        assert self._session is not None
+        payload = events.body(event)
+        headers = {
+            "Content-Type": "application/json",
+            EVENT_ID_HEADER: event.id,
+            SIGNATURE_HEADER: signature_header(self._secret, payload, int(self._clock())),
+        }
+        try:
+            async with self._session.post(
+                self._url, data=payload, headers=headers, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return True
+                log.info("webhooks: %s answered %d for %s", self._url, resp.status, event.id)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("webhooks: %s failed for %s: %r", self._url, event.id, exc)
+        return False

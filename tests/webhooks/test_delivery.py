@@ -1,0 +1,143 @@
+"""Webhook deliveries from a real ``parley serve`` to a real HTTP receiver: signed,
+retried with the same id, in order per conversation, and never lost across a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import ParleyServer
+from tests.support.wsclient import WsClient, api
+from tests.webhooks.conftest import Receiver, webhook_args
+
+
+async def _start(srv: ParleyServer) -> ParleyServer:
+    # In a thread: the receiver shares this event loop and must keep answering.
+    return await asyncio.to_thread(srv.start)
+
+
+async def _group(srv: ParleyServer, owner: str, members: list[str]) -> str:
+    status, body = await api(
+        "POST",
+        f"{srv.http_url}/api/conversations",
+        srv.token(owner),
+        {"member_ids": members, "title": "hooks"},
+    )
+    assert status == 201, body
+    return str(body["id"])
+
+
+async def _send(ws: WsClient, cid: str, local_id: str, content: str) -> dict[str, Any]:
+    await ws.send(
+        {"action": "send_message", "conversation_id": cid, "content": content, "local_id": local_id}
+    )
+    ack = await ws.expect(
+        "chat_message", lambda e: e["message"].get("local_id") == local_id, timeout=10
+    )
+    return dict(ack["message"])
+
+
+async def test_events_are_signed_and_shaped(tmp_path: Path, receiver: Receiver) -> None:
+    srv = await _start(ParleyServer(tmp_path, extra_args=webhook_args(receiver)))
+    try:
+        cid = await _group(srv, "ann", ["ann", "bob"])
+        status, _ = await api(
+            "POST",
+            f"{srv.http_url}/api/conversations/{cid}/members",
+            srv.token("ann"),
+            {"member_ids": ["cat"]},
+        )
+        assert status == 200
+        async with await WsClient.connect(srv.ws_url(srv.token("ann"))) as ws:
+            await ws.expect("connection.established")
+            msg = await _send(ws, cid, "l1", "hello")
+        status, _ = await api(
+            "DELETE", f"{srv.http_url}/api/conversations/{cid}/members/cat", srv.token("ann")
+        )
+        assert status == 200
+        events = await receiver.wait_for(lambda ev: len(ev) >= 4)
+    finally:
+        srv.terminate()
+    assert [e.type for e in events] == [
+        "conversation.created",
+        "member.added",
+        "message.created",
+        "member.removed",
+    ]
+    assert all(e.signed and e.header_id == e.id and e.id.startswith("evt_") for e in events)
+    assert len({e.id for e in events}) == 4
+    created, added, message, removed = events
+    assert created.data["id"] == cid and created.data["member_ids"] == ["ann", "bob"]
+    assert added.data["user_ids"] == ["cat"] and added.data["conversation"]["id"] == cid
+    assert message.data["message"]["id"] == msg["id"]
+    assert message.data["message"]["content"] == "hello"
+    assert message.data["conversation_id"] == cid
+    # ann was connected when it committed; bob and cat never were
+    assert message.data["offline_member_ids"] == ["bob", "cat"]
+    assert removed.data["user_ids"] == ["cat"]
+    assert "cat" not in removed.data["conversation"]["member_ids"]
+
+
+async def test_a_failed_delivery_comes_again_with_the_same_id(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.plan.extend([500])
+    srv = await _start(ParleyServer(tmp_path, extra_args=webhook_args(receiver)))
+    try:
+        await _group(srv, "ann", ["ann", "bob"])
+        await receiver.wait_for(lambda ev: len(ev) == 1)
+    finally:
+        srv.terminate()
+    first, second = receiver.attempts
+    assert (first.status, second.status) == (500, 200)
+    assert first.id == second.id and first.data == second.data
+    assert second.received_at - first.received_at >= 0.9  # the first retry waits ~1 s
+
+
+async def test_no_event_is_lost_across_a_sigkill(tmp_path: Path, receiver: Receiver) -> None:
+    await receiver.down()
+    srv = await _start(
+        ParleyServer(tmp_path, extra_args=webhook_args(receiver, "--webhook-retry-base", "0.05"))
+    )
+    try:
+        cid = await _group(srv, "ann", ["ann", "bob"])
+        async with await WsClient.connect(srv.ws_url(srv.token("ann"))) as ws:
+            await ws.expect("connection.established")
+            acked = [await _send(ws, cid, f"k{n}", f"m{n}") for n in range(5)]
+        srv.kill()  # committed, acked, never delivered
+        await receiver.up()
+        await asyncio.to_thread(srv.start)
+        events = await receiver.wait_for(lambda ev: len(ev) >= 6)
+    finally:
+        srv.terminate()
+    assert [e.type for e in events][:1] == ["conversation.created"]
+    delivered = [e.data["message"]["id"] for e in events if e.type == "message.created"]
+    assert delivered == [m["id"] for m in acked]
+
+
+async def test_in_order_per_conversation_after_an_outage(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    await receiver.down()
+    srv = await _start(
+        ParleyServer(tmp_path, extra_args=webhook_args(receiver, "--webhook-retry-base", "0.05"))
+    )
+    try:
+        convs = [await _group(srv, "ann", ["ann", "bob"]) for _ in range(3)]
+        async with await WsClient.connect(srv.ws_url(srv.token("ann"))) as ws:
+            await ws.expect("connection.established")
+            for n in range(30):
+                await _send(ws, convs[n % 3], f"o{n}", f"m{n}")
+        await receiver.up()
+        await receiver.wait_for(lambda ev: len(ev) >= 33, timeout=60)
+    finally:
+        srv.terminate()
+    for cid in convs:
+        mine = [
+            e for e in receiver.events if (e.data.get("conversation_id") or e.data["id"]) == cid
+        ]
+        assert mine[0].type == "conversation.created"
+        seqs = [e.data["message"]["seq"] for e in mine[1:]]
+        assert seqs == list(range(1, 11))
+    assert len({e.id for e in receiver.events}) == 33
