@@ -4,12 +4,27 @@ retried with the same id, in order per conversation, and never lost across a SIG
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.store.conftest import create_database, drop_database
 from tests.support.server import ParleyServer
 from tests.support.wsclient import WsClient, api
 from tests.webhooks.conftest import Receiver, webhook_args
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None: the server's own SQLite file; else a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    url = create_database()
+    yield url
+    drop_database(url)
 
 
 async def _start(srv: ParleyServer) -> ParleyServer:
@@ -95,10 +110,16 @@ async def test_a_failed_delivery_comes_again_with_the_same_id(
     assert second.received_at - first.received_at >= 0.9  # the first retry waits ~1 s
 
 
-async def test_no_event_is_lost_across_a_sigkill(tmp_path: Path, receiver: Receiver) -> None:
+async def test_no_event_is_lost_across_a_sigkill(
+    tmp_path: Path, receiver: Receiver, database: str | None
+) -> None:
     await receiver.down()
     srv = await _start(
-        ParleyServer(tmp_path, extra_args=webhook_args(receiver, "--webhook-retry-base", "0.05"))
+        ParleyServer(
+            tmp_path,
+            database=database,
+            extra_args=webhook_args(receiver, "--webhook-retry-base", "0.05"),
+        )
     )
     try:
         cid = await _group(srv, "ann", ["ann", "bob"])
