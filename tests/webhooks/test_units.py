@@ -96,7 +96,7 @@ def test_body_embeds_data_as_stored() -> None:
 
 def test_offline_members_leave_out_the_sender_and_the_online() -> None:
     e = events.message_created("7", {"id": "1", "sender_id": "ann"}, 1.0)
-    assert not e.stamped and events.sender_of(e.data) == "ann"
+    assert not e.stamped and events.message_of(e.data) == ("1", "ann")
     data = events.stamp_offline(e.data, ["cat", "ann", "bob", "dan"], {"bob"}, "ann")
     assert json.loads(data) == {
         "conversation_id": "7",

@@ -72,6 +72,10 @@ class EventSink(Protocol):
 
     def notify(self) -> None: ...
 
+    def message_committed(self, message_id: str, online_here: frozenset[str]) -> None:
+        """A message's commit landed while ``online_here`` (members connected to this
+        node) were online: who is offline is judged at that moment."""
+
 
 class PresenceListener(Protocol):
     """Told when a user's first connection on this node opens and its last closes."""

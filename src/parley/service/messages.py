@@ -118,6 +118,8 @@ class Messages(Hub):
         record, created = done.result()
         if created:
             if self.webhooks is not None:
+                here = frozenset(self.conv_users.get(record.conversation_id, ()))
+                self.webhooks.message_committed(record.id, here)
                 self.webhooks.notify()
             self._metrics.message_committed(time.perf_counter() - started)
             self.publish_message(record)

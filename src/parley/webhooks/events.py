@@ -73,13 +73,17 @@ def membership(
     return event(type_, cid, data, now)
 
 
-def sender_of(data: bytes) -> str | None:
-    """The sender of a ``message.created`` event's data."""
+def message_of(data: bytes) -> tuple[str | None, str | None]:
+    """``(message id, sender id)`` of a ``message.created`` event's data."""
     try:
-        sender = msgspec.json.decode(data)["message"]["sender_id"]
+        message = msgspec.json.decode(data)["message"]
+        mid, sender = message["id"], message["sender_id"]
     except (msgspec.DecodeError, KeyError, TypeError):
-        return None
-    return sender if isinstance(sender, str) else None
+        return None, None
+    return (
+        mid if isinstance(mid, str) else None,
+        sender if isinstance(sender, str) else None,
+    )
 
 
 def stamp_offline(

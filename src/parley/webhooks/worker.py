@@ -34,6 +34,7 @@ from parley.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Parley-Webhooks/1"
+_SNAPSHOTS = 100_000
 
 
 class WebhookMetrics(Protocol):
@@ -98,6 +99,9 @@ class WebhookWorker:
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._last_stats = 0.0
+        # {message id: members connected here when it committed}; dropped once stamped
+        # (or, past _SNAPSHOTS, oldest first: that event is then judged by presence now).
+        self._online_at_commit: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -128,6 +132,12 @@ class WebhookWorker:
     def notify(self) -> None:
         """Events were committed on this node: look at the outbox now."""
         self._wake.set()
+
+    def message_committed(self, message_id: str, online_here: frozenset[str]) -> None:
+        snapshots = self._online_at_commit
+        snapshots[message_id] = online_here
+        if len(snapshots) > _SNAPSHOTS:
+            del snapshots[next(iter(snapshots))]
 
     # ------------------------------------------------------------------ loop
     async def _run(self) -> None:
@@ -182,13 +192,21 @@ class WebhookWorker:
             if cid not in members:
                 conv = await self._store.get_conversation(cid)
                 members[cid] = conv.member_ids if conv is not None else []
-        everyone = sorted({m for ms in members.values() for m in ms})
-        online = await self._presence.online(everyone) if everyone else set()
-        out = []
+        # Online: connected here when it committed (if this node committed it), or, for
+        # the rest, on any node now (presence).
+        here: list[tuple[str | None, frozenset[str]]] = []
+        ask: set[str] = set()
         for row in rows:
+            mid, sender = events.message_of(row.event.data)
+            snapshot = self._online_at_commit.pop(mid, frozenset()) if mid else frozenset()
+            here.append((sender, snapshot))
+            ask.update(m for m in members[row.event.conversation_id] if m not in snapshot)
+        online = await self._presence.online(sorted(ask)) if ask else set()
+        out = []
+        for row, (sender, snapshot) in zip(rows, here, strict=True):
             e = row.event
             data = events.stamp_offline(
-                e.data, members[e.conversation_id], online, events.sender_of(e.data)
+                e.data, members[e.conversation_id], online | snapshot, sender
             )
             out.append((row, OutboxEvent(e.id, e.type, e.conversation_id, e.created_at, data)))
         return out
