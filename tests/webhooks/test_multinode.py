@@ -17,15 +17,6 @@ from tests.support.wsclient import WsClient, api
 from tests.webhooks.conftest import Receiver, webhook_args
 
 
-async def _delivered(node: ParleyServer) -> int:
-    status, text = await api("GET", f"{node.http_url}/metrics")
-    assert status == 200
-    for line in str(text).splitlines():
-        if line.startswith("parley_webhook_delivery_seconds_count "):
-            return int(float(line.split()[1]))
-    raise AssertionError("no parley_webhook_delivery_seconds_count")
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
     url = create_database()
@@ -94,11 +85,9 @@ async def test_two_nodes_send_each_event_once(
         )
         assert status == 201
         await receiver.wait_for(lambda ev: ev[-1].type == "conversation.created" and len(ev) > 41)
-        delivered = [await _delivered(node) for node in nodes]
     finally:
         for node in nodes:
             node.terminate()
-    assert sum(delivered) == 42, delivered  # each node counts what it sent itself
     counts = Counter(d.id for d in receiver.attempts)
     assert all(n == 1 for n in counts.values()), counts.most_common(3)
     assert len(receiver.attempts) == 42
