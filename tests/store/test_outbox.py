@@ -218,3 +218,26 @@ async def test_outbox_survives_a_restart(store_url: str, uid: Callable[[str], st
         await _drain(second)
     finally:
         await second.close()
+
+
+async def test_runs_lease_the_events_behind_a_head(store: Store, uid: Callable[[str], str]) -> None:
+    await _drain(store)
+    ann = uid("ann")
+    one, two = await _group(store, ann, [ann]), await _group(store, ann, [ann])
+    for n in range(5):
+        await store.append_message(NewMessage(one.id, ann, f"r{n}", "x", time.time()), message_emit)
+    await store.append_message(NewMessage(two.id, ann, "t0", "x", time.time()), message_emit)
+    now = time.time()
+    rows = await store.outbox_claim(now=now, lease=LEASE, limit=10, run=3)
+    got = [(r.event.conversation_id, json.loads(r.event.data)["seq"]) for r in rows]
+    assert sorted(got) == [(one.id, 1), (one.id, 2), (one.id, 3), (two.id, 1)]
+    assert await store.outbox_claim(now=now, lease=LEASE, limit=10, run=3) == []
+    mine = [r for r in rows if r.event.conversation_id == one.id]
+    # the first delivered, the second failed, the third released: the second comes back
+    await store.outbox_delivered([mine[0].position])
+    await store.outbox_retry(mine[1].position, attempts=1, next_at=now)
+    await store.outbox_release([mine[2].position])
+    again = await store.outbox_claim(now=now, lease=LEASE, limit=10, run=10)
+    assert [json.loads(r.event.data)["seq"] for r in again] == [2, 3, 4, 5]
+    assert again[0].attempts == 1
+    await _drain(store)

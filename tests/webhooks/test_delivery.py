@@ -129,7 +129,8 @@ async def test_no_event_is_lost_across_a_sigkill(
         srv.kill()  # committed, acked, never delivered
         await receiver.up()
         await asyncio.to_thread(srv.start)
-        events = await receiver.wait_for(lambda ev: len(ev) >= 6)
+        # PostgreSQL: a lease the killed process held runs out first (30 s)
+        events = await receiver.wait_for(lambda ev: len(ev) >= 6, timeout=60)
     finally:
         srv.terminate()
     assert [e.type for e in events][:1] == ["conversation.created"]

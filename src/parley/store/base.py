@@ -330,12 +330,16 @@ class Store(Protocol):
     async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None: ...
 
     # -- webhook outbox (transaction rule 5) ---------------------------------
-    async def outbox_claim(self, *, now: float, lease: float, limit: int) -> list[OutboxRow]:
-        """Lease up to ``limit`` events to the caller until ``now + lease``: each the
-        oldest undelivered event of its conversation, due (``next_at <= now``) and not
-        leased to anyone else. Across nodes an event is leased to one caller at a time
-        (PostgreSQL: ``FOR UPDATE SKIP LOCKED``); a lease of a caller that vanished
-        expires. Oldest first."""
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        """Lease events to the caller until ``now + lease``, for up to ``limit``
+        conversations: each conversation's oldest undelivered event (its head) when it
+        is due (``next_at <= now``) and not leased to anyone else, with up to ``run - 1``
+        of the events right behind it. Across nodes an event is leased to one caller at
+        a time (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` on the head); a lease of a caller
+        that vanished expires. Ordered by position (so each conversation's run is in
+        order)."""
 
     async def outbox_delivered(self, positions: Sequence[int]) -> None:
         """Remove events for good (delivered, or given up) and end their leases."""
@@ -343,6 +347,9 @@ class Store(Protocol):
     async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
         """Record a failed delivery: not handed out again before ``next_at``; ends the
         lease."""
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        """End leases without a delivery (the rest of a run behind a failure)."""
 
     async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
         """Up to ``limit`` events written with ``stamped=False``, oldest first,

@@ -1099,28 +1099,39 @@ class PostgresStore:
         return _attachment(row), bytes(row["data"])
 
     # -- webhook outbox (transaction rule 5) ---------------------------------
-    async def outbox_claim(self, *, now: float, lease: float, limit: int) -> list[OutboxRow]:
-        # The head of each conversation (its oldest undelivered event) is the only one
-        # that may be handed out; a head leased or locked by another node is skipped,
-        # and so, being the head, it keeps the rest of its conversation waiting.
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        # Only a conversation's head (its oldest undelivered event) decides: a head
+        # leased or locked by another node is skipped, and, being the head, it keeps the
+        # rest of its conversation waiting. The events behind a head taken here are
+        # leased with it.
         async with self._acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 f"""WITH heads AS (
                         SELECT DISTINCT ON (conversation_id) position FROM webhook_outbox
                         ORDER BY conversation_id, position
                     ), due AS (
-                        SELECT o.position FROM webhook_outbox o
+                        SELECT o.position, o.conversation_id FROM webhook_outbox o
                         JOIN heads h ON h.position = o.position
                         WHERE o.next_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1)
                         ORDER BY o.position LIMIT $3
                         FOR UPDATE OF o SKIP LOCKED
+                    ), runs AS (
+                        SELECT r.position FROM due d CROSS JOIN LATERAL (
+                            SELECT x.position FROM webhook_outbox x
+                            WHERE x.conversation_id = d.conversation_id
+                              AND x.position >= d.position
+                            ORDER BY x.position LIMIT $4
+                        ) r
                     )
                     UPDATE webhook_outbox o SET lease_until = $1 + $2
-                    FROM due WHERE o.position = due.position
+                    FROM runs WHERE o.position = runs.position
                     RETURNING {", ".join("o." + c for c in _OUTBOX_COLUMNS.split(", "))}""",
                 now,
                 lease,
                 limit,
+                max(1, run),
             )
         return sorted((_outbox_row(r) for r in rows), key=lambda r: r.position)
 
@@ -1138,6 +1149,13 @@ class PostgresStore:
                 position,
                 attempts,
                 next_at,
+            )
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE webhook_outbox SET lease_until = NULL WHERE position = ANY($1::bigint[])",
+                list(positions),
             )
 
     async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:

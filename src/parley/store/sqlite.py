@@ -950,8 +950,10 @@ class SQLiteStore:
     # ------------------------------------------------------------------ webhook outbox
     # Claims, deliveries and retries run on the writer thread, which alone touches the
     # leases: each sees every earlier write, so a delivered head is never handed out again.
-    async def outbox_claim(self, *, now: float, lease: float, limit: int) -> list[OutboxRow]:
-        return await self._submit(self._op_outbox_claim, now, lease, limit, object())
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        return await self._submit(self._op_outbox_claim, now, lease, limit, run, object())
 
     def _op_outbox_claim(
         self,
@@ -960,6 +962,7 @@ class SQLiteStore:
         now: float,
         lease: float,
         limit: int,
+        run: int,
         token: object,
     ) -> list[OutboxRow]:
         # ``token``: a batch run again (poison isolation) hands out the same rows.
@@ -973,10 +976,20 @@ class SQLiteStore:
             " AND next_at <= ? ORDER BY position LIMIT ?",
             (now, limit + len(leases)),
         ).fetchall()
-        free = [r for r in rows if r[0] not in leases or leases[r[0]][1] is token]
-        out = [_outbox_row(r) for r in free[:limit]]
+        heads = [r for r in rows if r[0] not in leases or leases[r[0]][1] is token][:limit]
+        out: list[OutboxRow] = []
+        for head in heads:
+            out.append(_outbox_row(head))
+            if run > 1:
+                behind = conn.execute(
+                    f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox"
+                    " WHERE conversation_id = ? AND position > ? ORDER BY position LIMIT ?",
+                    (head[3], head[0], run - 1),
+                ).fetchall()
+                out.extend(_outbox_row(r) for r in behind)
         for row in out:
             leases[row.position] = (now + lease, token)
+        out.sort(key=lambda r: r.position)
         return out
 
     async def outbox_delivered(self, positions: Sequence[int]) -> None:
@@ -1005,6 +1018,15 @@ class SQLiteStore:
             (attempts, next_at, position),
         )
         self._leases.pop(position, None)
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        await self._submit(self._op_outbox_release, list(positions))
+
+    def _op_outbox_release(
+        self, conn: sqlite3.Connection, state: _WriterState, positions: list[int]
+    ) -> None:
+        for position in positions:
+            self._leases.pop(position, None)
 
     async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
         rows = await self._read(

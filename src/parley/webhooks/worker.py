@@ -75,8 +75,9 @@ class WebhookWorker:
         metrics: WebhookMetrics | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = 10.0,
-        lease: float = 60.0,
+        lease: float = 30.0,
         concurrency: int = 32,
+        run: int = 100,
         poll: float = 1.0,
         stats_every: float = 1.0,
     ) -> None:
@@ -88,13 +89,17 @@ class WebhookWorker:
         self._metrics: WebhookMetrics = metrics or _NoMetrics()
         self._clock = clock
         self._timeout = timeout
-        self._lease = lease  # longer than a delivery can take (timeout + store writes)
-        self._concurrency = concurrency
+        # A run starts no POST after lease / 2, so with lease > 2 * timeout every POST
+        # ends while its lease holds.
+        self._lease = max(lease, 2 * timeout + 5)
+        self._concurrency = concurrency  # conversations delivered at once
+        self._run_size = run  # events of one conversation leased together
         # Other nodes' commits are not announced here: looked for every ``poll`` seconds.
         self._poll = min(poll, max(self.policy.base, 0.01))
         self._stats_every = stats_every
         self._wake = asyncio.Event()
-        self._inflight: dict[int, asyncio.Task[None]] = {}  # by outbox position
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # by conversation
+        self._leased: set[int] = set()  # outbox positions being delivered here
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
@@ -158,20 +163,27 @@ class WebhookWorker:
         now = self._clock()
         free = self._concurrency - len(self._inflight)
         if free > 0:
-            rows = await self._store.outbox_claim(now=now, lease=self._lease, limit=free)
+            rows = await self._store.outbox_claim(
+                now=now, lease=self._lease, limit=free, run=self._run_size
+            )
+            runs: dict[str, list[OutboxRow]] = {}
             for row in rows:
-                task = asyncio.create_task(self._deliver(row))
-                self._inflight[row.position] = task
-                task.add_done_callback(functools.partial(self._done, row.position))
+                runs.setdefault(row.event.conversation_id, []).append(row)
+                self._leased.add(row.position)
+            for cid, run in runs.items():
+                task = asyncio.create_task(self._deliver_run(run))
+                self._inflight[cid] = task
+                task.add_done_callback(functools.partial(self._done, cid, run))
         await self._stamp_waiting()
         if now - self._last_stats >= self._stats_every:
             self._last_stats = now
             depth, oldest = await self._store.outbox_stats()
             self._metrics.webhook_outbox(depth, oldest)
 
-    def _done(self, position: int, _task: asyncio.Task[None]) -> None:
-        self._inflight.pop(position, None)
-        self._wake.set()  # the next event of that conversation may go now
+    def _done(self, cid: str, run: list[OutboxRow], _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(cid, None)
+        self._leased.difference_update(r.position for r in run)
+        self._wake.set()  # the next events of that conversation may go now
 
     # ------------------------------------------------------------------ stamping
     async def _stamp_waiting(self) -> None:
@@ -179,7 +191,7 @@ class WebhookWorker:
         earlier event of their conversation), so ``offline_member_ids`` says who was
         offline when the message was sent, not when it is finally delivered."""
         rows = [
-            r for r in await self._store.outbox_unstamped(256) if r.position not in self._inflight
+            r for r in await self._store.outbox_unstamped(256) if r.position not in self._leased
         ]
         if rows:
             stamped = await self._stamped(rows)
@@ -212,30 +224,49 @@ class WebhookWorker:
         return out
 
     # ------------------------------------------------------------------ delivery
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver_run(self, run: list[OutboxRow]) -> None:
+        """Deliver one conversation's leased events in order; stop at the first failure
+        (it is retried later, the rest released). Stops starting new ones after half
+        the lease, so every POST begun ends before the lease does."""
+        delivered: list[int] = []
         try:
-            event = row.event
-            if not event.stamped:
-                [(_, event)] = await self._stamped([row])
-            ok = await self._post(event)
-            if ok:
-                await self._store.outbox_delivered([row.position])
-                self._metrics.webhook_delivered(self._clock() - event.created_at)
-                return
-            self._metrics.webhook_failed()
-            if not row.event.stamped:  # a retry sends the same body
-                await self._store.outbox_stamp([(row.position, event.data)])
-            attempts = row.attempts + 1
-            next_at = self.policy.next_attempt(event.created_at, attempts, self._clock())
-            if next_at is None:
-                log.warning("webhooks: dropping %s after %d attempts", event.id, attempts)
-                await self._store.outbox_delivered([row.position])
-                self._metrics.webhook_dropped()
-            else:
-                await self._store.outbox_retry(row.position, attempts=attempts, next_at=next_at)
+            unstamped = [r for r in run if not r.event.stamped]
+            stamped = (
+                {r.position: e for r, e in await self._stamped(unstamped)} if unstamped else {}
+            )
+            started = self._clock()
+            for n, row in enumerate(run):
+                if self._stopping or self._clock() - started > self._lease / 2:
+                    await self._store.outbox_release([r.position for r in run[n:]])
+                    break
+                event = stamped.get(row.position, row.event)
+                if await self._post(event):
+                    delivered.append(row.position)
+                    self._metrics.webhook_delivered(self._clock() - event.created_at)
+                    continue
+                await self._store.outbox_delivered(delivered)
+                delivered = []
+                await self._failed(row, event)
+                await self._store.outbox_release([r.position for r in run[n + 1 :]])
+                break
+            if delivered:
+                await self._store.outbox_delivered(delivered)
         except Exception:
-            # The store failed: the lease runs out and the event is taken again.
-            log.exception("webhooks: delivery bookkeeping of outbox row %d failed", row.position)
+            # The store failed: the leases run out and the events are taken again.
+            log.exception("webhooks: delivery bookkeeping failed (%d events)", len(run))
+
+    async def _failed(self, row: OutboxRow, event: OutboxEvent) -> None:
+        self._metrics.webhook_failed()
+        if not row.event.stamped:  # a retry sends the same body
+            await self._store.outbox_stamp([(row.position, event.data)])
+        attempts = row.attempts + 1
+        next_at = self.policy.next_attempt(event.created_at, attempts, self._clock())
+        if next_at is None:
+            log.warning("webhooks: dropping %s after %d attempts", event.id, attempts)
+            await self._store.outbox_delivered([row.position])
+            self._metrics.webhook_dropped()
+        else:
+            await self._store.outbox_retry(row.position, attempts=attempts, next_at=next_at)
 
     async def _post(self, event: OutboxEvent) -> bool:
         assert self._session is not None
