@@ -65,7 +65,7 @@ class ChatService(Messages):
             emit=self._membership_emit(webhook_events.CONVERSATION_CREATED),
         )
         if created:
-            self._notify_webhooks()
+            self._notify_webhooks(conv.id)
             self._publish_membership(conv, "conversation.created")
         return conv, created
 
@@ -118,7 +118,7 @@ class ChatService(Messages):
             )
         except StoreError as exc:
             raise _refusal(exc) from None
-        self._notify_webhooks()
+        self._notify_webhooks(conv.id)
         self._publish_membership(conv, "conversation.updated")
         return conv
 
@@ -134,7 +134,7 @@ class ChatService(Messages):
             )
         except StoreError as exc:
             raise _refusal(exc) from None
-        self._notify_webhooks()
+        self._notify_webhooks(conv.id)
         self._publish_membership(conv, "conversation.updated", also=[member_id])
         return conv
 
@@ -171,9 +171,9 @@ class ChatService(Messages):
 
         return emit
 
-    def _notify_webhooks(self) -> None:
+    def _notify_webhooks(self, conversation_id: str) -> None:
         if self.webhooks is not None:
-            self.webhooks.notify()
+            self.webhooks.notify(conversation_id)
 
     def _publish_membership(
         self, conv: Conversation, event: str, also: Sequence[str] | None = None

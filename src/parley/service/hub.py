@@ -70,7 +70,8 @@ class NoMetrics:
 class EventSink(Protocol):
     """Takes note that webhook events were committed (the delivery worker)."""
 
-    def notify(self) -> None: ...
+    def notify(self, conversation_id: str) -> None:
+        """Events of ``conversation_id`` were committed."""
 
     def message_committed(self, message_id: str, online_here: frozenset[str]) -> None:
         """A message's commit landed while ``online_here`` (members connected to this

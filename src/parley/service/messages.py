@@ -120,7 +120,7 @@ class Messages(Hub):
             if self.webhooks is not None:
                 here = frozenset(self.conv_users.get(record.conversation_id, ()))
                 self.webhooks.message_committed(record.id, here)
-                self.webhooks.notify()
+                self.webhooks.notify(record.conversation_id)
             self._metrics.message_committed(time.perf_counter() - started)
             self.publish_message(record)
         else:

@@ -1099,6 +1099,16 @@ class PostgresStore:
         return _attachment(row), bytes(row["data"])
 
     # -- webhook outbox (transaction rule 5) ---------------------------------
+    @contextlib.asynccontextmanager
+    async def _bookkeeping(self) -> AsyncIterator[_Connection]:
+        """A transaction of delivery bookkeeping, committed without waiting for the WAL
+        flush: if PostgreSQL itself crashes and loses it, an event is sent again (or
+        its lease ends early), which at-least-once delivery allows. The events are
+        written durably, in the transaction of their change."""
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
     async def outbox_claim(
         self, *, now: float, lease: float, limit: int, run: int = 1
     ) -> list[OutboxRow]:
@@ -1106,7 +1116,7 @@ class PostgresStore:
         # leased or locked by another node is skipped, and, being the head, it keeps the
         # rest of its conversation waiting. The events behind a head taken here are
         # leased with it.
-        async with self._acquire() as conn, conn.transaction():
+        async with self._bookkeeping() as conn:
             rows = await conn.fetch(
                 f"""WITH heads AS (
                         SELECT DISTINCT ON (conversation_id) position FROM webhook_outbox
@@ -1136,13 +1146,13 @@ class PostgresStore:
         return sorted((_outbox_row(r) for r in rows), key=lambda r: r.position)
 
     async def outbox_delivered(self, positions: Sequence[int]) -> None:
-        async with self._acquire() as conn:
+        async with self._bookkeeping() as conn:
             await conn.execute(
                 "DELETE FROM webhook_outbox WHERE position = ANY($1::bigint[])", list(positions)
             )
 
     async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
-        async with self._acquire() as conn:
+        async with self._bookkeeping() as conn:
             await conn.execute(
                 """UPDATE webhook_outbox SET attempts = $2, next_at = $3, lease_until = NULL
                    WHERE position = $1""",
@@ -1152,7 +1162,7 @@ class PostgresStore:
             )
 
     async def outbox_release(self, positions: Sequence[int]) -> None:
-        async with self._acquire() as conn:
+        async with self._bookkeeping() as conn:
             await conn.execute(
                 "UPDATE webhook_outbox SET lease_until = NULL WHERE position = ANY($1::bigint[])",
                 list(positions),
@@ -1170,7 +1180,7 @@ class PostgresStore:
     async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
         if not stamps:
             return
-        async with self._acquire() as conn:
+        async with self._bookkeeping() as conn:
             await conn.execute(
                 """UPDATE webhook_outbox o SET data = v.d, stamped = true
                    FROM unnest($1::bigint[], $2::bytea[]) AS v(p, d) WHERE o.position = v.p""",

@@ -9,8 +9,12 @@ within ``timeout`` seconds, is a failure: the event is due again after the backo
 Delivery is at least once: a node killed after the receiver's 2xx but before the removal
 sends that event again after its lease runs out; receivers deduplicate by ``id``.
 
-``message.created`` events are stamped with ``offline_member_ids`` right after their
-commit (the service calls ``notify``), or, after a crash, when the worker starts.
+``message.created`` events get their ``offline_member_ids`` (``events.stamp_offline``)
+when they are sent, or, while they wait behind earlier events of their conversation,
+within a second. Members connected to this node are judged as they were when the
+message committed (the service hands over that snapshot, ``message_committed``); the
+others by ``Presence`` at that moment. After a crash, the snapshot is gone and presence
+decides.
 """
 
 from __future__ import annotations
@@ -134,9 +138,11 @@ class WebhookWorker:
         if self._session is not None:
             await self._session.close()
 
-    def notify(self) -> None:
-        """Events were committed on this node: look at the outbox now."""
-        self._wake.set()
+    def notify(self, conversation_id: str) -> None:
+        """Events of ``conversation_id`` were committed on this node: look at the outbox
+        now, unless that conversation is being delivered (its end looks again)."""
+        if conversation_id not in self._inflight:
+            self._wake.set()
 
     def message_committed(self, message_id: str, online_here: frozenset[str]) -> None:
         snapshots = self._online_at_commit
@@ -174,9 +180,9 @@ class WebhookWorker:
                 task = asyncio.create_task(self._deliver_run(run))
                 self._inflight[cid] = task
                 task.add_done_callback(functools.partial(self._done, cid, run))
-        await self._stamp_waiting()
         if now - self._last_stats >= self._stats_every:
             self._last_stats = now
+            await self._stamp_waiting()
             depth, oldest = await self._store.outbox_stats()
             self._metrics.webhook_outbox(depth, oldest)
 
@@ -189,7 +195,9 @@ class WebhookWorker:
     async def _stamp_waiting(self) -> None:
         """Stamp the ``message.created`` events not being delivered (waiting behind an
         earlier event of their conversation), so ``offline_member_ids`` says who was
-        offline when the message was sent, not when it is finally delivered."""
+        offline when the message was sent, not when it is finally delivered. Once a
+        second (with the outbox statistics): an event delivered sooner is stamped as
+        it is sent."""
         rows = [
             r for r in await self._store.outbox_unstamped(256) if r.position not in self._leased
         ]
