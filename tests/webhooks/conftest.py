@@ -43,6 +43,8 @@ class Receiver:
         self.port = free_port()
         self.attempts: list[Delivery] = []
         self.plan: deque[int] = deque()  # statuses to answer next; then 200
+        self.hold: asyncio.Event | None = None  # set: answer; unset: keep the request open
+        self.arrived = asyncio.Event()  # set when a request comes in
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -70,6 +72,9 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        self.arrived.set()
+        if self.hold is not None:
+            await self.hold.wait()
         body = json.loads(raw)
         signed = verify(
             self.secret, raw, request.headers.get("Parley-Signature", ""), now=time.time()

@@ -4,6 +4,7 @@ retried with the same id, in order per conversation, and never lost across a SIG
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,25 @@ async def test_in_order_per_conversation_after_an_outage(
         seqs = [e.data["message"]["seq"] for e in mine[1:]]
         assert seqs == list(range(1, 11))
     assert len({e.id for e in receiver.events}) == 33
+
+
+async def test_sigterm_lets_a_delivery_in_flight_finish(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.hold = asyncio.Event()
+    srv = await _start(ParleyServer(tmp_path, extra_args=webhook_args(receiver)))
+    try:
+        await _group(srv, "ann", ["ann", "bob"])
+        await asyncio.wait_for(receiver.arrived.wait(), 10)  # the POST is in flight
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        receiver.hold.set()
+        assert await asyncio.to_thread(srv.proc.wait, 30) == 0
+        assert [e.type for e in receiver.events] == ["conversation.created"]
+        first = receiver.events[0].id
+        # Restarted, it does not send that event again: a sentinel comes alone.
+        await asyncio.to_thread(srv.start)
+        await _group(srv, "cat", ["cat", "dan"])
+        await receiver.wait_for(lambda ev: len(ev) >= 2)
+    finally:
+        srv.terminate()
+    assert [e.id for e in receiver.attempts].count(first) == 1
+    assert [e.type for e in receiver.attempts] == ["conversation.created"] * 2

@@ -108,3 +108,20 @@ def test_offline_members_leave_out_the_sender_and_the_online() -> None:
 def test_event_ids_are_unique_and_prefixed() -> None:
     ids = {events.new_event_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("evt_") for i in ids)
+
+
+def test_edit_and_delete_events_have_the_shapes_of_the_websocket_events() -> None:
+    updated = events.message_updated("7", 12, {"id": "3", "content": "new"}, 5.0)
+    assert updated.type == "message.updated" and updated.conversation_id == "7"
+    assert json.loads(updated.data) == {
+        "conversation_id": "7",
+        "seq": 12,
+        "message": {"id": "3", "content": "new"},
+    }
+    deleted = events.message_deleted("7", 13, "3", 6.0, 6.0)
+    assert json.loads(deleted.data) == {
+        "conversation_id": "7",
+        "seq": 13,
+        "message_id": "3",
+        "deleted_at": "1970-01-01T00:00:06.000Z",
+    }

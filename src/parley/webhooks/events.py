@@ -59,6 +59,25 @@ def message_created(conversation_id: str, message: Any, now: float) -> OutboxEve
     )
 
 
+def message_updated(conversation_id: str, seq: int, message: Any, now: float) -> OutboxEvent:
+    """``message.updated``: the whole current message, at the ``seq`` of the edit."""
+    data = {"conversation_id": conversation_id, "seq": seq, "message": message}
+    return event(MESSAGE_UPDATED, conversation_id, data, now)
+
+
+def message_deleted(
+    conversation_id: str, seq: int, message_id: str, deleted_at: float, now: float
+) -> OutboxEvent:
+    """``message.deleted``: which message, at the ``seq`` of the deletion."""
+    data = {
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "message_id": message_id,
+        "deleted_at": iso(deleted_at),
+    }
+    return event(MESSAGE_DELETED, conversation_id, data, now)
+
+
 def conversation_created(conversation: dict[str, Any], now: float) -> OutboxEvent:
     """``conversation.created``; ``data`` is the conversation object."""
     return event(CONVERSATION_CREATED, str(conversation["id"]), conversation, now)
