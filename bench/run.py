@@ -1,7 +1,9 @@
 """Run every system through every workload, one after the other, on this machine.
 
 Systems: Parley (persisting every message, SQLite by default), the raw aiohttp broadcast
-server (no persistence: the ceiling of our stack), python-socketio and Django Channels.
+server (no persistence: the ceiling of our stack), python-socketio, Django Channels, and on
+Node.js Socket.IO 4 (``socketio-node``) and the ``ws`` library (``ws-node``); the Node.js
+peers need ``npm ci --prefix bench/peers/node`` first.
 Each server runs pinned to one core (``--server-cpu``, default 0) and ``parley bench`` to
 another (``--client-cpu``, default 1), with ``taskset``.
 
@@ -15,15 +17,20 @@ Workloads (``--only``, comma-separated; default all):
   closed-loop broadcaster whose broadcasts take exactly the 500 ms limit.
 - ``acks``: the rate rises until p99 ack latency passes 50 ms, with 1 and 50 senders,
   Parley on SQLite synchronous FULL and NORMAL and PostgreSQL (``--postgres``); and the
-  raw aiohttp peer on the same workload (nothing persisted: the machine's ceiling).
+  raw aiohttp peer on the same workload (nothing persisted: the machine's ceiling); and
+  ``pgbench`` on the same PostgreSQL, batched inserts and single-row transactions into a
+  table shaped like Parley's messages (``pgbench`` alone: ``--only pgbench``).
 - ``memory``: server RSS growth per idle (authenticated, for Parley) connection, at
   10,000 connections.
 - ``connect``: connections established per second (WebSocket upgrade + first frame).
+- ``multinode``: one Parley node and two on PostgreSQL + Redis at the same fixed rate
+  (bench/multinode.py): msgs/s, and what each message costs each node (CPU µs) and Redis
+  (commands, round trips, CPU µs).
 
 Writes ``RESULTS.md``, ``results.json`` and PNG plots into ``--out`` (bench/results).
 ``--quick`` shrinks every workload to a smoke run of a few minutes.
 
-    .venv/bin/python bench/run.py                 # the full run (1 to 1.5 hours)
+    .venv/bin/python bench/run.py                 # the full run (about 1.5 to 2 hours)
     .venv/bin/python bench/run.py --quick --only fanout,memory
 """
 
@@ -54,12 +61,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pg_baseline  # bench/pg_baseline.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / "peers"
 PY = sys.executable
 SECRET = "bench-secret-" + "x" * 32
-SYSTEMS = ("parley", "raw", "socketio", "channels")
-WORKLOADS = ("fanout", "capacity", "acks", "memory", "connect")
+SYSTEMS = ("parley", "raw", "socketio", "channels", "socketio-node", "ws-node")
+WORKLOADS = ("fanout", "capacity", "acks", "memory", "connect", "pgbench", "multinode")
+NODE_PEERS = PEERS / "node"
+# each system's `parley bench` dialect: the Node.js peers speak the Python peers' protocols
+PROTOCOL = {"socketio-node": "socketio", "ws-node": "raw"}
+PATHS = {"socketio": "/socket.io/", "socketio-node": "/socket.io/", "channels": "/ws/"}
 ACK_CEILING = "no persistence (raw aiohttp)"
 SOURCE_IPS = ",".join(f"127.0.0.{i}" for i in range(1, 9))  # 8 × ~28k ephemeral ports
 
@@ -96,12 +109,11 @@ class Server:
 
     @property
     def protocol(self) -> str:
-        return self.system
+        return PROTOCOL.get(self.system, self.system)
 
     @property
     def url(self) -> str:
-        path = {"socketio": "/socket.io/", "channels": "/ws/"}.get(self.system, "/ws")
-        return f"ws://127.0.0.1:{self.port}{path}"
+        return f"ws://127.0.0.1:{self.port}{PATHS.get(self.system, '/ws')}"
 
     def command(self) -> tuple[list[str], Path]:
         if self.system == "parley":
@@ -116,6 +128,9 @@ class Server:
             return [PY, str(PEERS / "raw_aiohttp.py"), "--port", str(self.port)], ROOT
         if self.system == "socketio":
             return [PY, str(PEERS / "socketio_server.py"), "--port", str(self.port)], ROOT
+        if self.system in ("socketio-node", "ws-node"):
+            script = {"socketio-node": "socketio_server.js", "ws-node": "ws_server.js"}
+            return [node_binary(), script[self.system], "--port", str(self.port)], NODE_PEERS
         daphne = str(Path(PY).with_name("daphne"))
         args = ["-v", "0", "-b", "127.0.0.1", "-p", str(self.port)]
         return [daphne, *args, "channels_app.asgi:application"], PEERS
@@ -197,6 +212,31 @@ class Server:
             return None
         (t0, c0, _), (t1, c1, _) = inside[0], inside[-1]
         return round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
+
+
+def node_binary() -> str:
+    """``node``, once the Node.js peers' packages are installed; else a clear error."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node (Node.js ≥ 18) is needed for the Node.js peers")
+    if not (NODE_PEERS / "node_modules" / "socket.io").is_dir():
+        raise RuntimeError("the Node.js peers are not installed: npm ci --prefix bench/peers/node")
+    return node
+
+
+def node_versions() -> dict[str, str]:
+    """Node.js and the installed versions of the Node.js peers' packages."""
+    versions: dict[str, str] = {}
+    node = shutil.which("node")
+    if node is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
+            versions["node"] = out.stdout.strip().lstrip("v")
+    for pkg in ("socket.io", "ws"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            manifest = NODE_PEERS / "node_modules" / pkg / "package.json"
+            versions[pkg] = str(json.loads(manifest.read_text())["version"])
+    return versions
 
 
 def machine_busy(seconds: float = 3.0) -> float:
@@ -474,6 +514,33 @@ class Suite:
             if pg is not None:
                 self.drop_postgres(pg)
         self.results["acks"] = out
+        if pg is not None:
+            self.pgbench()
+
+    def pgbench(self) -> None:
+        """``pgbench`` on the same PostgreSQL: what the database does with batched inserts
+        and with single-row transactions of Parley-shaped rows (bench/pg_baseline.py)."""
+        seconds = 3.0 if self.plan.quick else 10.0
+        log(f"pgbench: batched inserts and single-row transactions, {seconds:.0f} s each")
+        try:
+            with pg_baseline.fresh_database(self.args.postgres) as url:
+                result = pg_baseline.measure(
+                    url,
+                    seconds=seconds,
+                    single_clients=max(self.plan.ack_senders),
+                    cpu=self.args.client_cpu,
+                )
+        except Exception as exc:  # no pgbench, or no PostgreSQL: say so in the report
+            log(f"  pgbench: {exc}")
+            self.results["pgbench"] = {"failed": str(exc)}
+            return
+        batched, single = result["batched"], result["single"]
+        log(
+            f"  batched: {batched['rows_per_s']:,} rows/s ({batched['rows_per_statement']} rows "
+            f"a statement, {batched['clients']} clients); single-row: "
+            f"{single['transactions_per_s']:,.0f} transactions/s ({single['clients']} clients)"
+        )
+        self.results["pgbench"] = result
 
     def postgres_database(self) -> str | None:
         admin = self.args.postgres
@@ -490,6 +557,47 @@ class Suite:
         name = urlsplit(url).path.lstrip("/")
         with contextlib.suppress(Exception):
             asyncio.run(_pg_admin(self.args.postgres, f'DROP DATABASE IF EXISTS "{name}"'))
+
+    # -- (6) one node and two -----------------------------------------------------------
+    def multinode(self) -> None:
+        """bench/multinode.py at one fixed rate on one node, then two (not pinned: the
+        nodes, PostgreSQL and Redis share the machine's cores)."""
+        import multinode  # bench/multinode.py, beside this script
+
+        quick = self.plan.quick
+        args = argparse.Namespace(
+            users=40 if quick else 200,
+            room_size=10,
+            senders=2,
+            window=4,
+            rate=100.0 if quick else 1000.0,
+            duration=3.0 if quick else 20.0,
+            warmup=1.0 if quick else 3.0,
+        )
+        multinode.PG_ADMIN_URL = self.args.postgres
+        out: dict[str, Any] = {"config": vars(args), "runs": []}
+        for nodes in (1, 2):
+            self.busy.append(busy := machine_busy(2.0))
+            if busy > 0.05:
+                log(f"  warning: the machine is {100 * busy:.0f}% busy before this series")
+            log(f"multinode: {nodes} node(s), {args.rate:.0f} msgs/s, {args.users} users")
+            root = self.tmp / f"multinode-{nodes}"
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                result = asyncio.run(multinode.run(nodes, args, root))
+            except Exception as exc:  # a failed series is reported, the run goes on
+                log(f"  failed: {exc!r}")
+                out["runs"].append({"nodes": nodes, "failed": repr(exc)})
+                continue
+            out["runs"].append(result)
+            log(
+                f"  sent {result['sent_per_s']:.0f}/s acked {result['acked_per_s']:.0f}/s "
+                f"ack p99 {result['ack_p99_ms']:.1f} ms; per sent message: nodes "
+                f"{result['node_cpu_us_per_sent']:.0f} µs CPU, Redis "
+                f"{result['redis_reads_per_sent']:.2f} round trips, "
+                f"{result['redis_cpu_us_per_sent']:.0f} µs CPU"
+            )
+        self.results["multinode"] = out
 
     # -- (4) memory and (5) connection rate ------------------------------------------
     def idle(self, systems: list[str], memory: bool, connect: bool) -> None:
@@ -582,6 +690,7 @@ def environment() -> dict[str, str]:
     for pkg in ("aiohttp", "uvloop", "msgspec", "python-socketio", "channels", "daphne", "django"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
+    versions.update(node_versions())
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{cpu} × {os.cpu_count()}",
@@ -643,7 +752,7 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
                 if b
                 else f"| {system} | — | | |"
             )
-        lines.append("")
+        lines += ["", *capacity_ratios(res["capacity"]), ""]
     if "acks" in res:
         lines += ["## Durable acks: highest acked msgs/s with p99 ack ≤ 50 ms", ""]
         lines += [
@@ -664,6 +773,10 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
                     else f"| {backend} | {senders} | — | | |"
                 )
         lines.append("")
+    if "pgbench" in res:
+        lines += pgbench_notes(res["pgbench"], res.get("acks", {}).get("PostgreSQL", {}))
+    if "multinode" in res:
+        lines += multinode_notes(res["multinode"])
     if "memory" in res or "connect" in res:
         lines += ["## Idle connections", ""]
         lines += [
@@ -705,20 +818,169 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
     log(f"wrote {out / 'RESULTS.md'}")
 
 
+PG_ACK_TARGET = 15000  # durable acks/s on PostgreSQL, 50 senders, p99 ≤ 50 ms
+
+
+def pgbench_notes(pgbench: dict[str, Any], parley_pg: dict[str, Any]) -> list[str]:
+    """PostgreSQL's own insert rates beside Parley's durable acks on PostgreSQL."""
+    lines = ["### PostgreSQL itself: `pgbench` in the same run", ""]
+    if "failed" in pgbench:
+        return [*lines, f"pgbench did not run: {pgbench['failed']}", ""]
+    batched, single = pgbench["batched"], pgbench["single"]
+    lines += [
+        "Rows shaped like Parley's `messages` (same columns, keys, unique indexes and foreign",
+        "key; 100-byte content), prepared statements, `pgbench` pinned to the generator's core",
+        "(bench/pg_baseline.py).",
+        "",
+        "| pgbench script | clients | transactions/s | rows/s | avg latency ms |",
+        "|---|---|---|---|---|",
+        f"| batched: {batched['rows_per_statement']} rows in one `INSERT … SELECT` a "
+        f"transaction | {batched['clients']} | {batched['transactions_per_s']:,.0f} | "
+        f"{batched['rows_per_s']:,} | {batched['latency_avg_ms'] or 0:.1f} |",
+        f"| single-row `INSERT` a transaction | {single['clients']} | "
+        f"{single['transactions_per_s']:,.0f} | {single['rows_per_s']:,} | "
+        f"{single['latency_avg_ms'] or 0:.1f} |",
+        "",
+    ]
+    for senders, steps in parley_pg.items():
+        b = best(steps, "acked_per_s")
+        if b is None:
+            lines.append(f"- Parley on PostgreSQL, {senders} sender(s): no step passed.")
+            continue
+        acked = b["acked_per_s"]
+        line = (
+            f"- Parley on PostgreSQL, {senders} sender(s): {acked:,.0f} durable acks/s = "
+            f"{acked / batched['rows_per_s']:.2f}× pgbench's batched-insert rate, "
+            f"{acked / single['transactions_per_s']:.2f}× its single-row transaction rate"
+        )
+        if senders == "50":
+            verdict = "meets" if acked >= PG_ACK_TARGET else "misses"
+            line += f" ({verdict} the {PG_ACK_TARGET:,}/s target)"
+        lines.append(line + ".")
+    return [*lines, ""]
+
+
+def multinode_notes(multinode: dict[str, Any]) -> list[str]:
+    """One node and two at the same rate: throughput, and the cost of each message."""
+    cfg = multinode["config"]
+    lines = [
+        "## One node and two: what a second node costs per message",
+        "",
+        f"bench/multinode.py: PostgreSQL + a Redis of its own, {cfg['users']} users in rooms of "
+        f"{cfg['room_size']} spread round-robin over the nodes (every room spans them), "
+        f"{cfg['senders']} senders a room sharing {cfg['rate']:,.0f} msgs/s, "
+        f"{cfg['duration']:.0f} s measured. Nothing pinned: the nodes, PostgreSQL, Redis "
+        "and the generator share the machine's cores.",
+        "",
+        "| nodes | sent/s | acked/s | delivered/s | ack p50 / p99 ms | nodes' CPU (cores) "
+        "| nodes' CPU µs / sent msg | CPU µs / frame written, each node "
+        "| Redis commands / sent msg | Redis round trips / sent msg | Redis CPU µs / sent msg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    done = {r["nodes"]: r for r in multinode["runs"] if "failed" not in r}
+    for r in multinode["runs"]:
+        if "failed" in r:
+            lines.append(f"| {r['nodes']} | failed: {r['failed'][:80]} |" + " |" * 9)
+            continue
+        commands = ", ".join(f"{k} {v:.2f}" for k, v in r["redis_commands_per_sent"].items())
+        per_frame = " / ".join(f"{us:.0f}" for us in r["node_cpu_us_per_frame"])
+        lines.append(
+            f"| {r['nodes']} | {r['sent_per_s']:,.0f} | {r['acked_per_s']:,.0f} | "
+            f"{r['delivered_per_s']:,.0f} | {r['ack_p50_ms']:.1f} / {r['ack_p99_ms']:.1f} | "
+            f"{r['node_cpu_share']:.2f} | {r['node_cpu_us_per_sent']:.0f} | {per_frame} | "
+            f"{commands or '—'} | {r['redis_reads_per_sent']:.2f} | "
+            f"{r['redis_cpu_us_per_sent']:.0f} |"
+        )
+    lines.append("")
+    one, two = done.get(1), done.get(2)
+    if one and two:
+        extra = two["node_cpu_us_per_sent"] - one["node_cpu_us_per_sent"]
+        lines.append(
+            f"- A second node adds {extra:+.0f} µs of node CPU per sent message "
+            f"({two['node_cpu_us_per_sent'] / one['node_cpu_us_per_sent']:.2f}× one node's), "
+            f"and {two['redis_reads_per_sent'] - one['redis_reads_per_sent']:+.2f} Redis round "
+            "trips per sent message."
+        )
+    for r in done.values():
+        if r["sent_per_s"] < 0.95 * cfg["rate"]:
+            lines.append(
+                f"- With {r['nodes']} node(s) the generator fell behind the rate (sent "
+                f"{r['sent_per_s']:,.0f} of {cfg['rate']:,.0f}/s): the two runs did not carry "
+                "the same load."
+            )
+        if r["acked_per_s"] < 0.95 * r["sent_per_s"]:
+            lines.append(
+                f"- {r['nodes']} node(s) did not keep up with the rate (acked "
+                f"{r['acked_per_s']:,.0f} of {r['sent_per_s']:,.0f}/s): its costs include "
+                "a backlog."
+            )
+    cores = os.cpu_count() or 1
+    if cores <= 2:
+        lines.append(
+            f"- This machine has {cores} cores for the nodes, PostgreSQL, Redis and the "
+            "generator together: a second node cannot add throughput here, so the msgs/s "
+            "compare configurations, and the costs per message (CPU time and Redis counts, "
+            "which sharing cores does not hide) are what this run can show."
+        )
+    return [*lines, ""]
+
+
+def capacity_ratios(capacity: dict[str, Any]) -> list[str]:
+    """Parley's most clients in one room over each peer's."""
+    tops = {system: best(steps, "clients") for system, steps in capacity.items()}
+    parley = tops.get("parley")
+    cells = [
+        f"{peer} {parley['clients'] / top['clients']:.2f}×"
+        for peer, top in tops.items()
+        if parley and top and peer != "parley"
+    ]
+    return ["Parley's clients ÷ each peer's: " + ", ".join(cells) + "."] if cells else []
+
+
+# Parley's delivered msgs/s in rooms of 10 over each peer's, at least (None: reported only)
+FANOUT_TARGETS: dict[str, float | None] = {
+    "raw": 1.0,
+    "socketio-node": 1.2,
+    "ws-node": None,
+    "socketio": 3.0,
+    "channels": 5.0,
+}
+
+
 def ratio_notes(fanout: dict[str, Any]) -> list[str]:
-    by = fanout.get("10", {})
-    top = {s: best(steps, "delivered_per_s") for s, steps in by.items()}
+    """Parley over each peer: rooms of 10 against the targets, then every room size."""
+    tops = {
+        room: {s: best(steps, "delivered_per_s") for s, steps in by.items()}
+        for room, by in fanout.items()
+    }
+    notes: list[str] = []
+    top = tops.get("10", {})
     parley = top.get("parley")
-    if not parley:
-        return []
-    notes = ["Rooms of 10, Parley's best delivered msgs/s against:"]
-    targets = {"raw": 0.7, "socketio": 3.0, "channels": 5.0}
-    for peer, target in targets.items():
-        other = top.get(peer)
-        if other:
+    if parley:
+        notes.append("Rooms of 10, Parley's best delivered msgs/s against:")
+        for peer, target in FANOUT_TARGETS.items():
+            other = top.get(peer)
+            if not other:
+                continue
             ratio = parley["delivered_per_s"] / other["delivered_per_s"]
-            verdict = "meets" if ratio >= target else "misses"
-            notes.append(f"- {peer}: {ratio:.2f}× ({verdict} the {target}× target)")
+            if target is None:
+                notes.append(f"- {peer}: {ratio:.2f}×")
+            else:
+                verdict = "meets" if ratio >= target else "misses"
+                notes.append(f"- {peer}: {ratio:.2f}× ({verdict} the {target}× target)")
+    peers = [s for s in SYSTEMS if s != "parley" and any(s in t for t in tops.values())]
+    rows = [(room, t) for room, t in tops.items() if t.get("parley")]
+    if peers and rows:
+        notes += ["", "Parley ÷ each peer, every room size:", ""]
+        notes.append("| room size | " + " | ".join(peers) + " |")
+        notes.append("|---" * (len(peers) + 1) + "|")
+        for room, t in rows:
+            mine = t["parley"]["delivered_per_s"]  # type: ignore[index]
+            cells = [
+                f"{mine / other['delivered_per_s']:.2f}×" if (other := t.get(peer)) else "—"
+                for peer in peers
+            ]
+            notes.append(f"| {room} | " + " | ".join(cells) + " |")
     return notes
 
 
@@ -818,6 +1080,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown: {', '.join(sorted(unknown))}")
     if shutil.which("taskset") is None:
         p.error("taskset (util-linux) is needed to pin the processes")
+    if {"socketio-node", "ws-node"} & set(systems):
+        try:
+            node_binary()
+        except RuntimeError as exc:
+            p.error(f"{exc} (or leave socketio-node and ws-node out of --systems)")
     _raise_nofile()
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     suite = Suite(args)
@@ -829,8 +1096,12 @@ def main(argv: list[str] | None = None) -> int:
             suite.capacity(systems)
         if "acks" in only and "parley" in systems:
             suite.acks(ceiling="raw" in systems)
+        elif "pgbench" in only:
+            suite.pgbench()
         if "memory" in only or "connect" in only:
             suite.idle(systems, "memory" in only, "connect" in only)
+        if "multinode" in only and "parley" in systems:
+            suite.multinode()
     except KeyboardInterrupt:
         log("interrupted: writing what there is")
     finally:

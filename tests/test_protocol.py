@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -174,3 +175,88 @@ def test_any_input_is_a_command_or_a_protocol_error(data: bytes | str) -> None:
             "Heartbeat",
             "Sync",
         }
+
+
+# --------------------------------------------------------------------------- one definition
+def test_generated_js_protocol_is_fresh() -> None:
+    """static/sdk/protocol.gen.js is what ``python -m parley.protocol --js`` writes now."""
+    assert p.JS_PATH.read_text(encoding="utf-8") == p.render_js(), (
+        "stale: run .venv/bin/python -m parley.protocol --js"
+    )
+    assert p.main(["--js", "--check"]) == 0
+
+
+def test_check_reports_a_stale_file(tmp_path: Path) -> None:
+    path = tmp_path / "protocol.gen.js"
+    path.write_text(p.render_js().replace("RATE_LIMITED", "RATE_LIMITD"), encoding="utf-8")
+    assert p.main(["--js", "--check", str(path)]) == 1
+    assert p.main(["--js", str(path)]) == 0
+    assert p.main(["--js", "--check", str(path)]) == 0
+
+
+def test_every_name_has_exactly_one_struct() -> None:
+    assert {str(msgspec.inspect.type_info(t).tag) for t in p.Command.__args__} == p.ACTIONS  # type: ignore[attr-defined]
+    assert {str(msgspec.inspect.type_info(t).tag) for t in p.Event.__args__} == p.EVENTS  # type: ignore[attr-defined]
+
+
+def test_encode_event_refuses_an_undefined_name() -> None:
+    with pytest.raises(ValueError, match="unknown event type"):
+        p.encode_event("chat_mesage", {})
+    assert (
+        json.loads(p.encode_event("heartbeat_ack", {"timestamp": "x"}))["type"] == "heartbeat_ack"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        p.SendMessage(conversation_id="1", content="hi", local_id="l1", reply_to="9"),
+        p.Typing(conversation_id="1", is_typing=True, request_id="r"),
+        p.MarkRead(conversation_id="1", message_ids=["1", "2"]),
+        p.MarkDelivered(conversation_id="1", message_ids=["3"]),
+        p.Heartbeat(),
+        p.Sync(cursors={"1": 4}),
+    ],
+)
+def test_encode_command_round_trips_through_the_server_parser(command: p.Command) -> None:
+    frame = p.encode_command(command)
+    assert json.loads(frame)["action"] == msgspec.inspect.type_info(type(command)).tag  # type: ignore[attr-defined]
+    assert b"null" not in frame  # unset optional fields are left out
+    assert p.parse_frame(frame) == command
+
+
+def test_parse_event_reads_what_the_server_encodes() -> None:
+    now = 1_700_000_000.5
+    est = p.parse_event(
+        p.encode_event("connection.established", p.established_data("c", "u", {"9": 4}, now))
+    )
+    assert isinstance(est, p.ConnectionEstablishedEvent)
+    assert est.data.conversations["9"].last_seq == 4 and est.data.active_conversations == ["9"]
+    typing = p.parse_event(p.encode_event("typing_indicator", p.typing_data("u", "9", True, now)))
+    assert isinstance(typing, p.TypingIndicatorEvent) and typing.data.is_typing
+    read = p.parse_event(p.encode_event("messages_read", p.receipt_data("u", "9", ["1"], now)))
+    assert isinstance(read, p.MessagesReadEvent) and read.data.message_ids == ["1"]
+    msg = p.WireMessage("5", "9", 3, "u", "hi", p.iso(now), "sent", None, [], local_id="l")
+    chat = p.parse_event(p.encode_chat_message(msg))
+    assert isinstance(chat, p.ChatMessageEvent) and chat.message == msg
+    err = p.parse_event(
+        p.encode_error(ErrorCode.RATE_LIMITED, "slow", local_id="l", retry_after_ms=20)
+    )
+    assert isinstance(err, p.ErrorEvent)
+    assert (err.error.code, err.error.local_id, err.error.retry_after_ms) == (
+        "RATE_LIMITED",
+        "l",
+        20,
+    )
+    done = p.parse_event(
+        b'{"type":"sync.complete","data":{"conversations":{"9":{"last_seq":3,"has_more":true}}}}'
+    )
+    assert isinstance(done, p.SyncCompleteEvent) and done.data.conversations["9"].has_more
+
+
+def test_parse_event_ignores_unknown_types_and_refuses_garbage() -> None:
+    unknown = p.parse_event(b'{"type":"shiny.new","data":{"x":1}}')
+    assert isinstance(unknown, p.UnknownEvent) and unknown.type == "shiny.new"
+    for bad in (b"not json", b"[1]", b'{"data":{}}', b'{"type":"chat_message","message":{"id":1}}'):
+        with pytest.raises(p.FrameError):
+            p.parse_event(bad)

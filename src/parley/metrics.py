@@ -29,6 +29,11 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.evictions = Counter(
+            "parley_evictions",
+            "Slow consumers evicted (closed with 1013, socket aborted)",
+            registry=r,
+        )
         # Per-message counts are plain ints (no lock on the hot path), read at scrape time.
         self.messages = 0
         self.duplicates = 0

@@ -80,9 +80,9 @@ async def main() -> None:
     )
     records: dict[str, Any] = {}
     for lid in client.state["messages"]["byLocalId"]:
-        rec = client.message(lid)
-        if rec is not None:
-            records[lid] = {"id": rec["id"], "seq": rec["seq"], "status": str(rec["status"])}
+        found = client.message(lid)
+        if found is not None:
+            records[lid] = {"id": found["id"], "seq": found["seq"], "status": str(found["status"])}
     await client.close()
     print(json.dumps({"records": records, "received": received}), flush=True)
 

@@ -19,12 +19,13 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from parley.client import ChatClient, MessageRecord
+from parley.client import ChatClient, ChatState, MessageRecord
 from parley.codes import MessageStatus
 from tests.client.conftest import create_conversation, history
 from tests.support.chaos_proxy import ChaosProxy
@@ -76,6 +77,11 @@ async def read_json(proc: asyncio.subprocess.Process, within: float) -> dict[str
 
 @pytest.mark.slow
 @pytest.mark.timeout(int(CHAOS_SECONDS) + 150)
+def reconnected(c: ChatClient, before: int) -> Callable[[ChatState], bool]:
+    """Holds once ``c`` made a new connection after ``before`` and caught up on it."""
+    return lambda _s: c.stats["connections"] > before and c.caught_up
+
+
 async def test_chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(SEED)
     srv = ParleyServer(tmp_path / "server").start()  # default rate limits stay on
@@ -207,13 +213,7 @@ async def _run(
             await asyncio.to_thread(srv.start)
             ready = time.monotonic()
             await asyncio.gather(
-                *(
-                    c.wait_for(
-                        lambda _s, c=c, n=before[u]: c.stats["connections"] > n and c.caught_up,
-                        60,
-                    )
-                    for u, c in clients.items()
-                )
+                *(c.wait_for(reconnected(c, before[u]), 60) for u, c in clients.items())
             )
             figures["caught_up_after_restart"].append(round(time.monotonic() - ready, 3))
 
@@ -241,9 +241,10 @@ async def _run(
     live.stdin.close()
     dave = await read_json(live, 90)
     assert await asyncio.wait_for(live.wait(), 30) == 0
-    for client in clients.values():
-        await client.wait_for(
-            lambda s, c=client: (
+
+    def settled(c: ChatClient) -> Callable[[ChatState], bool]:
+        def check(s: ChatState) -> bool:
+            return (
                 not s["messageQueue"]
                 and c.caught_up
                 and all(
@@ -251,9 +252,12 @@ async def _run(
                     for cid, members in conversations.items()
                     if c.user_id in members
                 )
-            ),
-            60,
-        )
+            )
+
+        return check
+
+    for client in clients.values():
+        await client.wait_for(settled(client), 60)
     figures["settle_seconds"] = round(time.monotonic() - settle_started, 3)
 
     # 6. The server holds every send exactly once, seq 1..n without gaps: each send's
@@ -277,7 +281,10 @@ async def _run(
 
     # 7. Every member received every message exactly once, in seq order.
     lost = duplicated = out_of_order = 0
-    views = {u: [(m["conversation_id"], m["seq"], m["id"]) for m in r] for u, r in received.items()}
+    views: dict[str, list[tuple[str, int, str | None]]] = {
+        u: [(m["conversation_id"], int(m["seq"] or 0), m["id"]) for m in r]
+        for u, r in received.items()
+    }
     views["dave"] = [
         (cid, seq, mid) for cid, items in dave["received"].items() for seq, mid in items
     ]

@@ -263,7 +263,7 @@ def test_status_order() -> None:
     assert adv(MessageStatus.READ, MessageStatus.DELIVERED) is MessageStatus.READ
     assert adv(MessageStatus.SENDING, MessageStatus.FAILED) is MessageStatus.FAILED
     assert adv(MessageStatus.SENT, MessageStatus.FAILED) is MessageStatus.SENT
-    assert adv(MessageStatus.FAILED, MessageStatus.SENDING) is MessageStatus.FAILED
+    assert adv(MessageStatus.FAILED, MessageStatus.SENDING) is MessageStatus.SENDING  # a retry
     assert adv(MessageStatus.FAILED, MessageStatus.DELIVERED) is MessageStatus.DELIVERED
 
 
@@ -418,7 +418,7 @@ def test_any_delivery_order_with_duplicates_converges(data: hs.DataObject) -> No
         now = s["conversations"]["byId"]["1"]["synced_seq"]
         assert now >= synced
         synced = now
-        got = seqs(s)
-        assert got == sorted(set(got))
+        got = [q for q in seqs(s) if q is not None]
+        assert got == sorted(set(got)) and len(got) == len(seqs(s))
     assert seqs(s) == list(range(1, n + 1))
     assert s["conversations"]["byId"]["1"]["synced_seq"] == n

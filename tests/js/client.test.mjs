@@ -43,8 +43,8 @@ test('after connect: sync with every cursor, then the queue replayed in order', 
   assert.deepEqual(frames[0].action, 'sync');
   assert.deepEqual(frames[0].cursors, { 1: 0, 2: 0 });
   assert.deepEqual(frames.slice(1).map((f) => [f.action, f.local_id]), [['send_message', a], ['send_message', b]]);
-  // The replay uses the seed's form: a JSON string holding the action.
-  assert.equal(typeof JSON.parse(ws.sent[1]), 'string');
+  // The replay sends the action itself (the seed's processQueue double-encodes; see queue tests).
+  assert.equal(typeof JSON.parse(ws.sent[1]), 'object');
   // An entry leaves the queue only with its ack.
   assert.equal(client.queue.entries().length, 2);
   ws.receive({ type: 'chat_message', message: msg(11, 1, 'alice', { local_id: a, content: 'first' }) });

@@ -41,11 +41,11 @@ function connected(options) {
   return env;
 }
 
-test('backoff: min(1000·2^n, 30000) plus at most 1 s of jitter', () => {
+test('backoff: min(1000·2^n, 30000) plus up to a quarter of itself (tests/fixtures/behaviour too)', () => {
   assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 10].map(getBackoffDelay), [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
   assert.equal(reconnectDelay(2, () => 0), 4000);
-  assert.equal(reconnectDelay(2, () => 0.999), 4999);
-  assert.equal(reconnectDelay(9, () => 0.5), 30500);
+  assert.equal(reconnectDelay(2, () => 0.5), 4500);
+  assert.equal(reconnectDelay(9, () => 0.5), 33750);
 });
 
 test('default URL comes from the page location; the API URL from the socket URL', () => {
@@ -137,7 +137,7 @@ test('jitter is added by default', () => {
     const socket = new ChatWebSocket('t', { url: 'ws://x/ws', WebSocket: WS, timers, network: null, queue: null });
     socket.connect();
     WS.last.serverClose(1006);
-    assert.deepEqual(timers.delays(), [1250]);
+    assert.deepEqual(timers.delays(), [1062.5]);
   } finally {
     Math.random = random;
   }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -46,9 +47,12 @@ async def send_until_acked(client: WsClient, cid: str, local_id: str, wait: floa
 
 def broker_ok(cluster: Cluster) -> bool:
     for node in cluster.nodes:
-        with urllib.request.urlopen(f"{node.http_url}/readyz", timeout=2) as r:
-            if json.load(r)["checks"]["broker"] != "ok":
-                return False
+        try:
+            with urllib.request.urlopen(f"{node.http_url}/readyz", timeout=2) as r:
+                if json.load(r)["checks"]["broker"] != "ok":
+                    return False
+        except urllib.error.HTTPError:  # 503 while Redis is unreachable
+            return False
     return True
 
 

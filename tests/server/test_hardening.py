@@ -93,6 +93,7 @@ async def test_token_expiring_while_connected_closes_4003(server: ParleyServer, 
 # ---------------------------------------------------------------------- limits
 async def test_rate_limit_then_policy_close(tmp_path: Any) -> None:
     args = ["--rate-limit", "5", "--rate-burst", "5", "--rate-abuse-strikes", "20"]
+    args += ["--rate-max-delay", "0.1"]  # r5 would wait 0.2 s: refused, not paced
     with ParleyServer(tmp_path, extra_args=args) as srv:
         conv = await conversation(srv, "alice", "bob")
         ws = await connect(srv, "alice")

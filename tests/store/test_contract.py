@@ -583,7 +583,7 @@ async def test_many_nodes_migrate_a_fresh_database_at_once(uid: Uid) -> None:
         a = uid("alice")
         conv = await group(nodes[3], a)
         await nodes[4].append_message(msg(conv, a, "l1"))
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         conn = await asyncpg.connect(url)
         try:

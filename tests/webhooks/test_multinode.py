@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,10 @@ from tests.store.conftest import create_database, drop_database
 from tests.support.server import ParleyServer
 from tests.support.wsclient import WsClient, api
 from tests.webhooks.conftest import Receiver, webhook_args
+
+
+def _has_local_id(local_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: bool(e["message"].get("local_id") == local_id)
 
 
 @pytest.fixture
@@ -71,9 +76,7 @@ async def test_two_nodes_send_each_event_once(
                         "local_id": f"x{n}",
                     }
                 )
-                ack = await ws.expect(
-                    "chat_message", lambda e, n=n: e["message"].get("local_id") == f"x{n}"
-                )
+                ack = await ws.expect("chat_message", _has_local_id(f"x{n}"))
                 sent.append(ack["message"]["id"])
             events = await receiver.wait_for(lambda ev: len(ev) >= 41, timeout=60)
         # a sentinel from node b after everything: nothing more than expected comes first

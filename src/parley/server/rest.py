@@ -15,13 +15,11 @@ from urllib.parse import unquote
 
 import msgspec
 from aiohttp import BodyPartReader, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parley import attachments as att
 from parley.auth import AuthError, Identity, TokenVerifier
 from parley.codes import ErrorCode
 from parley.config import Settings
-from parley.metrics import Metrics
 from parley.service import ChatService, ServiceError
 from parley.service.rules import strict_int
 
@@ -112,13 +110,10 @@ class RestRateLimit:
 
 
 class Rest:
-    def __init__(
-        self, settings: Settings, service: ChatService, verifier: TokenVerifier, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, service: ChatService, verifier: TokenVerifier) -> None:
         self.settings = settings
         self.service = service
         self.verifier = verifier
-        self.metrics_registry = metrics.registry
         self.limiter = RestRateLimit(settings.rest_rate_limit, settings.rest_rate_burst)
         self.demo_users: dict[str, None] = {}
 
@@ -135,9 +130,6 @@ class Rest:
             web.get("/attachments/{id}/{filename}", self.download),
             web.post("/api/admin/users/{user_id}/deactivate", self.deactivate),
             web.post("/api/admin/users/{user_id}/activate", self.activate),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
         ]
         if self.settings.demo:
@@ -310,23 +302,6 @@ class Rest:
         return json_body({"user_id": user, "active": True})
 
     # ------------------------------------------------------------------ operations
-    async def healthz(self, request: web.Request) -> web.Response:
-        return json_body({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        checks = await self.service.readiness()
-        ready = checks["store"] == "ok"
-        return json_body(
-            {"status": "ok" if ready else "unavailable", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics_registry)
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
-
     async def openapi(self, request: web.Request) -> web.Response:
         from parley.server.openapi import document
 

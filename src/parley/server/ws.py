@@ -7,15 +7,26 @@ close codes of SPEC §2 (browsers cannot read an HTTP status of a failed upgrade
 Writes bypass aiohttp's ``send_str``: each event is framed once per fan-out
 (``ws_frame``) and the same bytes are written to every transport, without awaiting.
 The transport's own buffer is the per-connection outbound buffer; past
-``max_buffer_bytes`` the connection is closed with 1013 (a slow consumer).
+``max_buffer_bytes`` the connection is evicted with 1013 (a slow consumer): its socket is
+aborted within ``_EVICT_GRACE`` seconds and its buffers freed.
+
+Rate limits pace before they refuse (docs/security.md, Limits): each connection has a
+token bucket; an action that finds it empty waits its turn in the connection's
+``Pacer`` (one timer per connection, not a task per frame), so a pipelined burst is
+slowed down and still processed in order. Only an action that would wait more than
+``rate_max_delay`` is refused with ``RATE_LIMITED``; heartbeats never wait. Every close
+other than an eviction first lets the replies of work already in flight (acks of
+messages being committed) go out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
@@ -30,6 +41,8 @@ from parley.service import ChatService
 log = logging.getLogger("parley.ws")
 
 _CLOSE_GRACE = 2.0  # seconds a close handshake may take before the socket is aborted
+_EVICT_GRACE = 1.0  # seconds an evicted slow consumer gets to take its close frame
+_OWED_GRACE = 2.0  # seconds a closing connection waits for replies already in flight
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -43,7 +56,9 @@ def ws_frame(payload: bytes) -> bytes:
 
 
 class RateLimiter:
-    """Token bucket per connection; ``strikes`` counts refusals in a row."""
+    """Token bucket per connection, with reservations: a token taken from an empty
+    bucket goes into debt, so each waiting action is due ``1 / rate`` after the one
+    before it. ``strikes`` counts refusals in a row."""
 
     __slots__ = ("burst", "last", "rate", "strikes", "tokens")
 
@@ -54,16 +69,106 @@ class RateLimiter:
         self.last = now
         self.strikes = 0
 
-    def take(self, now: float) -> float:
-        """0.0 if allowed, else the seconds until a token is available."""
+    def wait(self, now: float) -> float:
+        """Seconds until a token is available (0.0: one is there now)."""
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            self.strikes = 0
             return 0.0
-        self.strikes += 1
         return (1.0 - self.tokens) / self.rate
+
+    def take(self) -> None:
+        """Reserve the token ``wait`` was asked about (the bucket may go into debt)."""
+        self.tokens -= 1.0
+        self.strikes = 0
+
+
+Action = p.Command | p.ProtocolError
+
+
+class Pacer:
+    """The actions of one connection waiting their turn, in arrival order.
+
+    One timer per connection runs every action that has come due; the read loop stops
+    reading while the waiting actions hold more than ``max_bytes`` (backpressure)."""
+
+    __slots__ = (
+        "bytes",
+        "dispatch",
+        "max_bytes",
+        "queue",
+        "resume",
+        "timer",
+    )
+
+    def __init__(self, dispatch: Any, max_bytes: int) -> None:
+        self.dispatch = dispatch
+        self.max_bytes = max_bytes
+        self.queue: collections.deque[tuple[float, Action, int]] = collections.deque()
+        self.bytes = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.resume: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def add(self, due: float, action: Action, size: int) -> None:
+        self.queue.append((due, action, size))
+        self.bytes += size
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_at(due, self.run_due)
+
+    @property
+    def full(self) -> bool:
+        return self.bytes > self.max_bytes
+
+    async def wait_room(self) -> None:
+        """Return once the waiting actions fit in ``max_bytes`` again."""
+        while self.full and self.queue:
+            self.resume = asyncio.get_running_loop().create_future()
+            try:
+                await self.resume
+            finally:
+                self.resume = None
+
+    def run_due(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queue = self.queue
+        while queue and queue[0][0] <= now:
+            _, action, size = queue.popleft()
+            self.bytes -= size
+            self.dispatch(action)
+        if queue:
+            self.timer = loop.call_at(queue[0][0], self.run_due)
+        self._maybe_resume()
+
+    def run_all(self) -> None:
+        """Run every waiting action now (graceful shutdown: nothing received is lost)."""
+        self.cancel_timer()
+        queue, self.queue = self.queue, collections.deque()
+        self.bytes = 0
+        for _, action, _size in queue:
+            self.dispatch(action)
+        self._maybe_resume()
+
+    def drop(self) -> None:
+        """Forget the waiting actions (the connection is closing)."""
+        self.cancel_timer()
+        self.queue.clear()
+        self.bytes = 0
+        self._maybe_resume()
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _maybe_resume(self) -> None:
+        resume = self.resume
+        if resume is not None and not resume.done() and (not self.full or not self.queue):
+            resume.set_result(None)
 
 
 class Flusher:
@@ -90,15 +195,22 @@ class Flusher:
 
 
 class WsPeer:
-    """A live WebSocket connection (the service's ``Peer``)."""
+    """A live WebSocket connection (the service's ``Peer``).
+
+    ``closing``: a close has begun (no new actions are taken); ``dead``: nothing more
+    is written (the close frame is out, or the connection was evicted)."""
 
     __slots__ = (
         "client_id",
         "close_task",
         "closing",
+        "dead",
+        "evicted",
         "flusher",
         "max_buffer",
         "metrics",
+        "owed",
+        "pacer",
         "pending",
         "transport",
         "user_id",
@@ -114,6 +226,7 @@ class WsPeer:
         max_buffer: int,
         metrics: Metrics,
         flusher: Flusher,
+        owed: Any = None,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -122,12 +235,16 @@ class WsPeer:
         self.max_buffer = max_buffer
         self.metrics = metrics
         self.flusher = flusher
+        self.owed = owed  # () -> the work in flight whose replies a close waits for
         self.closing = False
+        self.dead = False
+        self.evicted = False
         self.close_task: asyncio.Task[None] | None = None
         self.pending: list[bytes] | None = None  # frames of this loop iteration
+        self.pacer: Pacer | None = None
 
     def write(self, wire: bytes) -> None:
-        if self.closing:
+        if self.dead:
             return
         if self.pending is None:
             self.pending = [wire]
@@ -137,7 +254,7 @@ class WsPeer:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, None
-        if pending is None or self.closing or self.ws.closed:
+        if pending is None or self.dead or self.ws.closed:
             return
         transport = self.transport
         if transport.is_closing():
@@ -151,25 +268,54 @@ class WsPeer:
             transport.writelines(pending)
 
     def close_soon(self, code: int, reason: str) -> None:
+        """Close with ``code``. A slow consumer (1013) is let go at once: nothing more is
+        written and its socket is aborted. Any other close first waits (a little) for
+        the replies of work in flight, such as the acks of messages being committed."""
         if self.closing:
             return
-        if code != CloseCode.TRY_AGAIN_LATER:
-            self.flush()  # what was queued before the close goes out before it
         self.closing = True
         self.metrics.closed.labels(str(code)).inc()
-        self.close_task = asyncio.ensure_future(close_ws(self.ws, self.transport, code, reason))
+        if self.pacer is not None:
+            self.pacer.drop()
+        if code == CloseCode.TRY_AGAIN_LATER:
+            self.dead = True
+            self.evicted = True
+            self.pending = None
+            self.metrics.evictions.inc()
+            self.close_task = asyncio.ensure_future(
+                close_ws(self.ws, self.transport, code, reason, grace=_EVICT_GRACE)
+            )
+        else:
+            self.close_task = asyncio.ensure_future(self._close_after_owed(code, reason))
+
+    async def _close_after_owed(self, code: int, reason: str) -> None:
+        owed = [f for f in (self.owed() if self.owed is not None else ()) if not f.done()]
+        if owed:
+            # Their done-callbacks (which write the replies) run before this wait ends.
+            await asyncio.wait(owed, timeout=_OWED_GRACE)
+        self.flush()
+        self.dead = True
+        await close_ws(self.ws, self.transport, code, reason)
 
 
 async def close_ws(
-    ws: web.WebSocketResponse, transport: asyncio.Transport | None, code: int, reason: str
+    ws: web.WebSocketResponse,
+    transport: asyncio.Transport | None,
+    code: int,
+    reason: str,
+    *,
+    grace: float = _CLOSE_GRACE,
 ) -> None:
-    """Close with ``code``; abort the socket if the peer does not finish the handshake."""
+    """Close with ``code``; abort the socket if the peer has not finished the close
+    handshake (or taken what was written to it) within ``grace`` seconds."""
     try:
-        async with asyncio.timeout(_CLOSE_GRACE):
+        async with asyncio.timeout(grace):
             await ws.close(code=code, message=reason.encode()[:120])
     except (TimeoutError, ConnectionError, RuntimeError):
         pass
-    if transport is not None and not transport.is_closing():
+    # A transport may be "closing" yet hold a full buffer that its reader never takes:
+    # abort drops that buffer and the socket.
+    if transport is not None and (not transport.is_closing() or transport.get_write_buffer_size()):
         transport.abort()
 
 
@@ -208,6 +354,7 @@ class WebSocketEndpoint:
         self.verifier = verifier
         self.metrics = metrics
         self.open: set[web.WebSocketResponse] = set()
+        self.peers: set[WsPeer] = set()
         self.accepting = True
         self.flusher = Flusher()
 
@@ -232,16 +379,19 @@ class WebSocketEndpoint:
             await close_ws(ws, transport, code, reason)
             return ws
         identity = refusal
+        service = self.service
         peer = WsPeer(
             ws,
             transport,
             identity.user_id,
-            self.service.next_client_id(identity.user_id),
+            service.next_client_id(identity.user_id),
             s.max_buffer_bytes,
             self.metrics,
             self.flusher,
+            owed=service.in_flight,
         )
         self.open.add(ws)
+        self.peers.add(peer)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         loop = asyncio.get_running_loop()
@@ -252,16 +402,23 @@ class WebSocketEndpoint:
             "token expired",
         )
         try:
-            established = await self.service.connect(peer)
+            established = await service.connect(peer)
             peer.write(ws_frame(established))
             log.debug("connected %s", peer.client_id)
             await self._read_loop(ws, peer)
+            if peer.close_task is not None and not peer.evicted:
+                # A close chosen by the server: the replies still owed go out first, and
+                # they reach this connection only while it is registered.
+                await peer.close_task
         except ConnectionResetError:
             pass
         finally:
             expiry.cancel()
-            self.service.disconnect(peer)
+            if peer.pacer is not None:
+                peer.pacer.drop()
+            service.disconnect(peer)
             self.open.discard(ws)
+            self.peers.discard(peer)
             self.metrics.connections.dec()
         if peer.close_task is not None:  # let a close code chosen by the server go out
             await peer.close_task
@@ -293,56 +450,86 @@ class WebSocketEndpoint:
     async def _read_loop(self, ws: web.WebSocketResponse, peer: WsPeer) -> None:
         s = self.settings
         service = self.service
-        limiter = (
-            RateLimiter(s.rate_limit, s.rate_burst, time.monotonic()) if s.rate_limit else None
-        )
+        loop = asyncio.get_running_loop()
+        max_delay = s.rate_max_delay
+        strikes_max = s.rate_abuse_strikes
+
+        def dispatch(action: Action) -> None:
+            if isinstance(action, p.ProtocolError):
+                service.send_error(
+                    peer,
+                    action.code,
+                    action.message,
+                    local_id=action.local_id,
+                    request_id=action.request_id,
+                )
+            else:
+                service.handle(peer, action)
+
+        limiter: RateLimiter | None = None
+        pacer: Pacer | None = None
+        if s.rate_limit:
+            limiter = RateLimiter(s.rate_limit, s.rate_burst, loop.time())
+            pacer = peer.pacer = Pacer(dispatch, s.rate_queue_bytes)
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
+                if peer.closing:
+                    continue  # a close has begun: no new actions
+                action: Action
                 try:
-                    cmd = p.parse_frame(msg.data)
+                    action = p.parse_frame(msg.data)
                 except p.ProtocolError as exc:
-                    service.send_error(
-                        peer,
-                        exc.code,
-                        exc.message,
-                        local_id=exc.local_id,
-                        request_id=exc.request_id,
-                    )
+                    action = exc.with_traceback(None)  # may wait: keep no frames alive
+                if limiter is None or pacer is None or isinstance(action, p.Heartbeat):
+                    dispatch(action)  # heartbeats never wait behind paced actions
                     continue
-                if limiter is not None and not isinstance(cmd, p.Heartbeat):
-                    wait = limiter.take(time.monotonic())
-                    if wait:
-                        if limiter.strikes > s.rate_abuse_strikes:
-                            peer.close_soon(CloseCode.POLICY_VIOLATION, "rate limit abuse")
-                            return
-                        service.send_error(
-                            peer,
-                            ErrorCode.RATE_LIMITED,
-                            "too many actions; slow down",
-                            local_id=getattr(cmd, "local_id", None),
-                            request_id=cmd.request_id,
-                            retry_after_ms=max(1, int(wait * 1000)),
-                        )
-                        continue
-                service.handle(peer, cmd)
-            elif msg.type is WSMsgType.BINARY:
+                now = loop.time()
+                wait = limiter.wait(now)
+                if not wait and not pacer.queue:
+                    limiter.take()
+                    dispatch(action)
+                    continue
+                if wait <= max_delay:
+                    limiter.take()
+                    pacer.add(now + wait, action, len(msg.data))
+                    if pacer.full:
+                        await pacer.wait_room()  # stop reading the socket meanwhile
+                    continue
+                limiter.strikes += 1
+                if limiter.strikes > strikes_max:
+                    peer.close_soon(CloseCode.POLICY_VIOLATION, "rate limit abuse")
+                    return
                 service.send_error(
                     peer,
-                    ErrorCode.INVALID_MESSAGE,
-                    "binary frames are not supported; send JSON text",
+                    ErrorCode.RATE_LIMITED,
+                    "too many actions; slow down",
+                    local_id=getattr(action, "local_id", None),
+                    request_id=action.request_id,
+                    retry_after_ms=max(1, int(wait * 1000)),
                 )
+            elif msg.type is WSMsgType.BINARY:
+                if not peer.closing:
+                    service.send_error(
+                        peer,
+                        ErrorCode.INVALID_MESSAGE,
+                        "binary frames are not supported; send JSON text",
+                    )
             else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already closed with 1009 etc.)
                 return
 
     async def shutdown(self) -> None:
-        """Refuse new connections and close every open one with 1001."""
+        """Refuse new connections; run the actions still waiting their turn, then close
+        every open connection with 1001 once the replies in flight have gone out."""
         self.accepting = False
+        peers = list(self.peers)
+        for peer in peers:
+            if peer.pacer is not None and not peer.closing:
+                peer.pacer.run_all()
+        for peer in peers:
+            peer.close_soon(CloseCode.GOING_AWAY, "server shutting down")
         self.flusher.flush()
         await asyncio.gather(
-            *(
-                close_ws(ws, None, CloseCode.GOING_AWAY, "server shutting down")
-                for ws in list(self.open)
-            ),
+            *(peer.close_task for peer in peers if peer.close_task is not None),
             return_exceptions=True,
         )

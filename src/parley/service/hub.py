@@ -133,16 +133,18 @@ class Hub:
         while self._tasks or self._pending:
             await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
 
-    async def readiness(self) -> dict[str, str]:
-        """``{"store": "ok" | "error: …", "broker": "ok" | "degraded"}`` (``/readyz``)."""
-        checks: dict[str, str] = {}
-        try:
-            await self._store.ping()
-            checks["store"] = "ok"
-        except Exception as exc:
-            checks["store"] = f"error: {exc}"
-        checks["broker"] = "ok" if self._broker.healthy else "degraded"
-        return checks
+    async def ping_store(self) -> None:
+        """Raise if the store cannot serve requests or is failing writes (``/readyz``)."""
+        await self._store.ping()
+
+    @property
+    def broker_healthy(self) -> bool:
+        """Whether the broker reaches the other nodes (always true for a single node)."""
+        return self._broker.healthy
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """Requests still running: appends awaiting their commit and spawned tasks."""
+        return [*self._pending, *self._tasks]
 
     def next_client_id(self, user_id: str) -> str:
         return f"user_{user_id}_{next(self._client_ids)}"

@@ -14,7 +14,7 @@ import msgspec
 from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
-from parley.codes import ErrorCode
+from parley.codes import ErrorCode, aggregate_status
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
@@ -397,10 +397,9 @@ class Messages(Hub):
 
 
 def _status(m: MessageRecord, cursors: Sequence[Cursor]) -> str:
-    """The aggregate status the sender sees: read / delivered by every other member."""
-    others = [c for c in cursors if c.user_id != m.sender_id]
-    if not others:
-        return "sent"
+    """The aggregate status the sender sees (the rule lives in ``parley.codes``)."""
+    others = ((c.read_seq, c.delivered_seq) for c in cursors if c.user_id != m.sender_id)
+    return aggregate_status(m.seq, others).value
     if all(c.read_seq >= m.seq for c in others):
         return "read"
     if all(c.delivered_seq >= m.seq for c in others):

@@ -207,7 +207,10 @@ class Store(Protocol):
         """Finish every write already submitted, then release resources."""
 
     async def ping(self) -> None:
-        """Raise if the store cannot serve requests (used by ``/readyz``)."""
+        """Raise, with the reason, if the store cannot serve requests, writes included
+        (used by ``/readyz``). A store that has seen a write fail (disk full, read-only
+        file system) keeps raising until a real write succeeds again: ``ping`` itself
+        then performs a tiny real write."""
 
     # -- users ---------------------------------------------------------------
     async def set_user_active(self, user_id: str, active: bool) -> None: ...

@@ -380,7 +380,9 @@ class PostgresStore:
 
     async def ping(self) -> None:
         async with self._acquire() as conn:
-            await conn.fetchval("SELECT 1")
+            # A real write, however small: assigning a transaction id makes the commit
+            # write (and flush) a WAL record, which fails while the disk is full.
+            await conn.fetchval("SELECT txid_current()")
 
     @contextlib.asynccontextmanager
     async def _acquire(self) -> AsyncIterator[_Connection]:
@@ -402,6 +404,9 @@ class PostgresStore:
             done = {
                 int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")
             }
+            from parley.store.admin import check_not_newer
+
+            check_not_newer(done, max(v for v, _ in MIGRATIONS))  # a newer Parley's schema
             for version, sql in MIGRATIONS:
                 if version in done:
                     continue

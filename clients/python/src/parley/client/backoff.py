@@ -9,6 +9,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from parley.codes import BACKOFF_BASE_MS, BACKOFF_CAP_MS, BACKOFF_JITTER
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -18,9 +20,9 @@ class Backoff:
     so that clients cut off together do not come back together.
     """
 
-    base: float = 1.0
-    cap: float = 30.0
-    jitter: float = 0.25
+    base: float = BACKOFF_BASE_MS / 1000
+    cap: float = BACKOFF_CAP_MS / 1000
+    jitter: float = BACKOFF_JITTER
     rand: Callable[[], float] = field(default=random.random, compare=False)
 
     def __post_init__(self) -> None:

@@ -11,7 +11,9 @@
 Modules: ``client`` (``ChatClient``: connecting, catching up, receiving), ``state`` (the
 seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``queue``
 (the SQLite offline queue), ``connection`` (one connection's bookkeeping and the
-close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``errors``.
+close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``pacing``
+(the send pacer), ``errors``. Names, codes and limits come from ``parley.codes``, shipped
+with this package (``parley-client``, whose only dependency is websockets).
 See ``docs/python-client.md``.
 """
 
@@ -29,7 +31,7 @@ from parley.client.state import (
     initial_state,
     reduce,
 )
-from parley.codes import MessageStatus
+from parley.codes import CloseCode, ErrorCode, LocalErrorCode, MessageStatus
 
 __all__ = [
     "EVENTS",
@@ -41,7 +43,10 @@ __all__ = [
     "ChatState",
     "ClientClosed",
     "ClientError",
+    "CloseCode",
     "ConversationRecord",
+    "ErrorCode",
+    "LocalErrorCode",
     "MessageRecord",
     "MessageStatus",
     "OfflineQueue",

@@ -53,14 +53,32 @@ from parley.client.errors import ClientClosed, ClientError
 from parley.client.events import Emitter, Listener
 from parley.client.outbox import Outbox
 from parley.client.queue import OfflineQueue
-from parley.codes import CloseCode, ErrorCode, MessageStatus
+from parley.codes import (
+    BACKOFF_BASE_MS,
+    BACKOFF_CAP_MS,
+    BACKOFF_JITTER,
+    HEARTBEAT_INTERVAL_MS,
+    MAX_MISSED_HEARTBEATS,
+    MAX_RETRIES,
+    RECEIPT_BATCH,
+    RETRY_DELAY_MS,
+    SEND_BURST,
+    SEND_RATE,
+    SEND_WINDOW,
+    ActionName,
+    CloseCode,
+    ErrorCode,
+    EventName,
+    LocalErrorCode,
+    MessageStatus,
+    receipt_batch,
+)
 
 log = logging.getLogger("parley.client")
 
 TokenProvider = Callable[[], Awaitable[str]]
 
 TOKEN_MARGIN = 1.0  # seconds: a token this close to its expiry is replaced before use
-RECEIPT_BATCH = 100  # at most this many (the newest) message ids per receipt frame
 
 
 class ChatClient:
@@ -83,13 +101,16 @@ class ChatClient:
         token: str | None = None,
         token_provider: TokenProvider | None = None,
         queue_path: str | Path | None = None,
-        heartbeat_interval: float = 30.0,
-        max_missed_heartbeats: int = 3,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        backoff_jitter: float = 0.25,
-        retry_delay: float = 1.0,
-        max_retries: int = 3,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_MS / 1000,
+        max_missed_heartbeats: int = MAX_MISSED_HEARTBEATS,
+        backoff_base: float = BACKOFF_BASE_MS / 1000,
+        backoff_cap: float = BACKOFF_CAP_MS / 1000,
+        backoff_jitter: float = BACKOFF_JITTER,
+        retry_delay: float = RETRY_DELAY_MS / 1000,
+        max_retries: int = MAX_RETRIES,
+        send_window: int = SEND_WINDOW,
+        send_rate: float = SEND_RATE,
+        send_burst: float = SEND_BURST,
         ack_timeout: float = 10.0,
         open_timeout: float = 10.0,
         receipt_interval: float = 0.2,
@@ -131,13 +152,16 @@ class ChatClient:
         self._caught_up = False
         # Counters for monitoring and tests: WebSocket connections opened, sync requests,
         # sends repeated after an error, queue entries sent again on a later connection,
-        # tokens fetched after a 4003.
+        # tokens fetched after a 4003, sends refused with RATE_LIMITED, the most sends
+        # unanswered at once.
         self.stats = {
             "connections": 0,
             "syncs": 0,
             "resends": 0,
             "replays": 0,
             "token_refreshes": 0,
+            "rate_limited": 0,  # sends the server refused with RATE_LIMITED
+            "max_in_flight": 0,  # the most sends unanswered at once (at most send_window)
         }
         queue = OfflineQueue(queue_path)
         self._outbox = Outbox(
@@ -148,6 +172,9 @@ class ChatClient:
             retry_delay=retry_delay,
             max_retries=max_retries,
             ack_timeout=ack_timeout,
+            window=send_window,
+            rate=send_rate,
+            burst=send_burst,
         )
         entries = queue.entries()
         if entries:
@@ -250,7 +277,7 @@ class ChatClient:
         if self._closed:
             raise ClientClosed("the client is closed")
         entry: st.QueuedMessage = {
-            "action": "send_message",
+            "action": "send_message",  # ActionName.SEND_MESSAGE (a Literal for the TypedDict)
             "conversation_id": str(conversation_id),
             "content": content,
             "local_id": new_local_id(),
@@ -279,7 +306,11 @@ class ChatClient:
     async def typing(self, conversation_id: str, is_typing: bool = True) -> bool:
         """Tell the others whether the user is typing; False if not connected (dropped)."""
         return await self._send_now(
-            {"action": "typing", "conversation_id": str(conversation_id), "is_typing": is_typing}
+            {
+                "action": ActionName.TYPING,
+                "conversation_id": str(conversation_id),
+                "is_typing": is_typing,
+            }
         )
 
     async def mark_read(
@@ -524,10 +555,17 @@ class ChatClient:
                 frame = decode_frame(raw)
                 if frame is None:
                     log.warning("ignoring a frame that is not a JSON object")
+                    self._emit(
+                        "local_error",
+                        {
+                            "code": LocalErrorCode.BAD_FRAME,
+                            "message": "a frame that is not a JSON object",
+                        },
+                    )
                     continue
                 try:
                     if not session.established:
-                        if frame.get("type") != "connection.established":
+                        if frame.get("type") != EventName.CONNECTION_ESTABLISHED:
                             self._emit("frame", frame)
                             self._route(session, frame)
                             continue
@@ -540,7 +578,9 @@ class ChatClient:
                 except Exception as exc:
                     # A peer's bad frame must not end the client.
                     log.exception("could not handle a %r frame", frame.get("type"))
-                    self._emit("error", {"code": "BAD_FRAME", "message": repr(exc)})
+                    self._emit(
+                        "local_error", {"code": LocalErrorCode.BAD_FRAME, "message": repr(exc)}
+                    )
         except ConnectionClosed:
             pass
         finally:
@@ -570,7 +610,7 @@ class ChatClient:
                     session.abort()
                     return
                 session.missed_heartbeats += 1
-                await self._send(session, {"action": "heartbeat"})
+                await self._send(session, {"action": ActionName.HEARTBEAT})
         except SessionLost:
             pass
 
@@ -601,24 +641,24 @@ class ChatClient:
     async def _handle(self, session: Session, frame: Mapping[str, Any]) -> None:
         self._emit("frame", frame)
         kind = frame.get("type")
-        if kind == "chat_message":
+        if kind == EventName.CHAT_MESSAGE:
             await self._on_chat_message(session, frame["message"])
-        elif kind == "heartbeat_ack":
+        elif kind == EventName.HEARTBEAT_ACK:
             session.missed_heartbeats = 0
-        elif kind == "sync.complete":
+        elif kind == EventName.SYNC_COMPLETE:
             await self._on_sync_complete(session, frame.get("data") or {})
-        elif kind in ("messages_read", "messages_delivered"):
+        elif kind in (EventName.MESSAGES_READ, EventName.MESSAGES_DELIVERED):
             data = frame["data"]
-            receipt: st.ReceiptKind = "read" if kind == "messages_read" else "delivered"
+            receipt: st.ReceiptKind = "read" if kind == EventName.MESSAGES_READ else "delivered"
             self._dispatch(st.receipt_received(receipt, data))
             self._emit(receipt, data)
             conv = self._state["conversations"]["byId"].get(str(data["conversation_id"]))
             if conv is not None and conv["member_ids"] is None:
                 self._want_members(conv["id"])
-        elif kind == "typing_indicator":
+        elif kind == EventName.TYPING_INDICATOR:
             self._dispatch(st.typing_received(frame["data"]))
             self._emit("typing", frame["data"])
-        elif kind in ("conversation.created", "conversation.updated"):
+        elif kind in (EventName.CONVERSATION_CREATED, EventName.CONVERSATION_UPDATED):
             self._dispatch(st.conversation_updated(frame["data"]))
             self._baseline()
             self._emit("conversation", frame["data"])
@@ -631,7 +671,7 @@ class ChatClient:
 
     def _route(self, session: Session, frame: Mapping[str, Any]) -> None:
         """Errors: to the send waiting for them, else to ``"error"`` listeners."""
-        if frame.get("type") != "error":
+        if frame.get("type") != EventName.ERROR:
             return
         error = frame.get("error") or {}
         lid = error.get("local_id")
@@ -689,7 +729,11 @@ class ChatClient:
         self.stats["syncs"] += 1
         await self._send(
             session,
-            {"action": "sync", "cursors": cursors, "request_id": f"sync-{session.sync_count}"},
+            {
+                "action": ActionName.SYNC,
+                "cursors": cursors,
+                "request_id": f"sync-{session.sync_count}",
+            },
         )
 
     async def _on_sync_complete(self, session: Session, data: Mapping[str, Any]) -> None:
@@ -708,7 +752,10 @@ class ChatClient:
                 return
             # The server announced messages that sync does not return: do not spin.
             log.warning("sync made no progress; gaps remain: %s", st.gaps(self._state))
-            self._emit("error", {"code": "SYNC_STALLED", "message": "sync made no progress"})
+            self._emit(
+                "local_error",
+                {"code": LocalErrorCode.SYNC_STALLED, "message": "sync made no progress"},
+            )
             return
         self._caught_up = True
         self._emit("synced", {})
@@ -756,15 +803,15 @@ class ChatClient:
 
     async def _flush_receipts(self, session: Session) -> None:
         for action, pending in (
-            ("mark_delivered", self._pending_delivered),
-            ("mark_read", self._pending_read),
+            (ActionName.MARK_DELIVERED, self._pending_delivered),
+            (ActionName.MARK_READ, self._pending_read),
         ):
             while pending:
                 cid, queued = next(iter(pending.items()))
-                if action == "mark_delivered":
+                if action == ActionName.MARK_DELIVERED:
                     # These ids come in seq order and the server keeps receipts as
                     # cursors: the newest stand for all before them; one frame is enough.
-                    taken, ids = len(queued), queued[-RECEIPT_BATCH:]
+                    taken, ids = len(queued), receipt_batch(queued)
                 else:  # the application's ids, in its order: all of them, in chunks
                     taken = min(len(queued), RECEIPT_BATCH)
                     ids = queued[:taken]

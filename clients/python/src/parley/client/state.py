@@ -26,7 +26,7 @@ Rules the reducer keeps (tested in ``tests/client/test_state.py``):
 * Receipts are per-user cursors (read / delivered up to a ``seq``), as on the server. An
   own message becomes ``delivered`` (``read``) once every other member's cursor reaches
   its ``seq``. While a conversation's member list is unknown the cursors are kept but no
-  status moves; ``chat/conversationUpdated`` with the members applies them.
+  status moves; ``chat/conversationUpserted`` with the members applies them.
 """
 
 from __future__ import annotations
@@ -35,17 +35,10 @@ import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
-from parley.codes import MessageStatus
+from parley.codes import MessageStatus, StoreAction, next_status, receipt_floors
 
 ConnectionStatus = Literal["disconnected", "connecting", "connected"]
 ReceiptKind = Literal["read", "delivered"]
-
-_RANK = {
-    MessageStatus.SENDING: 0,
-    MessageStatus.SENT: 1,
-    MessageStatus.DELIVERED: 2,
-    MessageStatus.READ: 3,
-}
 
 
 # -- the store shape -----------------------------------------------------------------
@@ -145,20 +138,20 @@ def initial_state() -> ChatState:
 
 
 # -- action creators (the seed's chatActions, and the ones it leaves to us) -----------
-CONNECT = "chat/connect"
-CONNECTION_ESTABLISHED = "chat/connectionEstablished"
-DISCONNECTED = "chat/disconnected"
-SEND_MESSAGE = "chat/sendMessage"
-MESSAGE_RECEIVED = "chat/messageReceived"
-UPDATE_MESSAGE_STATUS = "chat/updateMessageStatus"
-MESSAGE_FAILED = "chat/messageFailed"
-RETRY_MESSAGE = "chat/retryMessage"
-QUEUE_LOADED = "chat/queueLoaded"
-RECEIPT_RECEIVED = "chat/receiptReceived"
-TYPING_RECEIVED = "chat/typingReceived"
-CONVERSATION_UPDATED = "chat/conversationUpdated"
-SYNC_COMPLETED = "chat/syncCompleted"
-HISTORY_SKIPPED = "chat/historySkipped"
+CONNECT = StoreAction.CONNECT
+CONNECTION_ESTABLISHED = StoreAction.CONNECTION_ESTABLISHED
+DISCONNECTED = StoreAction.DISCONNECTED
+SEND_MESSAGE = StoreAction.SEND_MESSAGE
+MESSAGE_RECEIVED = StoreAction.MESSAGE_RECEIVED
+UPDATE_MESSAGE_STATUS = StoreAction.UPDATE_MESSAGE_STATUS
+MESSAGE_FAILED = StoreAction.MESSAGE_FAILED
+RETRY_MESSAGE = StoreAction.RETRY_MESSAGE
+QUEUE_LOADED = StoreAction.QUEUE_LOADED
+RECEIPT_RECEIVED = StoreAction.RECEIPT_RECEIVED
+TYPING_RECEIVED = StoreAction.TYPING_UPDATED
+CONVERSATION_UPDATED = StoreAction.CONVERSATION_UPSERTED
+SYNC_COMPLETED = StoreAction.SYNC_COMPLETED
+HISTORY_SKIPPED = StoreAction.HISTORY_SKIPPED
 
 
 def connect() -> Action:
@@ -286,12 +279,8 @@ def reduce_with_changes(state: ChatState, action: Action) -> tuple[ChatState, tu
 
 
 def status_advanced(current: MessageStatus, new: MessageStatus) -> MessageStatus:
-    """The status after ``new`` is reported for a message in ``current`` (forward only)."""
-    if new is MessageStatus.FAILED:
-        return new if current in (MessageStatus.SENDING, MessageStatus.FAILED) else current
-    if current is MessageStatus.FAILED:
-        return new if new is not MessageStatus.SENDING else current
-    return new if _RANK[new] > _RANK[current] else current
+    """The status after ``new`` is reported for a message in ``current`` (``next_status``)."""
+    return MessageStatus(next_status(current, new) or current)
 
 
 def _status(value: object, default: MessageStatus = MessageStatus.SENT) -> MessageStatus:
@@ -662,8 +651,11 @@ def _apply_receipts(state: ChatState, cid: str) -> tuple[ChatState, tuple[str, .
         return state, ()
     receipts = conv["receipts"]
     empty: Receipt = {"read_seq": 0, "delivered_seq": 0}
-    read_upto = min(receipts.get(u, empty)["read_seq"] for u in others)
-    deliv_upto = min(receipts.get(u, empty)["delivered_seq"] for u in others)
+    cursors = [receipts.get(u, empty) for u in others]
+    floors = receipt_floors((c["read_seq"], c["delivered_seq"]) for c in cursors)
+    if floors is None:
+        return state, ()
+    read_upto, deliv_upto = floors
     read_upto = max(read_upto, conv["read_upto"])
     deliv_upto = max(deliv_upto, read_upto, conv["delivered_upto"])
     if read_upto == conv["read_upto"] and deliv_upto == conv["delivered_upto"]:

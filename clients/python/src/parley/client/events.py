@@ -30,7 +30,8 @@ EVENTS = frozenset(
         "read",  # messages_read data
         "delivered",  # messages_delivered data
         "conversation",  # conversation.created / conversation.updated data
-        "error",  # a server error not tied to a queued message, or an SDK error
+        "error",  # a server's error frame not tied to a queued message
+        "local_error",  # the SDK's own problem: {"code": LocalErrorCode, "message"}
         "frame",  # every decoded frame received
         "state",  # ChatState, after every change
         "closed",  # {"code", "reason"}: the client has stopped for good
