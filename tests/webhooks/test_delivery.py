@@ -103,8 +103,17 @@ async def test_a_failed_delivery_comes_again_with_the_same_id(
     try:
         await _group(srv, "ann", ["ann", "bob"])
         await receiver.wait_for(lambda ev: len(ev) == 1)
+        status, text = await api("GET", f"{srv.http_url}/metrics")
     finally:
         srv.terminate()
+    assert status == 200
+    metrics = dict(
+        line.rsplit(" ", 1) for line in str(text).splitlines() if line.startswith("parley_webhook")
+    )
+    assert float(metrics["parley_webhook_delivery_failures_total"]) == 1
+    assert float(metrics["parley_webhook_events_dropped_total"]) == 0
+    assert "parley_webhook_outbox_events" in metrics
+    assert "parley_webhook_oldest_event_age_seconds" in metrics
     first, second = receiver.attempts
     assert (first.status, second.status) == (500, 200)
     assert first.id == second.id and first.data == second.data
