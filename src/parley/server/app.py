@@ -26,13 +26,14 @@ from parley.broker import open_broker
 from parley.broker.base import Broker
 from parley.config import Settings, StartupError, mask_url, parse_list
 from parley.metrics import Metrics
+from parley.presence import Presence, open_presence
 from parley.server.health import Health
 from parley.server.rest import Rest, error_middleware
 from parley.server.ws import WebSocketEndpoint, ws_frame
 from parley.service import ChatService, Limits
 from parley.store import open_store
 from parley.store.base import Store
-from parley.webhooks import LocalPresence, RedisPresence, RetryPolicy, WebhookWorker
+from parley.webhooks import RetryPolicy, WebhookWorker
 
 log = logging.getLogger("parley")
 
@@ -152,6 +153,7 @@ def service_limits(settings: Settings) -> Limits:
         max_conversations_per_hour=settings.max_conversations_per_hour,
         typing_timeout=settings.typing_timeout,
         sync_page=settings.sync_page,
+        edit_window=settings.edit_window,
         attachment_url_ttl=settings.attachment_url_ttl,
     )
 
@@ -161,6 +163,7 @@ def build_app(
     *,
     store: Store | None = None,
     broker: Broker | None = None,
+    presence: Presence | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The whole server as an aiohttp application; backends start with the app."""
@@ -171,6 +174,7 @@ def build_app(
         commit_delay=settings.commit_delay,
     )
     broker = broker or open_broker(settings.redis)
+    presence = presence or open_presence(settings.redis, grace=settings.presence_grace)
     service = ChatService(
         service_limits(settings),
         store,
@@ -180,8 +184,9 @@ def build_app(
         metrics=metrics,
         clock=clock,
         framer=ws_frame,
+        presence=presence,
     )
-    worker, presence = _webhooks(settings, store, service, metrics)
+    worker = _webhooks(settings, store, service, metrics)
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
     rest = Rest(settings, service, verifier)
@@ -210,11 +215,9 @@ def build_app(
         await store.start()
         if settings.redis:
             await _require_redis(settings.redis)
-        if presence is not None:
-            await presence.start()
+        await service.start()
         if worker is not None:
             await worker.start()
-        await service.start()
         if settings.redis and not broker.healthy:
             raise StartupError(f"Redis unreachable at {mask_url(settings.redis)}")
 
@@ -225,8 +228,7 @@ def build_app(
         await service.drain()
         if worker is not None:  # deliveries in flight finish; the rest waits in the outbox
             await worker.close(grace=settings.shutdown_timeout / 2)
-        if presence is not None:
-            await presence.close()
+        await presence.close()
         await broker.close()
         await store.close()
 
@@ -238,25 +240,21 @@ def build_app(
 
 def _webhooks(
     settings: Settings, store: Store, service: ChatService, metrics: Metrics
-) -> tuple[WebhookWorker | None, RedisPresence | None]:
-    """The webhook worker (and Redis presence across nodes), when webhooks are on: the
-    service then writes its events into the store's outbox (docs/webhooks.md)."""
+) -> WebhookWorker | None:
+    """The webhook worker, when webhooks are on: the service then writes its events into
+    the store's outbox (docs/webhooks.md); who is offline comes from its presence."""
     if not settings.webhook_url or not settings.webhook_secret:
-        return None, None
-    presence: RedisPresence | None = None
-    if settings.redis:
-        presence = RedisPresence(settings.redis, service.node_id, lambda: service.peers.keys())
-        service.presence_listener = presence
+        return None
     worker = WebhookWorker(
         store,
         settings.webhook_url,
         settings.webhook_secret,
-        presence or LocalPresence(lambda user: service.connection_count(user) > 0),
+        service,
         policy=RetryPolicy(base=settings.webhook_retry_base),
         metrics=metrics,
     )
     service.webhooks = worker
-    return worker, presence
+    return worker
 
 
 async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> int:

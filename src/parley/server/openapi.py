@@ -87,7 +87,19 @@ def document() -> dict[str, Any]:
                         "last_message": {
                             "oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]
                         },
-                        "unread_count": {"type": "integer"},
+                        "read_seq": {
+                            "description": "the caller's read cursor (list only)",
+                            "type": "integer",
+                        },
+                        "unread_count": {
+                            "description": "messages from others after read_seq, deleted ones"
+                            " not counted (list only)",
+                            "type": "integer",
+                        },
+                        "mention_count": {
+                            "description": "of those, the ones that mention the caller (list only)",
+                            "type": "integer",
+                        },
                     },
                 },
                 "ConversationList": {
@@ -120,6 +132,10 @@ def document() -> dict[str, Any]:
                         "content",
                         "sent_at",
                         "status",
+                        "edited_at",
+                        "deleted",
+                        "reactions",
+                        "mentions",
                     ],
                     "properties": {
                         "id": {"type": "string"},
@@ -135,6 +151,27 @@ def document() -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Attachment"},
                         },
+                        "edited_at": {
+                            "description": "when the content was last edited; null if never",
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                        },
+                        "deleted": {
+                            "description": "a tombstone: empty content, no attachments"
+                            " (their links answer 404), no reactions",
+                            "type": "boolean",
+                        },
+                        "reactions": {
+                            "description": "emoji to the ids of the users who reacted with"
+                            ' it, e.g. {"👍": ["123", "456"]}',
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "mentions": {
+                            "description": "ids of the members the message mentions",
+                            "type": "array",
+                            "items": {"type": "string"},
+                        },
                     },
                 },
                 "MessagePage": {
@@ -145,6 +182,27 @@ def document() -> dict[str, Any]:
                             "items": {"$ref": "#/components/schemas/Message"},
                         },
                         "has_more": {"type": "boolean"},
+                    },
+                },
+                "PresencePage": {
+                    "type": "object",
+                    "required": ["presence"],
+                    "properties": {
+                        "presence": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["user_id", "status", "last_seen"],
+                                "properties": {
+                                    "user_id": {"type": "string"},
+                                    "status": {"enum": ["online", "offline"]},
+                                    "last_seen": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                    },
+                                },
+                            },
+                        }
                     },
                 },
             },
@@ -175,7 +233,8 @@ def document() -> dict[str, Any]:
                     "responses": _ok("the conversation", "Conversation", "201"),
                 },
                 "get": {
-                    "summary": "The caller's conversations with last_message and unread_count",
+                    "summary": "The caller's conversations with last_message, read_seq,"
+                    " unread_count and mention_count",
                     "responses": _ok("conversations", "ConversationList"),
                 },
             },
@@ -253,6 +312,22 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": _ok("a page of history, ascending seq", "MessagePage"),
+                }
+            },
+            "/api/presence": {
+                "get": {
+                    "summary": "Presence of those users who share a conversation with the"
+                    " caller (the others are left out); at most 100 distinct ids",
+                    "parameters": [
+                        {
+                            "name": "user_ids",
+                            "in": "query",
+                            "required": True,
+                            "description": "comma-separated user ids",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _ok("presence, in request order", "PresencePage"),
                 }
             },
             "/api/attachments": {

@@ -126,6 +126,7 @@ class Rest:
             web.post("/api/conversations/{id}/members", self.add_members),
             web.delete("/api/conversations/{id}/members/{user_id}", self.remove_member),
             web.get("/api/conversations/{id}/messages", self.messages),
+            web.get("/api/presence", self.presence),
             web.post("/api/attachments", self.upload),
             web.get("/attachments/{id}/{filename}", self.download),
             web.post("/api/admin/users/{user_id}/deactivate", self.deactivate),
@@ -225,6 +226,11 @@ class Rest:
             limit=50 if limit is None else limit,
         )
         return json_body({"messages": wire, "has_more": more})
+
+    async def presence(self, request: web.Request) -> web.Response:
+        me = self.identity(request)
+        users = await self.service.presence_of(me.user_id, request.query.get("user_ids"))
+        return json_body({"presence": users})
 
     # ------------------------------------------------------------------ attachments
     async def upload(self, request: web.Request) -> web.Response:

@@ -16,8 +16,8 @@ from parley import protocol as p
 from parley.broker.base import Envelope
 from parley.codes import CloseCode, ErrorCode
 from parley.service import rules
+from parley.service.changes import Changes
 from parley.service.errors import ServiceError
-from parley.service.messages import Messages
 from parley.store.base import (
     Conversation,
     ForbiddenError,
@@ -32,7 +32,7 @@ from parley.webhooks import events as webhook_events
 _HOUR = 3600.0
 
 
-class ChatService(Messages):
+class ChatService(Changes):
     """The chat domain: what a user may do, and its fan-out to live connections."""
 
     def conversation_data(self, conv: Conversation) -> dict[str, Any]:
@@ -74,21 +74,42 @@ class ChatService(Messages):
         return await self._visible(user_id, conversation_id)
 
     async def list_conversations(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's conversations, most recent first, with ``last_message`` and
-        ``unread_count``."""
+        """The user's conversations, most recent first, with ``last_message``,
+        ``read_seq``, ``unread_count`` and ``mention_count``."""
         await self.authorize(user_id)
         out = []
-        for s in await self._store.list_conversations(user_id):
+        summaries = await self._store.list_conversations(user_id)
+        cursors = await self._store.get_cursors_of(
+            [s.conversation.id for s in summaries if s.last_message is not None]
+        )
+        for s in summaries:
             data = self.conversation_data(s.conversation)
             last = s.last_message
             if last is not None:
-                cursors = await self._store.get_cursors(last.conversation_id)
-                data["last_message"] = self.history_message(last, cursors, user_id)
+                data["last_message"] = self.history_message(
+                    last, cursors.get(last.conversation_id, []), user_id
+                )
             else:
                 data["last_message"] = None
+            data["read_seq"] = s.read_seq
             data["unread_count"] = s.unread_count
+            data["mention_count"] = s.mention_count
             out.append(data)
         return out
+
+    async def presence_of(self, user_id: str, raw_ids: str | None) -> list[dict[str, Any]]:
+        """The presence of those of ``raw_ids`` (``a,b``) who share a conversation with
+        ``user_id`` (the others are left out; ``user_id`` itself is always answered)."""
+        await self.authorize(user_id)
+        ids = rules.presence_ids(raw_ids, self.limits)
+        mine = set(await self._store.user_conversations(user_id))
+        shown = [
+            u
+            for u in ids
+            if u == user_id or not mine.isdisjoint(await self._store.user_conversations(u))
+        ]
+        states = await self.presence.states(shown)
+        return [p.presence_data(u, states[u].status, states[u].last_seen) for u in shown]
 
     async def _existing(self, conversation_id: str) -> Conversation:
         conv = await self._store.get_conversation(conversation_id)

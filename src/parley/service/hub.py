@@ -1,5 +1,9 @@
 """The live hub of one node: its connections (``Peer``), typing, and fan-out.
 
+Presence (docs/protocol.md, "Presence"): every connection opened or closed is counted
+by the ``Presence`` backend; the changes it announces go, as one ``presence`` event
+encoded once, to the connected users who share a conversation with the user.
+
 Fan-out path (docs/protocol.md, "Guarantees"): a committed message becomes one
 ``Envelope`` with its frames encoded once; the broker hands it to every node; each node
 frames the payload once more for the WebSocket wire (``framer``) and writes the same
@@ -21,12 +25,16 @@ import msgspec
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
 from parley.codes import ErrorCode
+from parley.presence.base import Change, Presence
+from parley.presence.memory import MemoryPresence
 from parley.service.limits import Limits
+from parley.service.resync import Resync
 from parley.store.base import NOT_MEMBER, Store
 
 log = logging.getLogger("parley.service")
 
 Framer = Callable[[bytes], bytes]
+_BROKER_WAIT_STEPS = 100  # tenths of a second a presence change waits for the broker
 
 
 class Peer(Protocol):
@@ -78,13 +86,6 @@ class EventSink(Protocol):
         node) were online: who is offline is judged at that moment."""
 
 
-class PresenceListener(Protocol):
-    """Told when a user's first connection on this node opens and its last closes."""
-
-    async def connected(self, user_id: str) -> None: ...
-    def disconnected(self, user_id: str) -> None: ...
-
-
 def _identity(payload: bytes) -> bytes:
     return payload
 
@@ -101,10 +102,12 @@ class Hub:
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
         framer: Framer = _identity,
+        presence: Presence | None = None,
     ) -> None:
         self.limits = limits
         self._store = store
         self._broker = broker
+        self.presence: Presence = presence or MemoryPresence()
         self._metrics: ServiceMetrics = metrics or NoMetrics()
         self.clock = clock
         self.frame = framer
@@ -119,14 +122,16 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[asyncio.Future[Any]] = set()  # appends awaiting their commit
         self.node_id = secrets.token_hex(6)
+        # What the broker awaits after an outage, before delivering again.
+        self.resync = Resync(self, store)
         # Set by the server before start when webhooks are configured (docs/webhooks.md):
         # changes then write their events into the store's outbox and wake ``webhooks``.
         self.webhooks: EventSink | None = None
-        self.presence_listener: PresenceListener | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self._broker.start(self.deliver)
+        await self._broker.start(self.deliver, self.resync.run)
+        await self.presence.start(self._presence_changed)
 
     async def drain(self) -> None:
         """Wait for in-flight requests (sends awaiting their commit) to finish."""
@@ -141,6 +146,11 @@ class Hub:
     def broker_healthy(self) -> bool:
         """Whether the broker reaches the other nodes (always true for a single node)."""
         return self._broker.healthy
+
+    @property
+    def presence_healthy(self) -> bool:
+        """Whether presence is recorded cluster-wide (always true for a single node)."""
+        return self.presence.healthy
 
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """Requests still running: appends awaiting their commit and spawned tasks."""
@@ -160,18 +170,26 @@ class Hub:
         user = peer.user_id
         first = user not in self.peers
         self.peers.setdefault(user, set()).add(peer)
+        self.presence.connected(user)
         if first:
             self.user_convs[user] = set()
-            if self.presence_listener is not None:
-                await self.presence_listener.connected(user)
-        convs = await self._store.user_conversations(user)  # on failure the caller disconnects
+        states = await self._store.conversation_states(user)  # on failure: disconnected
+        convs = {cid: s.last_seq for cid, s in states.items()}
         mine = self.user_convs[user]
         for cid in convs:
             mine.add(cid)
             self.conv_users.setdefault(cid, set()).add(user)
+        unread = {
+            cid: {
+                "read_seq": s.read_seq,
+                "unread_count": s.unread_count,
+                "mention_count": s.mention_count,
+            }
+            for cid, s in states.items()
+        }
         return p.encode_event(
             "connection.established",
-            p.established_data(peer.client_id, user, convs, self.clock()),
+            p.established_data(peer.client_id, user, convs, self.clock(), unread),
         )
 
     def disconnect(self, peer: Peer) -> None:
@@ -180,13 +198,12 @@ class Hub:
         for cid in self._peer_typing.pop(peer, ()):
             self._stop_typing(cid, user)
         peers = self.peers.get(user)
-        if peers is None:
+        if peers is None or peer not in peers:
             return
         peers.discard(peer)
+        self.presence.disconnected(user)
         if not peers:
             del self.peers[user]
-            if self.presence_listener is not None:
-                self.presence_listener.disconnected(user)
             for cid in self.user_convs.pop(user, ()):
                 users = self.conv_users.get(cid)
                 if users is not None:
@@ -279,6 +296,40 @@ class Hub:
             )
         )
 
+    # ------------------------------------------------------------------ presence
+    async def online(self, user_ids: Sequence[str]) -> set[str]:
+        """Those of ``user_ids`` with a connection on any node now (one backend round
+        trip; during a Redis outage, this node's connections only)."""
+        return await self.presence.online(user_ids)
+
+    def _presence_changed(self, change: Change) -> None:
+        self._spawn(self._announce(change))
+
+    async def _announce(self, change: Change) -> None:
+        try:
+            convs = await self._store.user_conversations(change.user_id)
+        except Exception as exc:
+            log.warning("presence of %r not announced: %r", change.user_id, exc)
+            return
+        if not convs:
+            return
+        # A change noticed as Redis comes back would be lost if the broker were not
+        # back yet: give it a moment (it reconnects on its own, within seconds).
+        for _ in range(_BROKER_WAIT_STEPS):
+            if self._broker.healthy:
+                break
+            await asyncio.sleep(0.1)
+        data = p.presence_data(change.user_id, change.status, change.last_seen)
+        self._publish(
+            Envelope(
+                origin=self.node_id,
+                kind="conversations",
+                conversation_ids=list(convs),
+                frame=msgspec.Raw(p.encode_event("presence", data)),
+                exclude_user=change.user_id,
+            )
+        )
+
     # ------------------------------------------------------------------ fan-out
     def close_user(self, user_id: str, code: int, reason: str) -> None:
         """Close every connection of a user on every node."""
@@ -306,6 +357,9 @@ class Hub:
 
     def _deliver(self, env: Envelope) -> None:
         """Write an envelope's frames to the local connections it names."""
+        if env.kind == "conversations":
+            self._deliver_shared(env)
+            return
         if env.kind == "users":
             for user in env.user_ids or ():
                 for peer in list(self.peers.get(user, ())):
@@ -346,6 +400,26 @@ class Hub:
                 n += 1
         self._metrics.frames_delivered(n)
 
+    def _deliver_shared(self, env: Envelope) -> None:
+        """Presence: once to each local user sharing a conversation with its subject.
+        A room with more than ``presence_room_max`` members connected here carries
+        none (each of them coming online would cost every other one a frame)."""
+        wire = self.frame(bytes(env.frame))
+        seen = {env.exclude_user}
+        n = 0
+        for cid in env.conversation_ids or ():
+            users = self.conv_users.get(cid, ())
+            if len(users) > self.limits.presence_room_max:
+                continue
+            for user in users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                for peer in self.peers.get(user, ()):
+                    peer.write(wire)
+                    n += 1
+        self._metrics.frames_delivered(n)
+
     def _apply_membership(self, cid: str, members: Sequence[str]) -> None:
         new = set(members)
         local = self.conv_users.setdefault(cid, set())
@@ -353,9 +427,11 @@ class Hub:
             if user not in new:
                 local.discard(user)
                 self.user_convs.get(user, set()).discard(cid)
+                self.resync.touch(user)
         for user in new:
             if user in self.peers:
                 local.add(user)
                 self.user_convs[user].add(cid)
+                self.resync.touch(user)
         if not local:
             del self.conv_users[cid]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parley.codes import MAX_REACTIONS
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -16,7 +18,13 @@ class Limits:
     max_members_per_request: int = 1_000  # user ids per create / add request
     max_conversations_per_hour: int = 100  # conversations one user may create per hour
     max_title_length: int = 200  # characters
+    max_presence_ids: int = 100  # user ids per presence query
+    presence_room_max: int = (
+        1_000  # connected members on a node past which a room carries no presence
+    )
     typing_timeout: float = 8.0  # seconds a typing indicator lasts without refresh
-    sync_page: int = 100  # messages per conversation per sync reply
+    sync_page: int = 100  # log entries per conversation per sync reply
+    edit_window: float = 0.0  # seconds after sending a message may be edited; 0: no limit
+    max_reactions: int = MAX_REACTIONS  # distinct emoji per message
     history_page: int = 200  # largest ``limit`` of a history page
     attachment_url_ttl: int = 86_400  # seconds a signed attachment link stays valid

@@ -14,16 +14,20 @@ import msgspec
 from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
-from parley.codes import ErrorCode, aggregate_status
+from parley.codes import CloseCode, ErrorCode, aggregate_status
+from parley.presence.base import Presence
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
 from parley.service.limits import Limits
 from parley.store.base import (
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     Cursor,
+    DeactivatedError,
     ForbiddenError,
+    LogEntry,
     MessageRecord,
     NewAttachment,
     NewMessage,
@@ -52,13 +56,19 @@ class Messages(Hub):
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
         framer: Framer = _identity,
+        presence: Presence | None = None,
     ) -> None:
-        super().__init__(limits, store, broker, metrics=metrics, clock=clock, framer=framer)
+        super().__init__(
+            limits, store, broker, metrics=metrics, clock=clock, framer=framer, presence=presence
+        )
         if secret is None:  # RS256/ES256 only: links signed with a key of this process alone
             log.warning("no --secret: attachment links are valid on this node only")
         self._link_key = att.link_key(secret)
         self._public_url = (public_url or "").rstrip("/")
         self._sync_locks: dict[Peer, asyncio.Lock] = {}
+        # Sends of a connection held behind one whose mentions are being checked (a
+        # read), so that its sends still commit in the order they came.
+        self._held: dict[Peer, list[p.SendMessage]] = {}
 
     def _forget(self, peer: Peer) -> None:
         self._sync_locks.pop(peer, None)
@@ -78,15 +88,77 @@ class Messages(Hub):
             self._spawn(self._receipt(peer, cmd, "read"))
         elif isinstance(cmd, p.MarkDelivered):
             self._spawn(self._receipt(peer, cmd, "delivered"))
-        else:
+        elif isinstance(cmd, p.Sync):
             self._spawn(self._sync(peer, cmd))
 
     # ------------------------------------------------------------------ send
     def _send_message(self, peer: Peer, cmd: p.SendMessage) -> None:
+        """Queue the append (after the sends held before it, if any)."""
+        held = self._held.get(peer)
+        if held is not None:
+            held.append(cmd)
+        elif cmd.mentions:
+            self._held[peer] = [cmd]
+            self._spawn(self._send_held(peer))
+        else:
+            self._append(peer, cmd, ())
+
+    async def _send_held(self, peer: Peer) -> None:
+        """Send the held commands in order, checking each one's mentions on a fresh
+        read of the conversation."""
+        held = self._held[peer]
+        try:
+            while held:
+                cmd = held[0]
+                try:
+                    mentions = (
+                        await self.check_mentions(peer.user_id, cmd.conversation_id, cmd.mentions)
+                        if cmd.mentions
+                        else ()
+                    )
+                except ServiceError as exc:
+                    held.pop(0)
+                    self.send_error(
+                        peer,
+                        exc.code,
+                        exc.message,
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                except Exception:
+                    held.pop(0)
+                    log.exception("mention check failed")
+                    self.send_error(
+                        peer,
+                        ErrorCode.MESSAGE_FAILED,
+                        "Failed to send message",
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                held.pop(0)
+                self._append(peer, cmd, mentions)
+        finally:
+            del self._held[peer]
+
+    async def check_mentions(
+        self, user_id: str, conversation_id: str, mentions: Sequence[str]
+    ) -> Sequence[str]:
+        """The distinct mentioned ids of a send (any transport), all members of the
+        conversation (else ``INVALID_MESSAGE``); a sender who is not a member learns
+        nothing about who is (``FORBIDDEN`` first)."""
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
+        rules.may_read(conv, user_id)
+        return rules.check_mentions(mentions, conv)
+
+    def _append(self, peer: Peer, cmd: p.SendMessage, mentions: Sequence[str]) -> None:
         """Validate and queue the append; the rest happens when the commit lands."""
         try:
-            new = self._new_message(peer.user_id, cmd)
-            pending = asyncio.ensure_future(self._append(new))
+            new = self._new_message(peer.user_id, cmd, mentions)
+            pending = asyncio.ensure_future(self._store_append(new))
         except ServiceError as exc:
             self.send_error(
                 peer, exc.code, exc.message, local_id=cmd.local_id, request_id=cmd.request_id
@@ -114,6 +186,8 @@ class Messages(Hub):
                 log.error("send_message failed: %r", exc)
                 code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
             self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
+            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
+                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
             return
         record, created = done.result()
         if created:
@@ -133,7 +207,7 @@ class Messages(Hub):
         wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
         peer.write(self.frame(p.encode_chat_message(wire)))
 
-    def _append(self, new: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
+    def _store_append(self, new: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
         """Queue the append, with its ``message.created`` event when webhooks are on
         (written in the same transaction: docs/webhooks.md)."""
         emit = self._message_created if self.webhooks is not None else None
@@ -144,7 +218,9 @@ class Messages(Hub):
         wire = self.wire_message(record, "sent", with_local_id=True)
         return [webhook_events.message_created(record.conversation_id, wire, record.sent_at)]
 
-    def _new_message(self, user_id: str, cmd: p.SendMessage) -> NewMessage:
+    def _new_message(
+        self, user_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()
+    ) -> NewMessage:
         rules.check_content(cmd.content, bool(cmd.attachments), self.limits)
         rules.check_storable(cmd.local_id, "local_id")
         rules.check_storable(user_id, "user id")
@@ -160,6 +236,7 @@ class Messages(Hub):
             sent_at=now,
             reply_to=cmd.reply_to,
             attachments=attachments,
+            mentions=tuple(mentions),
         )
 
     def _inline_attachment(self, user_id: str, a: p.AttachmentIn, now: float) -> NewAttachment:
@@ -242,12 +319,59 @@ class Messages(Hub):
             reply_to=m.reply_to,
             attachments=[self.wire_attachment(a) for a in m.attachments],
             local_id=m.local_id if with_local_id and m.local_id else msgspec.UNSET,
+            edited_at=None if m.edited_at is None else p.iso(m.edited_at),
+            deleted=m.deleted,
+            reactions=m.reactions,
+            mentions=m.mentions,
         )
 
     def history_message(
         self, m: MessageRecord, cursors: Sequence[Cursor], viewer: str
     ) -> p.WireMessage:
         return self.wire_message(m, _status(m, cursors), with_local_id=m.sender_id == viewer)
+
+    def entry_frame(
+        self,
+        entry: LogEntry,
+        cursors: Sequence[Cursor],
+        viewer: str,
+        request_id: str | None = None,
+    ) -> bytes:
+        """One log entry as the event a live member got for it (docs/protocol.md, "Edits,
+        deletions and reactions"); a message is shown as it is now."""
+        m, cid, seq = entry.message, entry.conversation_id, entry.seq
+        event: p.ChangeEvent
+        if entry.kind == "message":
+            return p.encode_chat_message(self.history_message(m, cursors, viewer))
+        if entry.kind == "message.updated":
+            wire = self.history_message(m, cursors, viewer)
+            event = p.MessageUpdatedEvent(
+                data=p.MessageUpdatedData(
+                    conversation_id=cid, seq=seq, message=wire, request_id=request_id
+                )
+            )
+        elif entry.kind == "message.deleted":
+            event = p.MessageDeletedEvent(
+                data=p.MessageDeletedData(
+                    conversation_id=cid,
+                    seq=seq,
+                    message_id=m.id,
+                    deleted_at=p.iso(entry.at),
+                    request_id=request_id,
+                )
+            )
+        else:
+            data = p.ReactionData(
+                conversation_id=cid,
+                seq=seq,
+                message_id=m.id,
+                user_id=entry.user_id,
+                emoji=entry.emoji or "",
+                request_id=request_id,
+            )
+            added = entry.kind == "reaction.added"
+            event = p.ReactionAddedEvent(data=data) if added else p.ReactionRemovedEvent(data=data)
+        return p.encode_change(event)
 
     # ------------------------------------------------------------------ receipts
     async def _receipt(
@@ -300,6 +424,12 @@ class Messages(Hub):
     async def _sync_locked(self, peer: Peer, cmd: p.Sync) -> None:
         user = peer.user_id
         try:
+            if not await self._store.is_user_active(user):  # deactivated on another node
+                self.send_error(
+                    peer, ErrorCode.FORBIDDEN, USER_DEACTIVATED, request_id=cmd.request_id
+                )
+                self.close_user(user, CloseCode.ACCESS_DENIED, USER_DEACTIVATED)
+                return
             convs = await self._store.user_conversations(user)
             foreign = rules.foreign_conversations(cmd.cursors, convs)
             if foreign:
@@ -315,15 +445,13 @@ class Messages(Hub):
                 since = cmd.cursors.get(cid, 0)
                 more = False
                 if since < last_seq:
-                    messages, more = await self._store.get_messages(
-                        cid, after_seq=since, limit=page
-                    )
-                    cursors = await self._store.get_cursors(cid) if messages else []
-                    for m in messages:
-                        wire = self.history_message(m, cursors, user)
-                        peer.write(self.frame(p.encode_chat_message(wire)))
-                    if messages:
-                        last_seq = max(last_seq, messages[-1].seq)
+                    # The log: new messages and the changes made since, in seq order.
+                    entries, more = await self._store.get_log(cid, after_seq=since, limit=page)
+                    cursors = await self._store.get_cursors(cid) if entries else []
+                    for entry in entries:
+                        peer.write(self.frame(self.entry_frame(entry, cursors, user)))
+                    if entries:
+                        last_seq = max(last_seq, entries[-1].seq)
                 complete[cid] = {"last_seq": last_seq, "has_more": more}
         except Exception:
             log.exception("sync failed")

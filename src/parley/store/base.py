@@ -24,7 +24,8 @@ a check made before it could be stale by the time it commits):
 1. An append, a receipt and every membership change of one conversation are serialised
    on that conversation (SQLite: its single writer; PostgreSQL: the conversation's row
    lock, taken first). Inside it, an append checks that the sender is a member, that
-   ``reply_to`` is a message of the same conversation and that each uploaded attachment
+   ``reply_to`` is a message of the same conversation, that the sender is not
+   deactivated (on whichever node that happened), and that each uploaded attachment
    exists, was uploaded by the sender and is linked to no message yet (it is linked to
    at most one, ever). A member removed concurrently with a send either sees the message
    committed before the removal, or the send refused.
@@ -36,7 +37,17 @@ a check made before it could be stale by the time it commits):
    (``LimitError``), counted inside the transaction.
 4. A group that loses its last owner while it still has members hands ownership to the
    longest-standing member, in the transaction of the removal.
-5. Webhook events (the outbox, docs/webhooks.md): a change given an ``emit`` callback
+5. A change to a message (edit, deletion, reaction) is serialised with the appends of its
+   conversation, as rule 1 says, and takes the conversation's next ``seq`` (messages and
+   changes share one sequence). Inside it the store checks that the actor is a member,
+   that the message is one of this conversation and not deleted (a deletion is final:
+   an edit or reaction racing it is refused) and, for a new reaction, that the message
+   keeps at most ``max_reactions`` distinct emoji (``LimitError``). A change that
+   changes nothing (same content, reaction already there or already gone, already
+   deleted) writes nothing and is answered with ``changed=False``. Who may make the
+   change (the sender, an owner, an admin; the edit window) is decided above the store,
+   on facts that never change once the message exists.
+6. Webhook events (the outbox, docs/webhooks.md): a change given an ``emit`` callback
    writes the events it returns in the transaction of the change, so a change is never
    committed without its events nor its events without it. ``emit`` is called inside
    that transaction with the committed record (and, for membership, the users the change
@@ -55,6 +66,10 @@ import msgspec
 
 ConversationKind = Literal["direct", "group"]
 ReceiptKind = Literal["read", "delivered"]
+# The kinds of log entries: a new message, and the changes made to one afterwards.
+EntryKind = Literal[
+    "message", "message.updated", "message.deleted", "reaction.added", "reaction.removed"
+]
 
 # Error texts, the same on every backend.
 CONVERSATION_NOT_FOUND = "conversation not found"
@@ -62,6 +77,15 @@ NOT_MEMBER = "not a member of this conversation"
 REPLY_NOT_FOUND = "reply_to is not a message of this conversation"
 DIRECT_IS_TWO = "a direct conversation has exactly its two members"
 MEMBERSHIP_NOT_FOUND = "not a member of this conversation"
+MESSAGE_NOT_FOUND = "message not found in this conversation"
+MESSAGE_DELETED = "message was deleted"
+
+
+def too_many_reactions(cap: int) -> str:
+    return f"a message has at most {cap} distinct reactions"
+
+
+USER_DEACTIVATED = "user deactivated"
 
 
 def attachment_not_found(attachment_id: str) -> str:
@@ -94,6 +118,10 @@ class NotFoundError(StoreError):
 class ForbiddenError(StoreError):
     """The user is not a member of the conversation (or does not own the attachment),
     or the change is one a direct conversation never takes."""
+
+
+class DeactivatedError(ForbiddenError):
+    """The user is deactivated: it can do nothing until reactivated."""
 
 
 class LimitError(StoreError):
@@ -133,18 +161,82 @@ class NewMessage(msgspec.Struct, frozen=True):
     sent_at: float  # unix seconds, from the server's clock
     reply_to: str | None = None
     attachments: Sequence[NewAttachment] = ()
+    mentions: Sequence[str] = ()  # user ids, distinct, checked by the service
 
 
 class MessageRecord(msgspec.Struct, frozen=True):
+    """A message in its current state (edits replace ``content``; a deletion blanks it
+    and drops its attachments and reactions, leaving a tombstone)."""
+
     id: str
     conversation_id: str
-    seq: int
+    seq: int  # the seq of its creation
     sender_id: str
     local_id: str | None
     content: str
     sent_at: float
     reply_to: str | None
     attachments: list[AttachmentRecord]
+    mentions: list[str] = msgspec.field(default_factory=list)
+    edited_at: float | None = None
+    deleted_at: float | None = None
+    # {emoji: [user ids]}, users in the order they reacted
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    changed_seq: int = 0  # the seq of its last change (its creation's when never changed)
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def last_change_seq(self) -> int:
+        return max(self.seq, self.changed_seq)
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    """One entry of a conversation's log: a message (``kind="message"``) or a change to
+    one. ``message`` is the message as it is now, not as it was at ``seq``."""
+
+    conversation_id: str
+    seq: int
+    kind: EntryKind
+    message: MessageRecord
+    user_id: str  # the sender of a new message, or who made the change
+    at: float  # unix seconds of the entry
+    emoji: str | None = None  # reactions only
+
+
+# A message after a change, as a store returns it without reading it again (every
+# backend applies the same change to the record it read inside the transaction).
+def edited(m: MessageRecord, content: str, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(m, content=content, edited_at=at, changed_seq=seq)
+
+
+def tombstone(m: MessageRecord, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(
+        m, content="", deleted_at=at, attachments=[], reactions={}, mentions=[], changed_seq=seq
+    )
+
+
+def with_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: list(us) for e, us in m.reactions.items()}
+    reactions.setdefault(emoji, []).append(user_id)
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
+
+
+def without_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: [u for u in us if u != user_id or e != emoji] for e, us in m.reactions.items()}
+    reactions = {e: us for e, us in reactions.items() if us}
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
+
+
+class ConversationState(msgspec.Struct, frozen=True):
+    """Where a user stands in one conversation (for ``connection.established``)."""
+
+    last_seq: int
+    read_seq: int
+    unread_count: int  # messages from others after read_seq, deleted ones not counted
+    mention_count: int  # of those, the ones that mention the user
 
 
 class Conversation(msgspec.Struct, frozen=True):
@@ -158,10 +250,19 @@ class Conversation(msgspec.Struct, frozen=True):
     owner_ids: list[str] = msgspec.field(default_factory=list)
 
 
+class UserState(msgspec.Struct, frozen=True):
+    """A user's active flag and the conversations it belongs to (``users_state``)."""
+
+    active: bool
+    conversation_ids: list[str]  # ascending
+
+
 class ConversationSummary(msgspec.Struct, frozen=True):
     conversation: Conversation
     last_message: MessageRecord | None
-    unread_count: int  # messages from others after the user's read cursor
+    unread_count: int  # messages from others after the user's read cursor, not deleted
+    read_seq: int = 0
+    mention_count: int = 0  # unread messages that mention the user
 
 
 class Cursor(msgspec.Struct, frozen=True):
@@ -192,7 +293,7 @@ class OutboxRow(msgspec.Struct, frozen=True):
     next_at: float  # unix seconds: not handed out before
 
 
-# Build the outbox events of a change inside its transaction (transaction rule 5).
+# Build the outbox events of a change inside its transaction (transaction rule 6).
 MessageEmit = Callable[[MessageRecord], Sequence[OutboxEvent]]
 MembershipEmit = Callable[[Conversation, Sequence[str]], Sequence[OutboxEvent]]
 
@@ -218,6 +319,11 @@ class Store(Protocol):
     async def is_user_active(self, user_id: str) -> bool:
         """Users are active unless deactivated; unknown users are active."""
 
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """For each of ``user_ids``: whether it is active and the conversations it
+        belongs to, read in one query (a node catching up after a broker outage calls it
+        with a batch of its connected users). Unknown users are active, in none."""
+
     # -- conversations -------------------------------------------------------
     async def create_conversation(
         self,
@@ -234,7 +340,7 @@ class Store(Protocol):
         A group's first owner is ``creator_id``. For ``kind="direct"`` (exactly two
         distinct members) the pair's current direct conversation is returned with
         ``created=False`` (transaction rule 2). ``emit(conversation, member_ids)`` is
-        called only when it was created (transaction rule 5).
+        called only when it was created (transaction rule 6).
         """
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
@@ -259,14 +365,14 @@ class Store(Protocol):
         """Add members (already-members are ignored); re-added members get back their
         cursors. Raises ``NotFoundError``, ``ForbiddenError`` (a direct conversation)
         or ``LimitError`` (more than ``max_members`` in all). ``emit(conversation,
-        added)`` is called when at least one user was added (transaction rule 5)."""
+        added)`` is called when at least one user was added (transaction rule 6)."""
 
     async def remove_member(
         self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
     ) -> Conversation:
         """Remove a member (transaction rules 2 and 4). Raises ``NotFoundError``
         (conversation or membership). ``emit(conversation, [user_id])`` runs in the
-        removal's transaction (transaction rule 5)."""
+        removal's transaction (transaction rule 6)."""
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
         """Change a group's title. Raises ``NotFoundError``."""
@@ -278,7 +384,7 @@ class Store(Protocol):
         """Commit a message; ``(record, created)``, once the commit is durable.
 
         ``emit(record)`` is called for a created message only, its events written in the
-        same transaction (transaction rule 5).
+        same transaction (transaction rule 6).
 
         May be a coroutine function, or a plain function that queues the write at once
         and returns a future (the SQLite backend: no task per message). Appends
@@ -286,8 +392,9 @@ class Store(Protocol):
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a
-        member, attachment uploaded by someone else or already linked to a message),
-        checked inside the writing transaction (transaction rule 1). A duplicate
+        member, attachment uploaded by someone else or already linked to a message;
+        ``DeactivatedError`` when the sender, a member, is deactivated), checked inside
+        the writing transaction (transaction rule 1). A duplicate
         ``(sender_id, local_id)`` returns the original record with ``created=False``.
         Any other failure of this one message (a value the database cannot keep)
         raises for it alone; the rest of its batch commits.
@@ -326,13 +433,71 @@ class Store(Protocol):
     async def get_cursors(self, conversation_id: str) -> list[Cursor]:
         """The receipt cursors of every current member."""
 
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        """``get_cursors`` of many conversations in one query (ids naming no
+        conversation map to ``[]``)."""
+
+    async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
+        """``{conversation_id: state}`` for every conversation the user belongs to, in
+        one query."""
+
+    # -- changes (log entries after a message) -------------------------------
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """A message in its current state, or None."""
+
+    async def get_log(
+        self, conversation_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        """The log entries after ``after_seq`` in ascending ``seq`` (at most ``limit``);
+        ``(entries, has_more)``. Every ``seq`` of the conversation is one entry, so a
+        page has no gaps. ``limit < 1`` raises ``ValueError``."""
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        """Replace a message's content (transaction rule 6); ``(entry, changed)``. The
+        webhook outbox of a ``message.updated`` belongs in this op's transaction.
+
+        Raises ``NotFoundError`` (conversation, message, or a deleted message) or
+        ``ForbiddenError`` (``user_id`` not a member). Unchanged content: the current
+        state with the seq of the message's last change, ``changed=False``."""
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+    ) -> tuple[LogEntry, bool]:
+        """Blank a message: content emptied, its attachments' rows and bytes and its
+        reactions removed; the row stays as a tombstone (transaction rule 6). The
+        webhook outbox of a ``message.deleted`` belongs in this op's transaction.
+
+        ``user_id`` (who deletes) must be a member unless ``admin`` (an admin token,
+        already allowed by the service). Already deleted: ``changed=False``."""
+
+    async def add_reaction(
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        at: float,
+        *,
+        max_reactions: int,
+    ) -> tuple[LogEntry, bool]:
+        """Add ``user_id``'s ``emoji`` (transaction rule 6); ``LimitError`` past
+        ``max_reactions`` distinct emoji. Already there: ``changed=False``."""
+
+    async def remove_reaction(
+        self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        """Remove ``user_id``'s ``emoji`` (transaction rule 6). Not there:
+        ``changed=False``."""
+
     # -- attachments ---------------------------------------------------------
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
         """Store an uploaded attachment not yet linked to a message."""
 
     async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None: ...
 
-    # -- webhook outbox (transaction rule 5) ---------------------------------
+    # -- webhook outbox (transaction rule 6) ---------------------------------
     async def outbox_claim(
         self, *, now: float, lease: float, limit: int, run: int = 1
     ) -> list[OutboxRow]:

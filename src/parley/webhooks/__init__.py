@@ -8,18 +8,16 @@
 * ``worker`` — the delivery worker over the store's outbox.
 
 The service writes events into the outbox in the transaction of each change
-(``parley.store.base``, transaction rule 5); the worker delivers them.
+(``parley.store.base``, transaction rule 6); the worker delivers them.
 """
 
 from parley.webhooks.backoff import RetryPolicy
-from parley.webhooks.presence import LocalPresence, Presence, RedisPresence
+from parley.webhooks.presence import Presence
 from parley.webhooks.signing import signature_header, verify
 from parley.webhooks.worker import WebhookMetrics, WebhookWorker
 
 __all__ = [
-    "LocalPresence",
     "Presence",
-    "RedisPresence",
     "RetryPolicy",
     "WebhookMetrics",
     "WebhookWorker",

@@ -2,7 +2,7 @@
 "Events"). Pure functions, no I/O.
 
 An event is built by the chat service inside the transaction of its change (the outbox,
-``parley.store.base``, transaction rule 5) and posted later as::
+``parley.store.base``, transaction rule 6) and posted later as::
 
     {"id": "evt_…", "type": "message.created", "created_at": "…Z", "data": {…}}
 
