@@ -195,3 +195,43 @@ async def test_sigterm_lets_a_delivery_in_flight_finish(tmp_path: Path, receiver
         srv.terminate()
     assert [e.id for e in receiver.attempts].count(first) == 1
     assert [e.type for e in receiver.attempts] == ["conversation.created"] * 2
+
+
+async def test_edits_and_deletions_follow_their_message(
+    tmp_path: Path, receiver: Receiver, database: str | None
+) -> None:
+    srv = await _start(ParleyServer(tmp_path, database=database, extra_args=webhook_args(receiver)))
+    try:
+        cid = await _group(srv, "ann", ["ann", "bob"])
+        async with await WsClient.connect(srv.ws_url(srv.token("ann"))) as ws:
+            await ws.expect("connection.established")
+            msg = await _send(ws, cid, "e1", "first")
+            for action, extra in (
+                ("edit_message", {"content": "second"}),
+                ("edit_message", {"content": "second"}),  # no change: no event
+                ("delete_message", {}),
+            ):
+                await ws.send(
+                    {"action": action, "conversation_id": cid, "message_id": msg["id"], **extra}
+                )
+                await ws.expect(
+                    "message.updated" if action == "edit_message" else "message.deleted"
+                )
+        events = await receiver.wait_for(lambda ev: len(ev) >= 4)
+        await _group(srv, "cat", ["cat", "dan"])  # sentinel: nothing else was on its way
+        await receiver.wait_for(lambda ev: len(ev) >= 5)
+    finally:
+        srv.terminate()
+    assert [e.type for e in receiver.events] == [
+        "conversation.created",
+        "message.created",
+        "message.updated",
+        "message.deleted",
+        "conversation.created",
+    ]
+    _, created, updated, deleted = events[:4]
+    assert updated.data["message"]["content"] == "second"
+    assert updated.data["message"]["id"] == msg["id"]
+    assert updated.data["seq"] == 2 and deleted.data["seq"] == 3
+    assert deleted.data["message_id"] == msg["id"] and deleted.data["deleted_at"].endswith("Z")
+    assert created.data["message"]["content"] == "first"  # as it was when sent

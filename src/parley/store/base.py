@@ -296,6 +296,7 @@ class OutboxRow(msgspec.Struct, frozen=True):
 # Build the outbox events of a change inside its transaction (transaction rule 6).
 MessageEmit = Callable[[MessageRecord], Sequence[OutboxEvent]]
 MembershipEmit = Callable[[Conversation, Sequence[str]], Sequence[OutboxEvent]]
+ChangeEmit = Callable[["LogEntry"], Sequence[OutboxEvent]]
 
 
 class Store(Protocol):
@@ -453,9 +454,15 @@ class Store(Protocol):
         page has no gaps. ``limit < 1`` raises ``ValueError``."""
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
-        """Replace a message's content (transaction rule 6); ``(entry, changed)``. The
+        """Replace a message's content (transaction rule 5); ``(entry, changed)``. The
         webhook outbox of a ``message.updated`` belongs in this op's transaction.
 
         Raises ``NotFoundError`` (conversation, message, or a deleted message) or
@@ -463,10 +470,17 @@ class Store(Protocol):
         state with the seq of the message's last change, ``changed=False``."""
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         """Blank a message: content emptied, its attachments' rows and bytes and its
-        reactions removed; the row stays as a tombstone (transaction rule 6). The
+        reactions removed; the row stays as a tombstone (transaction rule 5). The
         webhook outbox of a ``message.deleted`` belongs in this op's transaction.
 
         ``user_id`` (who deletes) must be a member unless ``admin`` (an admin token,
@@ -482,13 +496,13 @@ class Store(Protocol):
         *,
         max_reactions: int,
     ) -> tuple[LogEntry, bool]:
-        """Add ``user_id``'s ``emoji`` (transaction rule 6); ``LimitError`` past
+        """Add ``user_id``'s ``emoji`` (transaction rule 5); ``LimitError`` past
         ``max_reactions`` distinct emoji. Already there: ``changed=False``."""
 
     async def remove_reaction(
         self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
     ) -> tuple[LogEntry, bool]:
-        """Remove ``user_id``'s ``emoji`` (transaction rule 6). Not there:
+        """Remove ``user_id``'s ``emoji`` (transaction rule 5). Not there:
         ``changed=False``."""
 
     # -- attachments ---------------------------------------------------------

@@ -54,6 +54,7 @@ from parley.store.base import (
     REPLY_NOT_FOUND,
     USER_DEACTIVATED,
     AttachmentRecord,
+    ChangeEmit,
     Conversation,
     ConversationKind,
     ConversationState,
@@ -1436,12 +1437,27 @@ class PostgresStore:
         )
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> Change:
-        return await self._change(conversation_id, message_id, self._op_edit, user_id, content, at)
+        return await self._change(
+            conversation_id, message_id, self._op_edit, user_id, content, at, emit
+        )
 
     async def _op_edit(
-        self, cid: int, mid: int, user_id: str, content: str, at: float, conn: _Connection
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None,
+        conn: _Connection,
     ) -> Change:
         msg = await self._target(conn, cid, mid, user_id)
         if msg.deleted:
@@ -1455,15 +1471,34 @@ class PostgresStore:
         )
         seq = await self._log(conn, msg, "message.updated", user_id, at)
         now = edited(msg, content, at, seq)
-        return LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at), True
+        entry = LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at)
+        if emit is not None:
+            await _insert_events(conn, emit(entry))
+        return entry, True
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> Change:
-        return await self._change(conversation_id, message_id, self._op_delete, user_id, at, admin)
+        return await self._change(
+            conversation_id, message_id, self._op_delete, user_id, at, admin, emit
+        )
 
     async def _op_delete(
-        self, cid: int, mid: int, user_id: str, at: float, admin: bool, conn: _Connection
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        at: float,
+        admin: bool,
+        emit: ChangeEmit | None,
+        conn: _Connection,
     ) -> Change:
         msg = await self._target(conn, cid, mid, user_id, member=not admin)
         if msg.deleted:
@@ -1487,7 +1522,10 @@ class PostgresStore:
         await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
         seq = await self._log(conn, msg, "message.deleted", user_id, at)
         now = tombstone(msg, at, seq)
-        return LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at), True
+        entry = LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at)
+        if emit is not None:
+            await _insert_events(conn, emit(entry))
+        return entry, True
 
     async def add_reaction(
         self,

@@ -45,6 +45,7 @@ from parley.store.base import (
     REPLY_NOT_FOUND,
     USER_DEACTIVATED,
     AttachmentRecord,
+    ChangeEmit,
     Conversation,
     ConversationKind,
     ConversationState,
@@ -1153,17 +1154,30 @@ class SQLiteStore:
         return self._submit(*args[:1], cid, mid, *args[1:], source=source)
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         return await self._change(
-            conversation_id, message_id, self._op_edit, user_id, content, at, source=user_id
+            conversation_id, message_id, self._op_edit, user_id, content, at, emit, source=user_id
         )
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         return await self._change(
-            conversation_id, message_id, self._op_delete, user_id, at, admin, source=user_id
+            conversation_id, message_id, self._op_delete, user_id, at, admin, emit, source=user_id
         )
 
     async def add_reaction(
@@ -1247,6 +1261,7 @@ class SQLiteStore:
         user_id: str,
         content: str,
         at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         cs, msg = self._target(conn, state, cid, mid, user_id)
         if msg.deleted:
@@ -1260,7 +1275,10 @@ class SQLiteStore:
         )
         seq = self._log(conn, cs, cid, mid, "message.updated", user_id, at)
         now = edited(msg, content, at, seq)
-        return LogEntry(str(cid), seq, "message.updated", now, user_id, at), True
+        entry = LogEntry(str(cid), seq, "message.updated", now, user_id, at)
+        if emit is not None:
+            _insert_events(conn, emit(entry))
+        return entry, True
 
     def _op_delete(
         self,
@@ -1271,6 +1289,7 @@ class SQLiteStore:
         user_id: str,
         at: float,
         admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         cs, msg = self._target(conn, state, cid, mid, user_id, member=not admin)
         if msg.deleted:
@@ -1287,7 +1306,10 @@ class SQLiteStore:
         conn.execute("DELETE FROM reactions WHERE message_id = ?", (mid,))
         seq = self._log(conn, cs, cid, mid, "message.deleted", user_id, at)
         now = tombstone(msg, at, seq)
-        return LogEntry(str(cid), seq, "message.deleted", now, user_id, at), True
+        entry = LogEntry(str(cid), seq, "message.deleted", now, user_id, at)
+        if emit is not None:
+            _insert_events(conn, emit(entry))
+        return entry, True
 
     def _op_react(
         self,
