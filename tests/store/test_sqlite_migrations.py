@@ -8,16 +8,17 @@ from pathlib import Path
 
 from parley.store import open_store
 from parley.store.base import NewMessage
-from parley.store.sqlite import MIGRATIONS
+from parley.store.sqlite import MIGRATIONS, split_script
+
+SCRIPTS = dict(MIGRATIONS)
 
 
 async def test_version_1_database_upgrades_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
-    for statement in MIGRATIONS[0][1].split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    for statement in split_script(SCRIPTS[1]):
+        conn.execute(statement)
     conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
     conn.execute(
         "INSERT INTO conversations (id, kind, title, created_at, last_seq, last_activity)"
@@ -41,7 +42,7 @@ async def test_version_1_database_upgrades_and_keeps_its_data(tmp_path: Path) ->
     versions = [
         r[0] for r in sqlite3.connect(path).execute("SELECT version FROM schema_migrations")
     ]
-    assert versions == [v for v, _ in MIGRATIONS]
+    assert versions == sorted(SCRIPTS)
 
 
 async def test_version_2_database_gains_owners(tmp_path: Path) -> None:
@@ -51,9 +52,8 @@ async def test_version_2_database_gains_owners(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     for version in (1, 2):
-        for statement in MIGRATIONS[version - 1][1].split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in split_script(SCRIPTS[version]):
+            conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
     conn.execute(
         "INSERT INTO conversations (id, kind, title, created_at) VALUES (1, 'group', 't', 1)"
@@ -106,9 +106,8 @@ async def test_version_3_database_gains_the_log_of_changes(tmp_path: Path) -> No
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     for version in (1, 2, 3):
-        for statement in MIGRATIONS[version - 1][1].split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in split_script(SCRIPTS[version]):
+            conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
     conn.execute(
         "INSERT INTO conversations (id, kind, title, created_at, creator_id)"

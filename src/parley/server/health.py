@@ -106,7 +106,6 @@ class Health:
         else:
             checks["broker"] = "error: unreachable"
             reasons.append(f"broker: Redis at {_shown(redis)} unreachable")
-        checks["presence"] = "ok" if self.service.presence_healthy else "degraded"
         if reasons:
             log.warning("not ready: %s", "; ".join(reasons))
             return _json(

@@ -205,6 +205,50 @@ def document() -> dict[str, Any]:
                         }
                     },
                 },
+                "SearchPage": {
+                    "type": "object",
+                    "required": ["messages", "has_more", "next_offset"],
+                    "properties": {
+                        "messages": {
+                            "description": "best match first; ties newest first",
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Message"},
+                        },
+                        "has_more": {"type": "boolean"},
+                        "next_offset": {
+                            "description": "the offset of the next page; null on the last",
+                            "type": ["integer", "null"],
+                        },
+                    },
+                },
+                "SendMessage": {
+                    "type": "object",
+                    "required": ["content", "local_id"],
+                    "properties": {
+                        "content": {"type": "string", "maxLength": 10000},
+                        "local_id": {
+                            "description": "unique per sender: a repeat answers the original",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                        },
+                        "reply_to": {"type": ["string", "null"]},
+                        "attachments": {
+                            "description": "uploads (POST /api/attachments) by id",
+                            "type": "array",
+                            "maxItems": 10,
+                            "items": {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            },
+                        },
+                        "sender_id": {
+                            "description": "admin tokens only: send as this member",
+                            "type": "string",
+                        },
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
@@ -312,6 +356,62 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": _ok("a page of history, ascending seq", "MessagePage"),
+                },
+                "post": {
+                    "summary": "Send a message (the rules, idempotency and fan-out of the"
+                    " WebSocket send_message); an admin token may send as a member",
+                    "parameters": [conv_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SendMessage"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_ok("the message, committed and fanned out", "Message", "201"),
+                        "200": {
+                            "description": "the original message: this local_id was sent before",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Message"}
+                                }
+                            },
+                        },
+                    },
+                },
+            },
+            "/api/search": {
+                "get": {
+                    "summary": 'Search the caller\'s conversations: words, "phrases" and'
+                    " -exclusions over the current content of messages",
+                    "parameters": [
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 500},
+                        },
+                        {
+                            "name": "conversation_id",
+                            "in": "query",
+                            "description": "only this conversation (one of the caller's)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "description": "results to skip: next_offset of the previous page",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 10000},
+                        },
+                    ],
+                    "responses": _ok("matching messages, best first", "SearchPage"),
                 }
             },
             "/api/presence": {

@@ -147,11 +147,6 @@ class Hub:
         """Whether the broker reaches the other nodes (always true for a single node)."""
         return self._broker.healthy
 
-    @property
-    def presence_healthy(self) -> bool:
-        """Whether presence is recorded cluster-wide (always true for a single node)."""
-        return self.presence.healthy
-
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """Requests still running: appends awaiting their commit and spawned tasks."""
         return [*self._pending, *self._tasks]

@@ -28,3 +28,6 @@ class Limits:
     max_reactions: int = MAX_REACTIONS  # distinct emoji per message
     history_page: int = 200  # largest ``limit`` of a history page
     attachment_url_ttl: int = 86_400  # seconds a signed attachment link stays valid
+    search_page: int = 100  # largest ``limit`` of a search page
+    max_search_length: int = 500  # characters of a search query ``q``
+    max_search_offset: int = 10_000  # deepest ``offset`` of a search page

@@ -20,6 +20,7 @@ from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
 from parley.service.limits import Limits
+from parley.service.search import parse_query
 from parley.store.base import (
     USER_DEACTIVATED,
     AttachmentRecord,
@@ -155,39 +156,38 @@ class Messages(Hub):
         return rules.check_mentions(mentions, conv)
 
     def _append(self, peer: Peer, cmd: p.SendMessage, mentions: Sequence[str]) -> None:
-        """Validate and queue the append; the rest happens when the commit lands."""
+        """Queue the append; errors and a repeat's original go to this connection."""
         try:
-            new = self._new_message(peer.user_id, cmd, mentions)
-            pending = asyncio.ensure_future(self._store_append(new))
+            pending = self.submit_message(peer.user_id, cmd, mentions)
         except ServiceError as exc:
             self.send_error(
                 peer, exc.code, exc.message, local_id=cmd.local_id, request_id=cmd.request_id
             )
             return
-        self._pending.add(pending)
-        pending.add_done_callback(partial(self._appended, peer, cmd, time.perf_counter()))
+        pending.add_done_callback(partial(self._appended, peer, cmd))
 
-    def _appended(
-        self,
-        peer: Peer,
-        cmd: p.SendMessage,
-        started: float,
-        done: asyncio.Future[tuple[MessageRecord, bool]],
-    ) -> None:
+    def submit_message(
+        self, sender_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()
+    ) -> asyncio.Future[tuple[MessageRecord, bool]]:
+        """Validate one message and queue its append: the one send path of every
+        transport (the WebSocket ``send_message`` and REST's ``POST …/messages``).
+
+        Raises ``ServiceError`` at once for a message the rules refuse. The returned
+        future resolves to ``(record, created)`` once the commit is durable; by then a
+        new message has been handed to fan-out (every connection of every member, the
+        sender's with ``local_id``), and a repeated ``local_id`` (``created=False``) has
+        fanned out nothing. It fails with the store's error (see ``send_failure``).
+        Callbacks the caller adds run after that fan-out.
+        """
+        new = self._new_message(sender_id, cmd, mentions)
+        pending = asyncio.ensure_future(self._store_append(new))
+        self._pending.add(pending)
+        pending.add_done_callback(partial(self._committed, time.perf_counter()))
+        return pending
+
+    def _committed(self, started: float, done: asyncio.Future[tuple[MessageRecord, bool]]) -> None:
         self._pending.discard(done)
-        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        if exc is not None:
-            if isinstance(exc, StoreError):
-                code = (
-                    ErrorCode.FORBIDDEN if isinstance(exc, ForbiddenError) else ErrorCode.NOT_FOUND
-                )
-                message = str(exc)
-            else:
-                log.error("send_message failed: %r", exc)
-                code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
-            self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
-            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
-                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
+        if done.cancelled() or done.exception() is not None:
             return
         record, created = done.result()
         if created:
@@ -199,7 +199,62 @@ class Messages(Hub):
             self.publish_message(record)
         else:
             self._metrics.duplicate_answered()
+
+    @staticmethod
+    def send_failure(exc: BaseException) -> ServiceError:
+        """The refusal a failed append (``submit_message``'s future) answers with."""
+        if isinstance(exc, ForbiddenError):
+            return ServiceError(ErrorCode.FORBIDDEN, str(exc))
+        if isinstance(exc, StoreError):
+            return ServiceError(ErrorCode.NOT_FOUND, str(exc))
+        log.error("send_message failed: %r", exc)
+        return ServiceError(ErrorCode.MESSAGE_FAILED, "Failed to send message")
+
+    def _appended(
+        self, peer: Peer, cmd: p.SendMessage, done: asyncio.Future[tuple[MessageRecord, bool]]
+    ) -> None:
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            err = self.send_failure(exc)
+            self.send_error(
+                peer, err.code, err.message, local_id=cmd.local_id, request_id=cmd.request_id
+            )
+            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
+                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
+            return
+        record, created = done.result()
+        if not created:
             self._spawn(self._resend_original(peer, record))
+
+    async def send_message(
+        self, user_id: str, cmd: p.SendMessage, *, as_user: str | None = None, admin: bool = False
+    ) -> tuple[p.WireMessage, bool]:
+        """A send over REST, by ``user_id`` or, for an admin token, as member
+        ``as_user``; ``(message, created)`` once committed, through ``submit_message``.
+        A repeated ``local_id`` answers the original with its current status."""
+        await self.authorize(user_id)
+        sender = user_id
+        if as_user is not None:
+            if not admin:
+                raise rules.forbidden("only admin tokens may send as another user (sender_id)")
+            rules.check_user_id(as_user, "sender_id")
+            await self.authorize(as_user)
+            sender = as_user
+        mentions = (
+            await self.check_mentions(sender, cmd.conversation_id, cmd.mentions)
+            if cmd.mentions
+            else ()
+        )
+        pending = self.submit_message(sender, cmd, mentions)
+        try:
+            # Shielded: a caller that goes away must not cancel the commit's fan-out.
+            record, created = await asyncio.shield(pending)
+        except Exception as exc:
+            raise self.send_failure(exc) from None
+        if created:
+            return self.wire_message(record, "sent", with_local_id=True), True
+        cursors = await self._store.get_cursors(record.conversation_id)
+        return self.wire_message(record, _status(record, cursors), with_local_id=True), False
 
     async def _resend_original(self, peer: Peer, record: MessageRecord) -> None:
         """A resend: the original message, with its current status, to that connection."""
@@ -494,6 +549,35 @@ class Messages(Hub):
         )
         cursors = await self._store.get_cursors(conv.id) if messages else []
         return [self.history_message(m, cursors, user_id) for m in messages], more
+
+    async def search(
+        self,
+        user_id: str,
+        q: str,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[p.WireMessage], bool]:
+        """Messages matching ``q`` in the user's conversations (or in
+        ``conversation_id``, which must be one of them), best first; ``(messages,
+        has_more)``. The next page is at ``offset + len(messages)``."""
+        await self.authorize(user_id)
+        query = parse_query(q, max_length=self.limits.max_search_length)
+        if not 1 <= limit <= self.limits.search_page:
+            raise rules.invalid(f"limit must be 1..{self.limits.search_page}")
+        if not 0 <= offset <= self.limits.max_search_offset:
+            raise rules.invalid(f"offset must be 0..{self.limits.max_search_offset}")
+        if conversation_id is not None:
+            await self._visible(user_id, conversation_id)
+        found, more = await self._store.search_messages(
+            user_id, query, conversation_id=conversation_id, limit=limit, offset=offset
+        )
+        cursors: dict[str, list[Cursor]] = {}
+        for m in found:
+            if m.conversation_id not in cursors:
+                cursors[m.conversation_id] = await self._store.get_cursors(m.conversation_id)
+        return [self.history_message(m, cursors[m.conversation_id], user_id) for m in found], more
 
     # ------------------------------------------------------------------ attachments
     async def upload(

@@ -273,6 +273,23 @@ class Cursor(msgspec.Struct, frozen=True):
     delivered_seq: int
 
 
+class SearchTerm(msgspec.Struct, frozen=True):
+    """Words that must appear next to each other, in this order: one word, or the words
+    of a quoted phrase. Each word holds only letters, digits and combining marks (no
+    quote, operator or space), so a store may quote it into its query language as is."""
+
+    words: tuple[str, ...]  # non-empty
+
+
+class SearchQuery(msgspec.Struct, frozen=True):
+    """A parsed search (``parley.service.search.parse_query``): every ``include`` term
+    matches and no ``exclude`` term does. Each store renders it into its own full-text
+    query with the words as data, never as query syntax."""
+
+    include: tuple[SearchTerm, ...]  # non-empty
+    exclude: tuple[SearchTerm, ...] = ()
+
+
 class OutboxEvent(msgspec.Struct, frozen=True):
     """A webhook event, written in the transaction of the change it describes."""
 
@@ -414,6 +431,27 @@ class Store(Protocol):
         With ``after_seq`` the page starts right after it (oldest first, for sync);
         otherwise it is the newest ``limit`` messages below ``before_seq`` (or the
         newest overall). ``has_more`` says whether more exist in the paging direction.
+        ``limit < 1`` raises ``ValueError``.
+        """
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        """Messages whose *current* content matches ``query``, best match first (ties:
+        newest first), skipping ``offset``; ``(messages, has_more)``.
+
+        Only messages of conversations ``user_id`` is a member of when the query runs,
+        checked in the same statement that reads the index; with ``conversation_id``,
+        only that one. The index follows the message row: an edit is found by its new
+        words only, a message whose content is blanked is found by none. Both backends
+        split text into words the same way: runs of letters and digits, case folded,
+        diacritics of Latin letters removed (docs/protocol.md, "Search").
         ``limit < 1`` raises ``ValueError``.
         """
 

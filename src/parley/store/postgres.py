@@ -73,6 +73,8 @@ from parley.store.base import (
     OutboxEvent,
     OutboxRow,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
     UserState,
     attachment_not_found,
@@ -93,6 +95,271 @@ AppendResult = tuple[MessageRecord, bool]
 
 # pg_advisory_xact_lock key guarding migrations: "parley" in ASCII.
 MIGRATION_LOCK_KEY = 0x7061726C6579
+
+# Search (docs/protocol.md, "Search") splits text into words as the SQLite store's
+# FTS5 ``unicode61 remove_diacritics 2`` tokenizer does, so both give the same answers.
+# The tables below are written out from FTS5 (and checked against it by
+# tests/store/test_search_parity.py): letters FTS5 folds other than by lowercasing
+# (diacritics of Latin letters, Greek final sigma …), the combining diacritics it
+# removes, and the combining marks it takes as separators. Then every run of
+# characters other than letters and digits separates words, and ``simple`` only
+# lowercases: no stemming, no stop words, for any language.
+_FOLD_FROM = (
+    "µÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöùúûüýÿĀāĂăĄą"
+    "ĆćĈĉĊċČčĎďĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭĮįİĴĵĶķĹĺĻļĽľŃńŅņŇňŌōŎŏŐ"
+    "őŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽžſƠơƯưǍǎǏǐǑǒǓǔǕǖǗǘǙ"
+    "ǚǛǜǞǟǦǧǨǩǪǫǬǭǰǴǵǸǹǺǻȀȁȂȃȄȅȆȇȈȉȊȋȌȍȎȏȐȑȒȓȔȕȖȗȘșȚțȞȟȦȧȨȩȪȫȬȭȮȯ"
+    "ȰȱȲȳςϐϑϕϖϰϱϵḀḁḂḃḄḅḆḇḈḉḊḋḌḍḎḏḐḑḒḓḔḕḖḗḘḙḚḛḜḝḞḟḠḡḢḣḤḥḦḧḨḩḪḫḬḭḮḯ"
+    "ḰḱḲḳḴḵḶḷḸḹḺḻḼḽḾḿṀṁṂṃṄṅṆṇṈṉṊṋṌṍṎṏṐṑṒṓṔṕṖṗṘṙṚṛṜṝṞṟṠṡṢṣṤṥṦṧṨṩṪṫ"
+    "ṬṭṮṯṰṱṲṳṴṵṶṷṸṹṺṻṼṽṾṿẀẁẂẃẄẅẆẇẈẉẊẋẌẍẎẏẐẑẒẓẔẕẖẗẘẙẛẠạẢảẤấẦầẨẩẪẫẬ"
+    "ậẮắẰằẲẳẴẵẶặẸẹẺẻẼẽẾếỀềỂểỄễỆệỈỉỊịỌọỎỏỐốỒồỔổỖỗỘộỚớỜờỞởỠỡỢợỤụỦủỨ"
+    "ứỪừỬửỮữỰựỲỳỴỵỶỷỸỹιÅ"
+)
+_FOLD_TO = (
+    "μaaaaaaceeeeiiiinooooouuuuyaaaaaaceeeeiiiinooooouuuuyyaaaaaa"
+    "ccccccccddeeeeeeeeeegggggggghhiiiiiiiiijjkkllllllnnnnnnooooo"
+    "orrrrrrssssssssttttuuuuuuuuuuuuwwyyyzzzzzzsoouuaaiioouuuuuuu"
+    "uuuaaggkkoooojggnnaaaaaaeeeeiiiioooorrrruuuusstthhaaeeoooooo"
+    "ooyyσβθφπκρεaabbbbbbccddddddddddeeeeeeeeeeffgghhhhhhhhhhiiii"
+    "kkkkkkllllllllmmmmmmnnnnnnnnoooooooopppprrrrrrrrsssssssssstt"
+    "ttttttuuuuuuuuuuvvvvwwwwwwwwwwxxxxyyzzzzzzhtwysaaaaaaaaaaaaa"
+    "aaaaaaaaaaaeeeeeeeeeeeeeeeeiiiioooooooooooooooooooooooouuuuu"
+    "uuuuuuuuuyyyyyyyyιa"
+)
+# combining diacritics: removed, as FTS5 removes them
+_DROPPED = (
+    "\u0300\u0301\u0302\u0303\u0304\u0306\u0307\u0308\u0309\u030a"
+    "\u030b\u030c\u030f\u0311\u031b\u0323\u0324\u0325\u0326\u0327"
+    "\u0328\u032d\u032e\u0330\u0331"
+)
+_SEPARATING_MARKS = [
+    (0x0305, 0x0305),
+    (0x030D, 0x030E),
+    (0x0310, 0x0310),
+    (0x0312, 0x031A),
+    (0x031C, 0x0322),
+    (0x0329, 0x032C),
+    (0x032F, 0x032F),
+    (0x0332, 0x036F),
+    (0x0483, 0x0489),
+    (0x0591, 0x05BD),
+    (0x05BF, 0x05BF),
+    (0x05C1, 0x05C2),
+    (0x05C4, 0x05C5),
+    (0x05C7, 0x05C7),
+    (0x0610, 0x061A),
+    (0x064B, 0x065F),
+    (0x0670, 0x0670),
+    (0x06D6, 0x06DC),
+    (0x06DF, 0x06E4),
+    (0x06E7, 0x06E8),
+    (0x06EA, 0x06ED),
+    (0x0711, 0x0711),
+    (0x0730, 0x074A),
+    (0x07A6, 0x07B0),
+    (0x07EB, 0x07F3),
+    (0x0816, 0x0819),
+    (0x081B, 0x0823),
+    (0x0825, 0x0827),
+    (0x0829, 0x082D),
+    (0x0859, 0x085B),
+    (0x08E4, 0x08FE),
+    (0x0900, 0x0903),
+    (0x093A, 0x093C),
+    (0x093E, 0x094F),
+    (0x0951, 0x0957),
+    (0x0962, 0x0963),
+    (0x0981, 0x0983),
+    (0x09BC, 0x09BC),
+    (0x09BE, 0x09C4),
+    (0x09C7, 0x09C8),
+    (0x09CB, 0x09CD),
+    (0x09D7, 0x09D7),
+    (0x09E2, 0x09E3),
+    (0x0A01, 0x0A03),
+    (0x0A3C, 0x0A3C),
+    (0x0A3E, 0x0A42),
+    (0x0A47, 0x0A48),
+    (0x0A4B, 0x0A4D),
+    (0x0A51, 0x0A51),
+    (0x0A70, 0x0A71),
+    (0x0A75, 0x0A75),
+    (0x0A81, 0x0A83),
+    (0x0ABC, 0x0ABC),
+    (0x0ABE, 0x0AC5),
+    (0x0AC7, 0x0AC9),
+    (0x0ACB, 0x0ACD),
+    (0x0AE2, 0x0AE3),
+    (0x0B01, 0x0B03),
+    (0x0B3C, 0x0B3C),
+    (0x0B3E, 0x0B44),
+    (0x0B47, 0x0B48),
+    (0x0B4B, 0x0B4D),
+    (0x0B56, 0x0B57),
+    (0x0B62, 0x0B63),
+    (0x0B82, 0x0B82),
+    (0x0BBE, 0x0BC2),
+    (0x0BC6, 0x0BC8),
+    (0x0BCA, 0x0BCD),
+    (0x0BD7, 0x0BD7),
+    (0x0C01, 0x0C03),
+    (0x0C3E, 0x0C44),
+    (0x0C46, 0x0C48),
+    (0x0C4A, 0x0C4D),
+    (0x0C55, 0x0C56),
+    (0x0C62, 0x0C63),
+    (0x0C82, 0x0C83),
+    (0x0CBC, 0x0CBC),
+    (0x0CBE, 0x0CC4),
+    (0x0CC6, 0x0CC8),
+    (0x0CCA, 0x0CCD),
+    (0x0CD5, 0x0CD6),
+    (0x0CE2, 0x0CE3),
+    (0x0D02, 0x0D03),
+    (0x0D3E, 0x0D44),
+    (0x0D46, 0x0D48),
+    (0x0D4A, 0x0D4D),
+    (0x0D57, 0x0D57),
+    (0x0D62, 0x0D63),
+    (0x0D82, 0x0D83),
+    (0x0DCA, 0x0DCA),
+    (0x0DCF, 0x0DD4),
+    (0x0DD6, 0x0DD6),
+    (0x0DD8, 0x0DDF),
+    (0x0DF2, 0x0DF3),
+    (0x0E31, 0x0E31),
+    (0x0E34, 0x0E3A),
+    (0x0E47, 0x0E4E),
+    (0x0EB1, 0x0EB1),
+    (0x0EB4, 0x0EB9),
+    (0x0EBB, 0x0EBC),
+    (0x0EC8, 0x0ECD),
+    (0x0F18, 0x0F19),
+    (0x0F35, 0x0F35),
+    (0x0F37, 0x0F37),
+    (0x0F39, 0x0F39),
+    (0x0F3E, 0x0F3F),
+    (0x0F71, 0x0F84),
+    (0x0F86, 0x0F87),
+    (0x0F8D, 0x0F97),
+    (0x0F99, 0x0FBC),
+    (0x0FC6, 0x0FC6),
+    (0x102B, 0x103E),
+    (0x1056, 0x1059),
+    (0x105E, 0x1060),
+    (0x1062, 0x1064),
+    (0x1067, 0x106D),
+    (0x1071, 0x1074),
+    (0x1082, 0x108D),
+    (0x108F, 0x108F),
+    (0x109A, 0x109D),
+    (0x135D, 0x135F),
+    (0x1712, 0x1714),
+    (0x1732, 0x1734),
+    (0x1752, 0x1753),
+    (0x1772, 0x1773),
+    (0x17B4, 0x17D3),
+    (0x17DD, 0x17DD),
+    (0x180B, 0x180D),
+    (0x18A9, 0x18A9),
+    (0x1920, 0x192B),
+    (0x1930, 0x193B),
+    (0x19B0, 0x19C0),
+    (0x19C8, 0x19C9),
+    (0x1A17, 0x1A1B),
+    (0x1A55, 0x1A5E),
+    (0x1A60, 0x1A7C),
+    (0x1A7F, 0x1A7F),
+    (0x1B00, 0x1B04),
+    (0x1B34, 0x1B44),
+    (0x1B6B, 0x1B73),
+    (0x1B80, 0x1B82),
+    (0x1BA1, 0x1BAD),
+    (0x1BE6, 0x1BF3),
+    (0x1C24, 0x1C37),
+    (0x1CD0, 0x1CD2),
+    (0x1CD4, 0x1CE8),
+    (0x1CED, 0x1CED),
+    (0x1CF2, 0x1CF4),
+    (0x1DC0, 0x1DE6),
+    (0x1DFC, 0x1DFF),
+    (0x20D0, 0x20F0),
+    (0x2CEF, 0x2CF1),
+    (0x2D7F, 0x2D7F),
+    (0x2DE0, 0x2DFF),
+    (0x302A, 0x302F),
+    (0x3099, 0x309A),
+    (0xA66F, 0xA672),
+    (0xA674, 0xA67D),
+    (0xA69F, 0xA69F),
+    (0xA6F0, 0xA6F1),
+    (0xA802, 0xA802),
+    (0xA806, 0xA806),
+    (0xA80B, 0xA80B),
+    (0xA823, 0xA827),
+    (0xA880, 0xA881),
+    (0xA8B4, 0xA8C4),
+    (0xA8E0, 0xA8F1),
+    (0xA926, 0xA92D),
+    (0xA947, 0xA953),
+    (0xA980, 0xA983),
+    (0xA9B3, 0xA9C0),
+    (0xAA29, 0xAA36),
+    (0xAA43, 0xAA43),
+    (0xAA4C, 0xAA4D),
+    (0xAA7B, 0xAA7B),
+    (0xAAB0, 0xAAB0),
+    (0xAAB2, 0xAAB4),
+    (0xAAB7, 0xAAB8),
+    (0xAABE, 0xAABF),
+    (0xAAC1, 0xAAC1),
+    (0xAAEB, 0xAAEF),
+    (0xAAF5, 0xAAF6),
+    (0xABE3, 0xABEA),
+    (0xABEC, 0xABED),
+    (0xFB1E, 0xFB1E),
+    (0xFE00, 0xFE0F),
+    (0xFE20, 0xFE26),
+]
+
+
+def _u(cp: int) -> str:
+    """A regex escape for ``cp``, as written inside an ``E'…'`` literal."""
+    return f"\\\\u{cp:04x}"
+
+
+def _search_text_function() -> str:
+    """``parley_search_text(text)``: text as FTS5 sees it, words separated by spaces.
+
+    ``translate`` costs the length of the text times the length of its table, so the
+    fold table is cut into blocks of 128 code points, each applied only to text that
+    has a character of that block; ASCII text skips all of them."""
+    blocks: dict[int, list[tuple[str, str]]] = {}
+    for src, dst in zip(_FOLD_FROM, _FOLD_TO, strict=True):
+        blocks.setdefault(ord(src) >> 7, []).append((src, dst))
+    folds = "".join(
+        f"""
+        IF t ~ E'[{_u(block << 7)}-{_u((block << 7) + 127)}]' THEN
+            t := translate(t, '{"".join(a for a, _ in pairs)}', '{"".join(b for _, b in pairs)}');
+        END IF;"""
+        for block, pairs in sorted(blocks.items())
+    )
+    dropped = "".join(_u(ord(c)) for c in _DROPPED)
+    marks = "".join(_u(a) if a == b else f"{_u(a)}-{_u(b)}" for a, b in _SEPARATING_MARKS)
+    return f"""
+CREATE FUNCTION parley_search_text(t text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $fn$
+    BEGIN
+        IF octet_length(t) <> length(t) THEN  -- not only ASCII{folds}
+            t := regexp_replace(t, E'[{dropped}]+', '', 'g');
+            t := regexp_replace(t, E'[{marks}]+', ' ', 'g');
+        END IF;
+        RETURN regexp_replace(t, '[^[:alnum:]]+', ' ', 'g');
+    END
+    $fn$
+"""
+
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -228,6 +495,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE NOT stamped;
         """,
     ),
+    (
+        5,
+        # Full-text search over the current content: a generated tsvector column follows
+        # every insert and every UPDATE of content (an edit re-indexes, a blanked
+        # deletion leaves nothing to find); adding it indexes the existing messages.
+        _search_text_function()
+        + """;
+        ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS
+            (to_tsvector('simple'::regconfig, parley_search_text(content))) STORED;
+        CREATE INDEX messages_search ON messages USING gin (search);
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
@@ -250,6 +529,20 @@ _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, crea
 # its (sender_id, local_id) pairs first, or PostgreSQL chose it as a deadlock victim.
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _BATCH_ATTEMPTS = 5
+
+
+def tsquery_sql(query: SearchQuery, args: list[object]) -> str:
+    """``query`` as a tsquery expression whose words are bind parameters (appended to
+    ``args``): each term a ``phraseto_tsquery`` of its words, included ones ANDed,
+    exclusions negated. No word is ever read as tsquery syntax."""
+
+    def phrase(term: SearchTerm) -> str:
+        args.append(" ".join(term.words))
+        return f"phraseto_tsquery('simple'::regconfig, parley_search_text(${len(args)}::text))"
+
+    parts = [f"({phrase(t)})" for t in query.include]
+    parts += [f"(!!({phrase(t)}))" for t in query.exclude]
+    return " && ".join(parts)
 
 
 class _Connection(Protocol):
@@ -526,6 +819,15 @@ class PostgresStore:
                 log.info("applying schema migration %d", version)
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            ctype = await conn.fetchval(
+                "SELECT datctype FROM pg_database WHERE datname = current_database()"
+            )
+            if ctype in ("C", "POSIX"):
+                log.warning(
+                    "database LC_CTYPE is %s: search finds ASCII words only (use a UTF-8"
+                    " locale such as C.UTF-8)",
+                    ctype,
+                )
 
     # -- users ---------------------------------------------------------------
     async def set_user_active(self, user_id: str, active: bool) -> None:
@@ -1139,6 +1441,45 @@ class PostgresStore:
             if not forward:
                 rows.reverse()
             return await _messages(conn, rows), has_more
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        args: list[object] = [user_id]
+        cid: int | None = None
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+        tsquery = tsquery_sql(query, args)
+        args += [cid, limit + 1, offset]
+        n = len(args)
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        # The query is built once (an uncorrelated sub-select: an init plan), not once per
+        # row it is tested on, and the GIN index can use it.
+        sql = f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
+                  FROM messages m
+                  JOIN members mb ON mb.conversation_id = m.conversation_id
+                                 AND mb.user_id = $1
+                  WHERE m.search @@ (SELECT {tsquery})
+                    AND (${n - 2}::bigint IS NULL OR m.conversation_id = ${n - 2})
+                  ORDER BY ts_rank(m.search, (SELECT {tsquery}), 1) DESC, m.id DESC
+                  LIMIT ${n - 1} OFFSET ${n}"""
+        async with self._acquire() as conn:
+            # A statement of its own each time, so PostgreSQL plans it for this query's
+            # words (a custom plan, using the index's statistics): a cached statement's
+            # generic plan, made without them, can be slower by orders of magnitude.
+            statement = await cast(Any, conn).prepare(sql)
+            rows = await statement.fetch(*args)
+            return await _messages(conn, rows[:limit]), len(rows) > limit
 
     # -- receipts ------------------------------------------------------------
     async def advance_cursor(

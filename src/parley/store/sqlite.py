@@ -64,6 +64,8 @@ from parley.store.base import (
     OutboxEvent,
     OutboxRow,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
     UserState,
     attachment_not_found,
@@ -79,6 +81,9 @@ from parley.store.base import (
 
 T = TypeVar("T")
 
+# (version, script). Versions are applied in ascending order, each once; a script's
+# statements are split where ``sqlite3.complete_statement`` says one ends (so a
+# trigger's BEGIN … END body stays whole).
 MIGRATIONS: list[tuple[int, str]] = [
     # 1: initial schema
     (
@@ -211,6 +216,32 @@ MIGRATIONS: list[tuple[int, str]] = [
     );
     CREATE INDEX webhook_outbox_by_conversation ON webhook_outbox (conversation_id, position);
     CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE stamped = 0;
+    """,
+    ),
+    # 6: full-text search over the current content of every message (docs/protocol.md,
+    # "Search"). An external-content FTS5 index kept in step with the messages table by
+    # triggers, so an edit (an UPDATE of content) re-indexes the message and a deletion
+    # that blanks it leaves nothing to find; existing messages are indexed here.
+    (
+        6,
+        """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content='messages', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
     """,
     ),
 ]
@@ -1000,6 +1031,41 @@ class SQLiteStore:
 
         return await self._read(read)
 
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = ""
+        args: list[object] = [user_id, fts5_match(query)]
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+            where = " AND m.conversation_id = ?"
+            args.append(cid)
+        args += [limit + 1, offset]
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        sql = (
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?"
+            f" WHERE messages_fts MATCH ?{where}"
+            " ORDER BY bm25(messages_fts), m.id DESC LIMIT ? OFFSET ?"
+        )
+
+        def read(c: sqlite3.Connection) -> tuple[list[MessageRecord], bool]:
+            rows = c.execute(sql, args).fetchall()
+            return _messages(c, rows[:limit]), len(rows) > limit
+
+        return await self._read(read)
+
     # ------------------------------------------------------------------ receipts
     async def advance_cursor(
         self,
@@ -1579,14 +1645,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
     from parley.store.admin import check_not_newer
 
     check_not_newer(done, max(v for v, _ in MIGRATIONS))  # never run on a newer Parley's schema
-    for version, sql in MIGRATIONS:
+    for version, sql in sorted(MIGRATIONS):
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in split_script(sql):
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -1595,6 +1660,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def fts5_match(query: SearchQuery) -> str:
+    """``query`` as an FTS5 MATCH expression: each term a quoted string (inside which
+    FTS5 reads no syntax at all), all included terms ANDed, each exclusion NOTed."""
+
+    def phrase(term: SearchTerm) -> str:
+        return '"' + " ".join(term.words).replace('"', '""') + '"'
+
+    expr = " AND ".join(phrase(t) for t in query.include)
+    for term in query.exclude:
+        expr = f"({expr}) NOT {phrase(term)}"
+    return expr
+
+
+def split_script(sql: str) -> list[str]:
+    """The statements of a migration script, each whole (a trigger body included)."""
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
 
 
 def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:

@@ -120,6 +120,14 @@ class StoreAction(StrEnum):
     # The web SDK's (REST and Redux conveniences).
     CONVERSATIONS_LOADED = "chat/conversationsLoaded"
     RESET = "chat/reset"
+    # Both SDKs': changes to messages (log entries), the change queue, presence.
+    MESSAGE_UPDATED = "chat/messageUpdated"
+    MESSAGE_DELETED = "chat/messageDeleted"
+    REACTION_ADDED = "chat/reactionAdded"
+    REACTION_REMOVED = "chat/reactionRemoved"
+    CHANGE_QUEUED = "chat/changeQueued"
+    CHANGE_FAILED = "chat/changeFailed"
+    PRESENCE_UPDATED = "chat/presenceUpdated"
 
 
 # Close codes after which a client must not reconnect on its own.

@@ -84,6 +84,13 @@ export const StoreAction = Object.freeze({
   HISTORY_SKIPPED: "chat/historySkipped",
   CONVERSATIONS_LOADED: "chat/conversationsLoaded",
   RESET: "chat/reset",
+  MESSAGE_UPDATED: "chat/messageUpdated",
+  MESSAGE_DELETED: "chat/messageDeleted",
+  REACTION_ADDED: "chat/reactionAdded",
+  REACTION_REMOVED: "chat/reactionRemoved",
+  CHANGE_QUEUED: "chat/changeQueued",
+  CHANGE_FAILED: "chat/changeFailed",
+  PRESENCE_UPDATED: "chat/presenceUpdated",
 });
 
 export const STATUS_RANK = Object.freeze({
