@@ -8,7 +8,7 @@ import json
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,22 @@ def user(name: str) -> str:
     return f"{name}-{secrets.token_hex(3)}"
 
 
-async def connect(node: ParleyServer, who: str) -> WsClient:
-    client = await WsClient.connect(node.ws_url(node.token(who)))
-    await client.expect("connection.established")
-    return client
+Connect = Callable[[ParleyServer, str], Awaitable[WsClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens clients, all closed at the end even when the test fails."""
+    made: list[WsClient] = []
+
+    async def open_client(node: ParleyServer, who: str) -> WsClient:
+        client = await WsClient.connect(node.ws_url(node.token(who)))
+        made.append(client)
+        await client.expect("connection.established")
+        return client
+
+    yield open_client
+    await asyncio.gather(*(c.close() for c in made), return_exceptions=True)
 
 
 def about(who: str, status: str) -> Callable[[Event], bool]:
@@ -87,7 +99,7 @@ async def presence_of(node: ParleyServer, caller: str, ids: list[str]) -> dict[s
     return {p["user_id"]: p for p in body["presence"]}
 
 
-async def test_presence_crosses_nodes(presence_cluster: PresenceCluster) -> None:
+async def test_presence_crosses_nodes(presence_cluster: PresenceCluster, connect: Connect) -> None:
     cluster = await asyncio.to_thread(presence_cluster, 2, 3.0)  # longer than a reconnect
     alice, bob = user("alice"), user("bob")
     await cluster.create_conversation(alice, [bob])
@@ -115,7 +127,9 @@ async def test_presence_crosses_nodes(presence_cluster: PresenceCluster) -> None
         assert statuses == ["online", "offline", "online", "offline"]
 
 
-async def test_killed_node_users_go_offline(presence_cluster: PresenceCluster) -> None:
+async def test_killed_node_users_go_offline(
+    presence_cluster: PresenceCluster, connect: Connect
+) -> None:
     """Default grace (10 s) and heartbeat (every 5 s, 15 s to expire)."""
     cluster = await asyncio.to_thread(presence_cluster, 2, None)
     alice, bob, carol = user("alice"), user("bob"), user("carol")
@@ -133,7 +147,7 @@ async def test_killed_node_users_go_offline(presence_cluster: PresenceCluster) -
         await asyncio.gather(b.close(), c.close(), return_exceptions=True)
 
 
-async def test_redis_outage(presence_cluster: PresenceCluster) -> None:
+async def test_redis_outage(presence_cluster: PresenceCluster, connect: Connect) -> None:
     """Redis dies and comes back empty. The nodes keep serving and counting their own
     connections; once it is back they record them again and announce what changed."""
     cluster = await asyncio.to_thread(presence_cluster, 2, 1.0)
