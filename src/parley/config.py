@@ -93,12 +93,15 @@ class Settings:
         30.0, "seconds between server pings; no pong within half of it closes (0: off)"
     )
     typing_timeout: float = _s(8.0, "seconds after which typing expires without refresh")
+    sync_page: int = _s(100, "log entries (messages and changes) per conversation per sync reply")
+    edit_window: float = _s(
+        0.0, "seconds after sending during which a message may be edited (0: no limit)"
+    )
     presence_grace: float = _s(
         10.0,
         "seconds a user stays online after its last connection closes; its presence"
         " changes at most once per this period",
     )
-    sync_page: int = _s(100, "messages per conversation per sync reply")
     max_members: int = _s(10_000, "members per conversation (413 above)")
     max_members_per_request: int = _s(
         1_000, "user ids per create-conversation or add-members request (413 above)"

@@ -44,10 +44,13 @@ from parley.codes import (
     BACKOFF_JITTER,
     HEARTBEAT_INTERVAL_MS,
     MAX_ATTACHMENTS,
+    MAX_EMOJI,
     MAX_ID,
     MAX_LOCAL_ID,
+    MAX_MENTIONS,
     MAX_MESSAGE_IDS,
     MAX_MISSED_HEARTBEATS,
+    MAX_REACTIONS,
     MAX_REQUEST_ID,
     MAX_RETRIES,
     MAX_SYNC_CONVERSATIONS,
@@ -76,9 +79,12 @@ __all__ = [
     "ACTIONS",
     "EVENTS",
     "MAX_ATTACHMENTS",
+    "MAX_EMOJI",
     "MAX_ID",
     "MAX_LOCAL_ID",
+    "MAX_MENTIONS",
     "MAX_MESSAGE_IDS",
+    "MAX_REACTIONS",
     "MAX_SYNC_CONVERSATIONS",
     "RECEIPT_BATCH",
     "ActionName",
@@ -126,6 +132,7 @@ class SendMessage(_Command, tag="send_message"):
     attachments: Annotated[list[AttachmentIn], msgspec.Meta(max_length=MAX_ATTACHMENTS)] | None = (
         None
     )
+    mentions: Annotated[list[Id], msgspec.Meta(max_length=MAX_MENTIONS)] | None = None
 
 
 class Typing(_Command, tag="typing"):
@@ -151,7 +158,48 @@ class Sync(_Command, tag="sync"):
     cursors: Annotated[dict[Id, Seq], msgspec.Meta(max_length=MAX_SYNC_CONVERSATIONS)] = {}
 
 
-Command = SendMessage | Typing | MarkRead | MarkDelivered | Heartbeat | Sync
+# Changes to a message (docs/protocol.md, "Edits, deletions and reactions"). The frame
+# caps an emoji's bytes; the rule (``parley.service.rules.check_emoji``) counts characters.
+Emoji = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EMOJI * 4)]
+
+
+class EditMessage(_Command, tag="edit_message"):
+    conversation_id: Id
+    message_id: Id
+    content: str
+
+
+class DeleteMessage(_Command, tag="delete_message"):
+    conversation_id: Id
+    message_id: Id
+
+
+class AddReaction(_Command, tag="add_reaction"):
+    conversation_id: Id
+    message_id: Id
+    emoji: Emoji
+
+
+class RemoveReaction(_Command, tag="remove_reaction"):
+    conversation_id: Id
+    message_id: Id
+    emoji: Emoji
+
+
+MessageChange = EditMessage | DeleteMessage | AddReaction | RemoveReaction
+
+Command = (
+    SendMessage
+    | Typing
+    | MarkRead
+    | MarkDelivered
+    | Heartbeat
+    | Sync
+    | EditMessage
+    | DeleteMessage
+    | AddReaction
+    | RemoveReaction
+)
 ACTIONS = frozenset(str(a) for a in ActionName)
 
 
@@ -257,10 +305,14 @@ class WireAttachment(msgspec.Struct):
     content_type: str
 
 
-class WireMessage(msgspec.Struct, omit_defaults=True):
+class WireMessage(msgspec.Struct):
+    """A message on the wire, as it is now. Every field is always there (``local_id``
+    only on the sender's copy): ``edited_at`` null, ``deleted`` false, ``reactions`` {}
+    and ``mentions`` [] until they are not."""
+
     id: str
     conversation_id: str
-    seq: int
+    seq: int  # the seq of its creation
     sender_id: str
     content: str
     sent_at: str
@@ -268,6 +320,11 @@ class WireMessage(msgspec.Struct, omit_defaults=True):
     reply_to: str | None
     attachments: list[WireAttachment]
     local_id: str | msgspec.UnsetType = msgspec.UNSET
+    edited_at: str | None = None
+    deleted: bool = False
+    # {emoji: [user ids]}, users in the order they reacted
+    reactions: dict[str, list[str]] = {}
+    mentions: list[str] = []
 
 
 class ChatMessageEvent(msgspec.Struct, tag_field="type", tag="chat_message"):
@@ -299,6 +356,9 @@ class _Event(msgspec.Struct, tag_field="type", kw_only=True):
 
 class ConversationCursor(msgspec.Struct, kw_only=True):
     last_seq: int = 0
+    read_seq: int = 0
+    unread_count: int = 0
+    mention_count: int = 0
 
 
 class EstablishedData(msgspec.Struct, kw_only=True):
@@ -375,20 +435,49 @@ class ConversationUpdatedEvent(_Event, tag=EventName.CONVERSATION_UPDATED.value)
     data: ConversationData
 
 
+# Changes to a message: each is a log entry whose ``seq`` is the conversation's next.
+# ``request_id`` is on the requester's copy only.
+class MessageUpdatedData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    conversation_id: str
+    seq: int
+    message: WireMessage  # the whole message as it is now (with edited_at)
+    request_id: str | None = None
+
+
 class MessageUpdatedEvent(_Event, tag=EventName.MESSAGE_UPDATED.value):
-    data: dict[str, Any]
+    data: MessageUpdatedData
+
+
+class MessageDeletedData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    conversation_id: str
+    seq: int
+    message_id: str
+    deleted_at: str
+    request_id: str | None = None
 
 
 class MessageDeletedEvent(_Event, tag=EventName.MESSAGE_DELETED.value):
-    data: dict[str, Any]
+    data: MessageDeletedData
+
+
+class ReactionData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    conversation_id: str
+    seq: int
+    message_id: str
+    user_id: str
+    emoji: str
+    request_id: str | None = None
 
 
 class ReactionAddedEvent(_Event, tag=EventName.REACTION_ADDED.value):
-    data: dict[str, Any]
+    data: ReactionData
 
 
 class ReactionRemovedEvent(_Event, tag=EventName.REACTION_REMOVED.value):
-    data: dict[str, Any]
+    data: ReactionData
+
+
+ChangeEvent = MessageUpdatedEvent | MessageDeletedEvent | ReactionAddedEvent | ReactionRemovedEvent
 
 
 class PresenceEvent(_Event, tag=EventName.PRESENCE.value):
@@ -510,17 +599,31 @@ def presence_data(user_id: str, status: str, last_seen: float | None) -> dict[st
 
 
 def established_data(
-    client_id: str, user_id: str, conversations: Mapping[str, int], now: float
+    client_id: str,
+    user_id: str,
+    conversations: Mapping[str, int],
+    now: float,
+    unread: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
+    """``unread``: per conversation, ``read_seq``, ``unread_count`` and ``mention_count``,
+    given beside its ``last_seq``."""
     stamp = iso(now)
+    extra = unread or {}
     return {
         "client_id": client_id,
         "user_id": user_id,
         "active_conversations": list(conversations),
         "timestamp": stamp,
         "server_time": stamp,
-        "conversations": {cid: {"last_seq": seq} for cid, seq in conversations.items()},
+        "conversations": {
+            cid: {"last_seq": seq, **extra.get(cid, {})} for cid, seq in conversations.items()
+        },
     }
+
+
+def encode_change(event: ChangeEvent) -> bytes:
+    """A change event (``message.updated``, ``message.deleted``, ``reaction.*``)."""
+    return _encoder.encode(event)
 
 
 # --------------------------------------------------------------------------- checks
@@ -581,6 +684,9 @@ def render_js() -> str:
         "MAX_MESSAGE_IDS": MAX_MESSAGE_IDS,
         "MAX_ATTACHMENTS": MAX_ATTACHMENTS,
         "MAX_SYNC_CONVERSATIONS": MAX_SYNC_CONVERSATIONS,
+        "MAX_MENTIONS": MAX_MENTIONS,
+        "MAX_EMOJI": MAX_EMOJI,
+        "MAX_REACTIONS": MAX_REACTIONS,
         "RECEIPT_BATCH": RECEIPT_BATCH,
         "BACKOFF_BASE_MS": BACKOFF_BASE_MS,
         "BACKOFF_CAP_MS": BACKOFF_CAP_MS,

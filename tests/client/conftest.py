@@ -61,6 +61,19 @@ async def history(srv: ParleyServer, user: str, cid: str) -> list[dict[str, Any]
                 return out
 
 
+async def last_seq(srv: ParleyServer, user: str, cid: str) -> int:
+    """The conversation's ``last_seq`` on the server: its messages and changes."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{srv.http_url}/api/conversations/{cid}",
+            headers={"Authorization": f"Bearer {srv.token(user)}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return int((await resp.json())["last_seq"])
+
+
 MakeClient = Callable[..., Awaitable[ChatClient]]
 
 

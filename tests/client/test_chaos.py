@@ -2,9 +2,15 @@
 restarted mid-run, sends made while it is down, a client process killed with a full
 queue and restarted, tokens expiring while connected.
 
+The long-lived clients also change their own messages as they go — edits, reactions
+added and taken back, deletions — queued like sends while the link is down.
+
 Across all of it: every message sent by any client reaches every member exactly once,
-in ``seq`` order; the server holds each send once; every sender's records end as
-``sent`` or better.
+in ``seq`` order; the server holds each send once and each change once (every change is
+made to change something, so the conversations' last ``seq`` counts them exactly); no
+change fails; every sender's records end as ``sent`` or better; and every client ends
+with exactly the server's messages as they are now (content, edits, deletions,
+reactions).
 
 ``PARLEY_CHAOS_SECONDS`` sets how long the chaos lasts (default 15); ``PARLEY_CHAOS_SEED``
 fixes the randomness. The figures are printed at the end.
@@ -27,7 +33,7 @@ import pytest
 
 from parley.client import ChatClient, ChatState, MessageRecord
 from parley.codes import MessageStatus
-from tests.client.conftest import create_conversation, history
+from tests.client.conftest import create_conversation, history, last_seq
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.server import ParleyServer, free_port
 
@@ -75,13 +81,13 @@ async def read_json(proc: asyncio.subprocess.Process, within: float) -> dict[str
     return result
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(int(CHAOS_SECONDS) + 150)
 def reconnected(c: ChatClient, before: int) -> Callable[[ChatState], bool]:
     """Holds once ``c`` made a new connection after ``before`` and caught up on it."""
     return lambda _s: c.stats["connections"] > before and c.caught_up
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(int(CHAOS_SECONDS) + 150)
 async def test_chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(SEED)
     srv = ParleyServer(tmp_path / "server").start()  # default rate limits stay on
@@ -144,6 +150,8 @@ async def _run(
     # 2. The long-lived clients, with tokens that expire every few seconds.
     received: dict[str, list[MessageRecord]] = {}
     sent: dict[str, list[str]] = {}  # user -> local ids
+    changes: dict[str, int] = {}  # user -> changes made (each one changes something)
+    change_failures: list[Any] = []
     for user in ("alice", "bob", "carol"):
 
         async def provider(user: str = user) -> str:
@@ -158,6 +166,8 @@ async def _run(
         received[user] = []
         sent[user] = []
         client.on("message", received[user].append)
+        client.on("change_failed", change_failures.append)
+        changes[user] = 0
         clients[user] = client
     await asyncio.gather(*(c.connect() for c in clients.values()))
 
@@ -188,18 +198,48 @@ async def _run(
         "server_kills": 0,
         "caught_up_after_restart": [],
         "sends_queued_offline": 0,
+        "changes_returned_disconnected": 0,
     }
+
+    async def change(user: str, mine: list[tuple[str, str]], reacted: dict[str, list[str]]) -> None:
+        """One change to one of the user's own messages, made so that it changes something:
+        a new text, a reaction never used before, taking one back, a deletion."""
+        client = clients[user]
+        cid, lid = rng.choice(mine[-10:])
+        roll = rng.random()
+        codes = reacted.setdefault(lid, [])
+        if roll < 0.35:
+            rec = await client.edit_message(cid, lid, f"{user} edit {changes[user]}")
+        elif roll < 0.7 or not codes:
+            code = f":r{changes[user]}:"
+            codes.append(code)
+            rec = await client.react(cid, lid, code)
+        elif roll < 0.93:
+            rec = await client.unreact(cid, lid, codes.pop(rng.randrange(len(codes))))
+        else:
+            mine.remove((cid, lid))  # nothing changes it after its deletion
+            rec = await client.delete_message(cid, lid)
+        changes[user] += 1
+        if not client.connected:
+            figures["changes_returned_disconnected"] += 1
+        del rec
 
     async def sender(user: str) -> None:
         client = clients[user]
         mine = [cid for cid, members in conversations.items() if user in members]
+        own: list[tuple[str, str]] = []  # (conversation, local id) of messages still there
+        reacted: dict[str, list[str]] = {}
         i = 0
         while not stop.is_set():
-            rec = await client.send_message(rng.choice(mine), f"{user}#{i}")
+            cid = rng.choice(mine)
+            rec = await client.send_message(cid, f"{user}#{i}")
             sent[user].append(rec["local_id"] or "")
+            own.append((cid, rec["local_id"] or ""))
             if rec["status"] == MessageStatus.SENDING:
                 figures["sends_queued_offline"] += 1
             i += 1
+            while own and rng.random() < 0.6:
+                await change(user, own, reacted)
             await asyncio.sleep(rng.uniform(0.03, 0.12))  # pacing, as people type
 
     async def killer() -> None:
@@ -234,8 +274,10 @@ async def _run(
     for client in clients.values():
         await client.wait_for(lambda s: not s["messageQueue"], 60)
     truth: dict[str, list[dict[str, Any]]] = {}
+    last: dict[str, int] = {}
     for cid, members in conversations.items():
         truth[cid] = await history(srv, next(iter(members)), cid)
+        last[cid] = await last_seq(srv, next(iter(members)), cid)
     assert live.stdin is not None
     live.stdin.write(json.dumps({c: len(truth[c]) for c in dave_convs.split(",")}).encode())
     live.stdin.close()
@@ -248,7 +290,7 @@ async def _run(
                 not s["messageQueue"]
                 and c.caught_up
                 and all(
-                    s["conversations"]["byId"][cid]["synced_seq"] >= len(truth[cid])
+                    s["conversations"]["byId"][cid]["synced_seq"] >= last[cid]
                     for cid, members in conversations.items()
                     if c.user_id in members
                 )
@@ -265,8 +307,17 @@ async def _run(
     all_sent = {u: list(ids) for u, ids in sent.items()}
     all_sent["dave"] = dave_first + dave_second
     stored_ids = {m["id"] for messages in truth.values() for m in messages}
+    # Messages and changes share each conversation's seq, 1..last without gaps: the
+    # messages' seqs rise, and what is left of 1..last is exactly one entry per change.
     for messages in truth.values():
-        assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+        seqs = [m["seq"] for m in messages]
+        assert seqs == sorted(set(seqs))
+    total_changes = sum(changes.values())
+    entries = sum(last.values())
+    assert not change_failures, change_failures[:5]
+    assert entries == sum(len(m) for m in truth.values()) + total_changes, (
+        "a change lost or doubled"
+    )
     send_ids: dict[str, str | None] = {}
     for user, client in clients.items():
         for lid in sent[user]:
@@ -312,6 +363,20 @@ async def _run(
         if status not in SENT_OR_BETTER:
             not_sent.append(("dave", lid, status))
 
+    # 9. Every client holds exactly the server's messages as they are now.
+    def now(m: Any) -> tuple[Any, ...]:
+        reactions = {e: sorted(u) for e, u in (m["reactions"] or {}).items()}
+        return (m["id"], m["seq"], m["content"], m["edited_at"], m["deleted"], reactions)
+
+    diverged = 0
+    for user, client in clients.items():
+        for cid, members in conversations.items():
+            if user in members:
+                mine_now = [now(m) for m in client.messages(cid)]
+                want_now = [now(m) for m in truth[cid]]
+                diverged += sum(1 for a, b in zip(mine_now, want_now, strict=False) if a != b)
+                assert mine_now == want_now, f"{user} in {cid}"
+
     total = sum(len(m) for m in truth.values())
     figures.update(
         {
@@ -330,6 +395,9 @@ async def _run(
             "duplicated": duplicated + duplicated_on_server,
             "out_of_order": out_of_order,
             "not_sent_or_better": len(not_sent),
+            "changes_made": total_changes,
+            "changes_failed": len(change_failures),
+            "states_diverged": diverged,
         }
     )
     with capsys.disabled():
@@ -337,6 +405,7 @@ async def _run(
     assert not lost_on_server and duplicated_on_server == 0
     assert lost == duplicated == out_of_order == 0
     assert not not_sent, not_sent[:10]
+    assert not change_failures, change_failures[:5]
     assert figures["messages_sent"] == total
     assert figures["server_kills"] == len(KILL_AT) and figures["connections_cut"] > 0
     assert figures["token_refreshes"] > 0

@@ -15,6 +15,7 @@ import pytest
 
 from parley.auth import mint_token
 from parley.client import AuthenticationError, ChatClient, MessageRecord, OfflineQueue
+from parley.client.state import entry_key
 from parley.codes import CloseCode, ErrorCode, MessageStatus
 from tests.client.conftest import FAST, MakeClient, create_conversation, history
 from tests.support.server import ParleyServer, free_port
@@ -154,14 +155,14 @@ async def test_send_while_offline_then_a_new_client_replays_the_queue(
     sent = [await offline.send_message(conv["id"], f"offline {i}") for i in range(3)]
     assert time.monotonic() - t0 < 2.0  # returned at once, without a server
     assert all(r["status"] == MessageStatus.SENDING for r in sent)
-    assert [e["local_id"] for e in offline.state["messageQueue"]] == [r["local_id"] for r in sent]
+    assert [entry_key(e) for e in offline.state["messageQueue"]] == [r["local_id"] for r in sent]
     await offline.close()
 
     b = await make_client(server, bob)
     got = collect(b, "message")
     a = await make_client(server, alice, connect=False, queue_path=queue_path)
     # The new client starts with what the old one left.
-    assert [e["local_id"] for e in a.state["messageQueue"]] == [r["local_id"] for r in sent]
+    assert [entry_key(e) for e in a.state["messageQueue"]] == [r["local_id"] for r in sent]
     await a.connect()
     await a.wait_for(lambda s: not s["messageQueue"], 10)
     records = [a.message(str(r["local_id"])) for r in sent]

@@ -26,6 +26,7 @@ from parley.client.state import conversation_messages
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sdk"
 BEHAVIOUR: dict[str, Any] = json.loads((FIXTURES / "behaviour.json").read_text("utf-8"))
 FRAMES: dict[str, Any] = json.loads((FIXTURES / "frames.json").read_text("utf-8"))
+REDUCER: dict[str, Any] = json.loads((FIXTURES / "reducer.json").read_text("utf-8"))
 SENTINEL = "fixture-sentinel"
 
 
@@ -103,20 +104,61 @@ async def scripted() -> AsyncIterator[list[ScriptedServer]]:
             await s.server.wait_closed()
 
 
-def project(client: ChatClient, expect: dict[str, Any]) -> dict[str, Any]:
-    state = client.state
-    messages = {
-        cid: [
-            [m["id"] if m["id"] is not None else m["local_id"], m["seq"], m["status"], m["content"]]
-            for m in conversation_messages(state, cid)
-        ]
-        for cid in expect["messages"]
-    }
-    synced = {
-        cid: state["conversations"]["byId"][cid]["synced_seq"] for cid in expect["synced_seq"]
-    }
-    queue = [e["local_id"] for e in state["messageQueue"]]
-    return {"messages": messages, "synced_seq": synced, "queue": queue}
+def project(state: state_module.ChatState, expect: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``state`` that ``expect`` names, in the fixtures' neutral form."""
+    out: dict[str, Any] = {}
+    convs = state["conversations"]["byId"]
+    if "messages" in expect:
+        out["messages"] = {
+            cid: [
+                [m["id"] or m["local_id"], m["seq"], m["status"], m["content"]]
+                for m in conversation_messages(state, cid)
+            ]
+            for cid in expect["messages"]
+        }
+    if "details" in expect:
+        out["details"] = {
+            cid: [
+                [
+                    m["id"] or m["local_id"],
+                    m["content"],
+                    m["deleted"],
+                    m["edited_at"],
+                    {e: list(u) for e, u in m["reactions"].items()},
+                    list(m["mentions"]),
+                    len(m["attachments"]),
+                ]
+                for m in conversation_messages(state, cid)
+            ]
+            for cid in expect["details"]
+        }
+    if "synced_seq" in expect:
+        out["synced_seq"] = {cid: convs[cid]["synced_seq"] for cid in expect["synced_seq"]}
+    if "unread" in expect:
+        out["unread"] = {
+            cid: [convs[cid]["read_seq"], convs[cid]["unread_count"], convs[cid]["mention_count"]]
+            for cid in expect["unread"]
+        }
+    if "presence" in expect:
+        by_user = state["presence"]["byUserId"]
+        out["presence"] = {
+            u: [by_user[u]["status"], by_user[u]["last_seen"]] if u in by_user else None
+            for u in expect["presence"]
+        }
+    if "queue" in expect:
+        out["queue"] = [state_module.entry_key(e) for e in state["messageQueue"]]
+    return out
+
+
+@pytest.mark.parametrize("case", REDUCER["cases"], ids=lambda c: str(c["name"])[:60])
+def test_reducer_case(case: dict[str, Any]) -> None:
+    state = state_module.initial_state()
+    for action in case["actions"]:
+        before = json.dumps(state, default=list, sort_keys=True)
+        new = state_module.reduce(state, action)
+        assert json.dumps(state, default=list, sort_keys=True) == before  # pure
+        state = new
+    assert project(state, case["expect"]) == case["expect"]
 
 
 def substitute(value: Any, ids: dict[str, str]) -> Any:
@@ -138,6 +180,20 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         for send in scenario.get("sends", []):
             record = await client.send_message(send["conversation_id"], send["content"])
             ids[send["local_id"]] = str(record["local_id"])  # queued: not connected yet
+        for change in scenario.get("changes", []):
+            cid, mid = (
+                change["conversation_id"],
+                ids.get(change["message_id"], change["message_id"]),
+            )
+            if change["action"] == "edit_message":
+                await client.edit_message(cid, mid, change["content"])
+            elif change["action"] == "delete_message":
+                await client.delete_message(cid, mid)
+            elif change["action"] == "add_reaction":
+                await client.react(cid, mid, change["emoji"])
+            else:
+                await client.unreact(cid, mid, change["emoji"])
+            ids[change["request_id"]] = state_module.entry_key(client.state["messageQueue"][-1])
         server = ScriptedServer(substitute(scenario["frames"], ids))
         server.server = await serve(server.handle, "127.0.0.1", 0)
         scripted.append(server)
@@ -148,13 +204,22 @@ async def test_frame_sequence(scenario: dict[str, Any], scripted: list[ScriptedS
         await client.connect()
         await sentinel
         back = {v: k for k, v in ids.items()}
-        assert substitute(project(client, scenario["expect"]), back) == scenario["expect"]
+        assert substitute(project(client.state, scenario["expect"]), back) == scenario["expect"]
         # Every frame the SDK sent is a command the server's own parser accepts.
         assert server.received, "the client sent nothing (it sends sync on every connect)"
         for raw in server.received:
             assert isinstance(
                 p.parse_frame(raw),
-                p.SendMessage | p.Sync | p.MarkDelivered | p.MarkRead | p.Heartbeat | p.Typing,
+                p.SendMessage
+                | p.Sync
+                | p.MarkDelivered
+                | p.MarkRead
+                | p.Heartbeat
+                | p.Typing
+                | p.EditMessage
+                | p.DeleteMessage
+                | p.AddReaction
+                | p.RemoveReaction,
             )
     finally:
         await client.close()

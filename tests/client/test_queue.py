@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from parley.client.queue import OfflineQueue
-from parley.client.state import QueuedMessage
+from parley.client.state import QueuedMessage, entry_key
 
 
 def entry(local_id: str, content: str = "hi") -> QueuedMessage:
@@ -27,9 +27,9 @@ def test_fifo_and_remove(tmp_path: Path) -> None:
     q = OfflineQueue(tmp_path / "q.db")
     for lid in ("a", "b", "c"):
         assert q.put(entry(lid))
-    assert [e["local_id"] for e in q.entries()] == ["a", "b", "c"]
+    assert [entry_key(e) for e in q.entries()] == ["a", "b", "c"]
     assert q.remove("b") and not q.remove("b")
-    assert [e["local_id"] for e in q.entries()] == ["a", "c"]
+    assert [entry_key(e) for e in q.entries()] == ["a", "c"]
     assert len(q) == 2
     q.close()
 
@@ -60,9 +60,9 @@ def test_a_new_instance_sees_what_was_left(tmp_path: Path) -> None:
     q.remove("a")
     q.close()
     q2 = OfflineQueue(path)
-    assert [e["local_id"] for e in q2.entries()] == ["b", "c"]
+    assert [entry_key(e) for e in q2.entries()] == ["b", "c"]
     q2.put(entry("d"))
-    assert [e["local_id"] for e in q2.entries()] == ["b", "c", "d"]
+    assert [entry_key(e) for e in q2.entries()] == ["b", "c", "d"]
     q2.close()
 
 
@@ -80,7 +80,7 @@ def test_entries_survive_sigkill(tmp_path: Path) -> None:
     proc.join(30)
     assert proc.exitcode == -signal.SIGKILL
     q = OfflineQueue(path)
-    assert [e["local_id"] for e in q.entries()] == ["x", "y"]
+    assert [entry_key(e) for e in q.entries()] == ["x", "y"]
     q.close()
 
 

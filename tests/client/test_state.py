@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from parley.client import state as st
-from parley.client.state import ChatState, QueuedMessage
+from parley.client.state import ChatState, QueuedMessage, entry_key
 from parley.codes import MessageStatus
 
 ME = "alice"
@@ -171,7 +171,7 @@ def test_send_then_ack_rekeys_the_record_and_empties_the_queue() -> None:
     rec = st.find_message(s, "l1")
     assert rec is not None and rec["status"] == MessageStatus.SENDING and rec["id"] is None
     assert rec["sender_id"] == ME
-    assert [e["local_id"] for e in s["messageQueue"]] == ["l1"]
+    assert [entry_key(e) for e in s["messageQueue"]] == ["l1"]
     assert s["messages"]["byConversation"]["1"] == ("101", "l1")
 
     s, changed = st.reduce_with_changes(s, st.message_received(msg(2, sender=ME, local_id="l1")))
@@ -206,7 +206,7 @@ def test_ack_through_history_with_aggregate_status() -> None:
 
 def test_queue_loaded_before_the_first_connection_gets_the_sender_later() -> None:
     s = run(st.queue_loaded([queued("a"), queued("b", cid="2")]))
-    assert [e["local_id"] for e in s["messageQueue"]] == ["a", "b"]
+    assert [entry_key(e) for e in s["messageQueue"]] == ["a", "b"]
     a = st.find_message(s, "a")
     assert a is not None and a["sender_id"] is None
     s = run(st.queue_loaded([queued("a")]), established(("1", 0), ("2", 0)), state=s)
@@ -225,7 +225,7 @@ def test_failed_then_retried_then_acked() -> None:
     s = run(st.retry_message("l1"), state=s)
     rec = st.find_message(s, "l1")
     assert rec is not None and rec["status"] == MessageStatus.SENDING and rec["error"] is None
-    assert [e["local_id"] for e in s["messageQueue"]] == ["l1"]
+    assert [entry_key(e) for e in s["messageQueue"]] == ["l1"]
     s = run(st.message_received(msg(1, sender=ME, local_id="l1")), state=s)
     rec = st.find_message(s, "l1")
     assert rec is not None and rec["status"] == MessageStatus.SENT

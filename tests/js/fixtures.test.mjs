@@ -10,6 +10,7 @@ import { FakeStorage, FakeTimers, makeFakeWebSocket, settle } from './helpers.mj
 const load = (name) => JSON.parse(readFileSync(new URL(`../fixtures/sdk/${name}`, import.meta.url), 'utf8'));
 const BEHAVIOUR = load('behaviour.json');
 const FRAMES = load('frames.json');
+const REDUCER = load('reducer.json');
 
 test('constants match the fixture', () => {
   for (const [name, value] of Object.entries(BEHAVIOUR.constants)) assert.equal(sdk[name], value, name);
@@ -59,16 +60,43 @@ test('receipt batches', () => {
   }
 });
 
-function project(client, expect) {
-  const state = client.state;
-  const messages = {};
-  for (const cid of Object.keys(expect.messages)) {
-    messages[cid] = sdk.selectors.messages(state, cid)
-      .map((m) => [m.id ?? m.local_id, typeof m.seq === 'number' ? m.seq : null, m.status, m.content]);
+const mapOf = (keys, fn) => Object.fromEntries(Object.keys(keys).map((k) => [k, fn(k)]));
+
+/** The parts of `state` that `expect` names, in the fixtures' neutral form (as tests/client/test_fixtures.py). */
+function project(state, expect, queue = state.messageQueue) {
+  const out = {};
+  const sel = sdk.selectors;
+  if (expect.messages) {
+    out.messages = mapOf(expect.messages, (cid) => sel.messages(state, cid)
+      .map((m) => [m.id ?? m.local_id, typeof m.seq === 'number' ? m.seq : null, m.status, m.content]));
   }
-  const synced = {};
-  for (const cid of Object.keys(expect.synced_seq)) synced[cid] = sdk.selectors.syncedSeq(state, cid);
-  return { messages, synced_seq: synced, queue: client.queue.entries().map((e) => e.local_id) };
+  if (expect.details) {
+    out.details = mapOf(expect.details, (cid) => sel.messages(state, cid).map((m) => [
+      m.id ?? m.local_id, m.content, m.deleted, m.edited_at, m.reactions, m.mentions, (m.attachments || []).length,
+    ]));
+  }
+  if (expect.synced_seq) out.synced_seq = mapOf(expect.synced_seq, (cid) => sel.syncedSeq(state, cid));
+  if (expect.unread) {
+    out.unread = mapOf(expect.unread, (cid) => [sel.readSeq(state, cid), sel.unreadCount(state, cid), sel.mentionCount(state, cid)]);
+  }
+  if (expect.presence) {
+    out.presence = mapOf(expect.presence, (u) => { const p = sel.presence(state, u); return p ? [p.status, p.last_seen] : null; });
+  }
+  if (expect.queue) out.queue = queue.map(sdk.entryKey);
+  return out;
+}
+
+for (const c of REDUCER.cases) {
+  test(`reducer: ${c.name}`, () => {
+    let state = sdk.chatReducer(undefined, { type: '@@init' });
+    for (const action of c.actions) {
+      const before = JSON.stringify(state);
+      const next = sdk.chatReducer(state, action);
+      assert.equal(JSON.stringify(state), before, 'the reducer never mutates its state');
+      state = next;
+    }
+    assert.deepEqual(project(state, c.expect), c.expect);
+  });
 }
 
 for (const scenario of FRAMES.scenarios) {
@@ -79,11 +107,18 @@ for (const scenario of FRAMES.scenarios) {
       storage: new FakeStorage(), network: null, backoff: () => 1000,
     });
     for (const s of scenario.sends ?? []) client.sendMessage(s.conversation_id, s.content, { localId: s.local_id });
+    for (const c of scenario.changes ?? []) {
+      const opts = { requestId: c.request_id };
+      if (c.action === 'edit_message') client.editMessage(c.conversation_id, c.message_id, c.content, opts);
+      else if (c.action === 'delete_message') client.deleteMessage(c.conversation_id, c.message_id, opts);
+      else if (c.action === 'add_reaction') client.react(c.conversation_id, c.message_id, c.emoji, opts);
+      else client.unreact(c.conversation_id, c.message_id, c.emoji, opts);
+    }
     client.connect();
     WS.last.open();
     for (const frame of scenario.frames) WS.last.receive(frame);
     await settle();
-    assert.deepEqual(project(client, scenario.expect), scenario.expect);
+    assert.deepEqual(project(client.state, scenario.expect, client.queue.entries()), scenario.expect);
     // Every frame the SDK sent is a known action with its required fields (protocol.gen.js).
     const sent = WS.last.frames();
     assert.ok(sent.length > 0, 'the client sends sync on every connect');

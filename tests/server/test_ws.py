@@ -46,7 +46,9 @@ async def test_connection_established_has_seed_fields(server: ParleyServer, uid:
         assert data["active_conversations"] == [conv["id"]]
         assert data["timestamp"].endswith("Z")
         assert data["server_time"].endswith("Z")
-        assert data["conversations"] == {conv["id"]: {"last_seq": 0}}
+        assert data["conversations"] == {
+            conv["id"]: {"last_seq": 0, "read_seq": 0, "unread_count": 0, "mention_count": 0}
+        }
 
 
 async def test_bearer_header_is_accepted(server: ParleyServer, uid: Any) -> None:

@@ -17,6 +17,8 @@ from parley.store.base import (
     CONVERSATION_NOT_FOUND,
     DIRECT_IS_TWO,
     MEMBERSHIP_NOT_FOUND,
+    MESSAGE_DELETED,
+    MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
     AttachmentRecord,
@@ -32,6 +34,7 @@ from parley.store.base import (
     attachment_not_found,
     attachment_unusable,
     too_many_members,
+    too_many_reactions,
 )
 
 from .conftest import create_database, drop_database
@@ -852,3 +855,274 @@ async def test_a_member_removed_while_sending(store: Store, uid: Uid) -> None:
         assert [m.seq for m in history] == list(range(1, len(committed) + 1))
         # Nothing of b's was committed after the removal took effect.
         assert all(m.seq <= removed.last_seq for m in history), (removed.last_seq, len(history))
+
+
+# -- changes to messages: log entries sharing the conversation's seq ----------------------
+
+
+async def test_changes_take_the_next_seq_and_sync_replays_them_in_order(
+    store: Store, uid: Uid
+) -> None:
+    """Messages, edits, deletions and reactions share one gapless sequence; the log
+    page holds every seq once, each entry with its message as it is now."""
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    m1, m2 = await fill(store, conv, a, 2)
+    edit, changed = await store.edit_message(conv, m1.id, a, "fixed", T0 + 1)
+    assert changed and edit.seq == 3 and edit.kind == "message.updated"
+    assert edit.message.content == "fixed" and edit.message.edited_at == T0 + 1
+    react, changed = await store.add_reaction(conv, m2.id, b, "👍", T0 + 2, max_reactions=50)
+    assert changed and react.seq == 4 and react.message.reactions == {"👍": [b]}
+    react2, _ = await store.add_reaction(conv, m2.id, a, "👍", T0 + 3, max_reactions=50)
+    assert react2.seq == 5 and react2.message.reactions == {"👍": [b, a]}
+    unreact, changed = await store.remove_reaction(conv, m2.id, b, "👍", T0 + 4)
+    assert changed and unreact.seq == 6 and unreact.message.reactions == {"👍": [a]}
+    gone, changed = await store.delete_message(conv, m1.id, a, T0 + 5, admin=False)
+    assert changed and gone.seq == 7 and gone.message.deleted and gone.message.content == ""
+    m3 = (await fill(store, conv, b, 1, prefix="n"))[0]
+    assert m3.seq == 8
+
+    c = await store.get_conversation(conv)
+    assert c is not None and c.last_seq == 8
+    assert await store.user_conversations(a) == {conv: 8}
+    entries, more = await store.get_log(conv, after_seq=0, limit=100)
+    assert not more
+    assert [(e.seq, e.kind) for e in entries] == [
+        (1, "message"),
+        (2, "message"),
+        (3, "message.updated"),
+        (4, "reaction.added"),
+        (5, "reaction.added"),
+        (6, "reaction.removed"),
+        (7, "message.deleted"),
+        (8, "message"),
+    ]
+    assert [e.user_id for e in entries[3:7]] == [b, a, b, a]
+    assert entries[3].emoji == "👍" and entries[6].at == T0 + 5
+    # Every entry shows the message as it is now: m1 is a tombstone even at seq 1.
+    assert entries[0].message.deleted and entries[2].message.deleted
+    assert entries[1].message.reactions == {"👍": [a]}
+    page, more = await store.get_log(conv, after_seq=2, limit=3)
+    assert more and [e.seq for e in page] == [3, 4, 5]
+    page, more = await store.get_log(conv, after_seq=5, limit=3)
+    assert not more and [e.seq for e in page] == [6, 7, 8]
+    # History shows the current state too.
+    history, _ = await store.get_messages(conv)
+    assert [(h.content, h.deleted) for h in history] == [("", True), ("#1", False), ("#0", False)]
+    with pytest.raises(ValueError):
+        await store.get_log(conv, after_seq=0, limit=0)
+
+
+async def test_changes_that_change_nothing_write_nothing(store: Store, uid: Uid) -> None:
+    """Same content, a reaction already there or already gone, a message already
+    deleted: ``changed=False``, the current state, the seq of the message's last change."""
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    (m,) = await fill(store, conv, a, 1)
+    same, changed = await store.edit_message(conv, m.id, a, "#0", T0)
+    assert not changed and same.seq == 1 and same.message.edited_at is None
+    await store.edit_message(conv, m.id, a, "new", T0)  # seq 2
+    again, changed = await store.edit_message(conv, m.id, a, "new", T0)
+    assert not changed and again.seq == 2
+    await store.add_reaction(conv, m.id, b, ":tada:", T0, max_reactions=50)  # seq 3
+    twice, changed = await store.add_reaction(conv, m.id, b, ":tada:", T0, max_reactions=50)
+    assert not changed and twice.seq == 3 and twice.message.reactions == {":tada:": [b]}
+    absent, changed = await store.remove_reaction(conv, m.id, a, ":tada:", T0)
+    assert not changed and absent.seq == 3
+    await store.delete_message(conv, m.id, b, T0 + 9, admin=False)  # seq 4
+    dup, changed = await store.delete_message(conv, m.id, a, T0 + 20, admin=False)
+    assert not changed and dup.seq == 4 and dup.at == T0 + 9
+    unreact, changed = await store.remove_reaction(conv, m.id, b, ":tada:", T0)
+    assert not changed and unreact.seq == 4
+    c = await store.get_conversation(conv)
+    assert c is not None and c.last_seq == 4
+    entries, _ = await store.get_log(conv, after_seq=0, limit=100)
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+
+
+async def test_changes_are_checked_in_their_transaction(store: Store, uid: Uid) -> None:
+    """A non-member, a message of another conversation, an edit or reaction after the
+    deletion, and the reaction cap are refused; nothing is written."""
+    a, b, x = uid("a"), uid("b"), uid("x")
+    conv = await group(store, a, b)
+    other = await group(store, x)
+    (m,) = await fill(store, conv, a, 1)
+    (elsewhere,) = await fill(store, other, x, 1)
+    with pytest.raises(ForbiddenError, match=NOT_MEMBER):
+        await store.edit_message(conv, m.id, x, "no", T0)
+    with pytest.raises(ForbiddenError, match=NOT_MEMBER):
+        await store.add_reaction(conv, m.id, x, "👍", T0, max_reactions=50)
+    with pytest.raises(ForbiddenError, match=NOT_MEMBER):
+        await store.delete_message(conv, m.id, x, T0, admin=False)
+    with pytest.raises(NotFoundError, match=MESSAGE_NOT_FOUND):
+        await store.edit_message(conv, elsewhere.id, a, "no", T0)
+    for bad in ("nope", "99999999999", "١"):
+        with pytest.raises(NotFoundError):
+            await store.remove_reaction(conv, bad, a, "👍", T0)
+    with pytest.raises(NotFoundError, match=CONVERSATION_NOT_FOUND):
+        await store.edit_message("123456789012", m.id, a, "no", T0)
+    for i in range(3):
+        await store.add_reaction(conv, m.id, b, f":e{i}:", T0, max_reactions=3)
+    with pytest.raises(LimitError, match=too_many_reactions(3)):
+        await store.add_reaction(conv, m.id, a, ":e9:", T0, max_reactions=3)
+    # Another user on an emoji already there is no new distinct emoji.
+    await store.add_reaction(conv, m.id, a, ":e0:", T0, max_reactions=3)
+    # An admin deletes without being a member.
+    gone, changed = await store.delete_message(conv, m.id, x, T0, admin=True)
+    assert changed and gone.message.reactions == {}
+    with pytest.raises(NotFoundError, match=MESSAGE_DELETED):
+        await store.edit_message(conv, m.id, a, "back", T0)
+    with pytest.raises(NotFoundError, match=MESSAGE_DELETED):
+        await store.add_reaction(conv, m.id, a, "👍", T0, max_reactions=50)
+    c = await store.get_conversation(conv)
+    assert c is not None and c.last_seq == 1 + 4 + 1
+
+
+async def test_deleting_erases_content_attachments_and_reactions(store: Store, uid: Uid) -> None:
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    upload = att_meta(f"att_up_{uid('u')}", a)
+    inline = att_meta(f"att_in_{uid('i')}", a)
+    await store.put_attachment(upload, b"\x89PNG")
+    m, _ = await store.append_message(
+        msg(
+            conv,
+            a,
+            "with-files",
+            "secret words",
+            attachments=[NewAttachment(upload, None), NewAttachment(inline, b"\x89PNG")],
+            mentions=[b],
+        )
+    )
+    assert m.mentions == [b] and len(m.attachments) == 2
+    await store.add_reaction(conv, m.id, b, "👍", T0, max_reactions=50)
+    gone, changed = await store.delete_message(conv, m.id, b, T0, admin=False)
+    assert changed
+    for record in (gone.message, await store.get_message(m.id)):
+        assert record is not None and record.deleted and record.deleted_at == T0
+        assert record.content == "" and record.attachments == [] and record.reactions == {}
+        assert record.mentions == []
+    assert await store.get_attachment(upload.id) is None
+    assert await store.get_attachment(inline.id) is None
+
+
+async def test_mentions_are_kept(store: Store, uid: Uid) -> None:
+    a, b, c = uid("a"), uid("b"), uid("c")
+    conv = await group(store, a, b, c)
+    m, _ = await store.append_message(msg(conv, a, "l1", "hey", mentions=[b, c]))
+    assert m.mentions == [b, c]
+    plain = (await fill(store, conv, a, 1))[0]
+    assert plain.mentions == []
+    got = await store.get_message(m.id)
+    assert got is not None and got.mentions == [b, c] and got.edited_at is None
+    history, _ = await store.get_messages(conv)
+    assert [h.mentions for h in history] == [[b, c], []]
+
+
+async def test_unread_and_mention_counts(store: Store, uid: Uid) -> None:
+    """Per conversation, in one call: messages from others after the read cursor, not
+    deleted; and those that mention the user. Changes are not messages."""
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    quiet = await group(store, a, b, title="quiet")
+    (mine,) = await fill(store, conv, a, 1)
+    others = [
+        (await store.append_message(msg(conv, b, f"b{i}", "x", mentions=[a] if i < 2 else [])))[0]
+        for i in range(4)
+    ]
+    await store.edit_message(conv, others[3].id, b, "edited", T0)
+    await store.add_reaction(conv, mine.id, b, "👍", T0, max_reactions=50)
+    states = await store.conversation_states(a)
+    assert set(states) == {conv, quiet}
+    s = states[conv]
+    assert (s.last_seq, s.read_seq, s.unread_count, s.mention_count) == (7, 0, 4, 2)
+    assert states[quiet].last_seq == 0 and states[quiet].unread_count == 0
+    await store.delete_message(conv, others[0].id, b, T0, admin=False)
+    await store.advance_cursor(conv, a, [others[1].id], "read")
+    s = (await store.conversation_states(a))[conv]
+    assert (s.read_seq, s.unread_count, s.mention_count) == (3, 2, 0)
+    assert (await store.conversation_states(b))[conv].unread_count == 1  # a's one message
+    summaries = {x.conversation.id: x for x in await store.list_conversations(a)}
+    assert summaries[conv].unread_count == 2 and summaries[conv].read_seq == 3
+    assert summaries[conv].mention_count == 0
+    last = summaries[conv].last_message
+    assert last is not None and last.id == others[3].id and last.content == "edited"
+    assert summaries[conv].conversation.last_seq == 8
+    assert summaries[quiet].last_message is None
+
+
+async def test_cursors_of_many_conversations_in_one_call(store: Store, uid: Uid) -> None:
+    a, b = uid("a"), uid("b")
+    one, two = await group(store, a, b), await group(store, a)
+    (m,) = await fill(store, one, a, 1)
+    await store.advance_cursor(one, b, [m.id], "read")
+    many = await store.get_cursors_of([one, two, "nope", "987654321"])
+    assert many[one] == await store.get_cursors(one)
+    assert {c.user_id: c.read_seq for c in many[one]} == {a: 0, b: 1}
+    assert many[two] == [Cursor(a, 0, 0)] and many["nope"] == [] and many["987654321"] == []
+    assert await store.get_cursors_of([]) == {}
+
+
+async def _mixed_at_once(writers: list[Store], reader: Store, uid: Uid) -> None:
+    users = [uid(f"u{i}") for i in range(8)]
+    conv = await group(writers[0], *users)
+    (first,) = await fill(writers[0], conv, users[0], 1)
+    jobs: list[Awaitable[object]] = []
+    for i in range(80):
+        node, user = writers[i % len(writers)], users[i % len(users)]
+        if i % 3 == 0:
+            jobs.append(node.append_message(msg(conv, user, f"c{i}")))
+        elif i % 3 == 1:
+            jobs.append(
+                node.add_reaction(conv, first.id, user, f":r{i % 5}:", T0, max_reactions=50)
+            )
+        else:
+            jobs.append(node.edit_message(conv, first.id, users[0], f"v{i}", T0))
+    await asyncio.gather(*jobs)
+    entries, more = await reader.get_log(conv, after_seq=0, limit=1000)
+    assert not more
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    c = await reader.get_conversation(conv)
+    assert c is not None and c.last_seq == len(entries)
+    reactions = {(e.user_id, e.emoji) for e in entries if e.kind == "reaction.added"}
+    assert sum(e.kind == "reaction.added" for e in entries) == len(reactions)
+    now = await reader.get_message(first.id)
+    assert now is not None
+    assert {(u, em) for em, us in now.reactions.items() for u in us} == reactions
+    assert now.last_change_seq == max(e.seq for e in entries if e.message.id == first.id)
+
+
+async def test_changes_and_appends_at_once_keep_one_gapless_sequence(
+    store: Store, uid: Uid
+) -> None:
+    await _mixed_at_once([store], store, uid)
+
+
+async def test_many_nodes_change_one_conversation(pg_url: str, uid: Uid) -> None:
+    """Three PostgresStore instances (three nodes) append and change one conversation."""
+    nodes = [open_store(pg_url) for _ in range(3)]
+    await asyncio.gather(*(n.start() for n in nodes))
+    try:
+        await _mixed_at_once(nodes, nodes[2], uid)
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes))
+
+
+async def test_a_change_the_database_cannot_take_fails_alone(store: Store, uid: Uid) -> None:
+    """Poison isolation for changes: an edit no store can keep (a lone surrogate, which
+    the service refuses up front) fails; the changes committed beside it do not."""
+    a, b = uid("a"), uid("b")
+    conv = await group(store, a, b)
+    (m,) = await fill(store, conv, a, 1)
+    results = await asyncio.gather(
+        *(store.add_reaction(conv, m.id, b, f":e{i}:", T0, max_reactions=50) for i in range(3)),
+        store.edit_message(conv, m.id, a, "bad \ud800", T0),
+        *(store.add_reaction(conv, m.id, a, f":e{i}:", T0, max_reactions=50) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[3], Exception) and not isinstance(results[3], StoreError)
+    assert not any(isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+    entries, _ = await store.get_log(conv, after_seq=0, limit=100)
+    assert [e.seq for e in entries] == list(range(1, 8))
+    now = await store.get_message(m.id)
+    assert now is not None and now.content == "#0" and len(now.reactions) == 3

@@ -9,16 +9,22 @@ Guarantees of every ``Broker`` (checked by ``tests/broker/test_contract.py``):
   handler may receive its envelopes too; the service delivers its own envelopes
   locally at once (so a node cut off from Redis still serves its own clients) and
   ignores them when they come back (``origin``).
+* Catch-up before delivery: a broker that may have missed envelopes (its connection
+  to the other nodes was lost, or never made) awaits the ``resync`` callback given to
+  ``start`` once it is connected again, and delivers nothing more until it returns.
+  The service then re-reads from the store what those envelopes would have told it
+  (memberships, deactivations). A ``resync`` that raises is tried again on the next
+  connection; until one succeeds the broker is not ``healthy``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 import msgspec
 
-EnvelopeKind = Literal["conversation", "conversations", "users"]
+EnvelopeKind = Literal["conversation", "conversations", "users", "resync"]
 
 
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -37,6 +43,10 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
 
     ``kind="users"``: deliver ``frame`` to every connection of ``user_ids``; with
     ``close_code`` set, close those connections with that code instead.
+
+    ``kind="resync"`` travels between brokers only (never handed to a handler): its
+    sender may have lost envelopes (its connection dropped), so every other node
+    catches up (``resync``) before it delivers anything published after it.
     """
 
     kind: EnvelopeKind
@@ -55,11 +65,13 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 Handler = Callable[[Envelope], None]
+Resync = Callable[[], Awaitable[None]]
 
 
 class Broker(Protocol):
-    async def start(self, handler: Handler) -> None:
-        """Begin delivering envelopes (from every node) to ``handler``."""
+    async def start(self, handler: Handler, resync: Resync | None = None) -> None:
+        """Begin delivering envelopes (from every node) to ``handler``; ``resync`` is
+        awaited after each (re)connection, before anything more is delivered."""
 
     async def close(self) -> None: ...
 
@@ -68,4 +80,5 @@ class Broker(Protocol):
 
     @property
     def healthy(self) -> bool:
-        """False while the broker cannot deliver to other nodes."""
+        """False while the broker cannot deliver to other nodes (or is still running
+        ``resync`` after a reconnection)."""

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from parley.broker.base import Envelope, Handler
+from parley.broker.base import Envelope, Handler, Resync
 
 
 class MemoryBroker:
-    """Delivers each envelope to the local handler at once, in publish order."""
+    """Delivers each envelope to the local handler at once, in publish order. It never
+    misses one, so it never needs a ``resync``."""
 
     def __init__(self) -> None:
         self._handler: Handler | None = None
 
-    async def start(self, handler: Handler) -> None:
+    async def start(self, handler: Handler, resync: Resync | None = None) -> None:
         self._handler = handler
 
     async def close(self) -> None:

@@ -18,6 +18,19 @@ reconnects on its own with capped, jittered exponential backoff; ``healthy`` tur
 True once both are back. Meanwhile ``publish`` drops envelopes and counts them in
 ``dropped``. Nothing is ever retried, so nothing is delivered twice (at-most-once);
 clients recover what they missed with ``seq``-gap ``sync``.
+
+What the node itself missed meanwhile (other nodes' membership changes and
+deactivations) is read again from the store: each time the subscription is confirmed,
+the subscriber awaits the ``resync`` callback before it reads the channel any further,
+so envelopes published from then on wait in the connection and are delivered after it,
+in order. ``healthy`` turns True only once it has returned; if it raises, the
+subscriber reconnects and tries again.
+
+A node may lose Redis alone (a network partition) while the others stay connected:
+they never notice, yet the envelopes it published meanwhile are lost. So a publisher
+whose connection was lost, or that dropped an envelope, first publishes a ``resync``
+envelope when it is connected again, before anything else; every other node awaits its
+own ``resync`` callback on reading it, exactly as after a reconnection of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import collections
 import contextlib
 import logging
 import random
+import secrets
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,7 +51,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from parley.broker.base import Envelope, Handler
+from parley.broker.base import Envelope, Handler, Resync
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +109,8 @@ class RedisBroker:
     """``Broker`` on Redis pub/sub; see the module docstring for the failure model.
 
     ``dropped`` counts envelopes given up (Redis away, or ``buffer_max`` envelopes
-    already waiting); ``published`` and ``received`` count the others.
+    already waiting); ``published`` and ``received`` count the others. ``resyncs``
+    counts completed ``resync`` calls and ``resync_seconds`` is the last one's duration.
     """
 
     def __init__(
@@ -117,6 +132,8 @@ class RedisBroker:
         self.dropped = 0
         self.published = 0
         self.received = 0
+        self.resyncs = 0
+        self.resync_seconds = 0.0
         self._buffer_max = buffer_max
         self._batch_max = batch_max
         self._ping_interval = ping_interval
@@ -127,6 +144,7 @@ class RedisBroker:
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(_WireEnvelope)
         self._handler: Handler | None = None
+        self._resync: Resync | None = None
         self._buffer: collections.deque[bytes] = collections.deque()
         self._wakeup = asyncio.Event()  # set when the buffer gets an envelope
         self._flushed = asyncio.Event()  # set when the publisher has emptied the buffer
@@ -137,15 +155,19 @@ class RedisBroker:
         self._closing = False
         self._subscribed_once = False  # this connection got its SUBSCRIBE confirmed
         self._publisher_stale = False  # set when the publisher must reconnect
+        self._announce = False  # publish a "resync" envelope first when connected again
+        self._node = secrets.token_hex(6)  # the "origin" of this broker's "resync" envelopes
 
     # -- Broker ----------------------------------------------------------------
-    async def start(self, handler: Handler) -> None:
-        """Start both tasks and wait (up to ``start_timeout``) until they are connected.
+    async def start(self, handler: Handler, resync: Resync | None = None) -> None:
+        """Start both tasks and wait (up to ``start_timeout``) until they are connected
+        (and the first ``resync`` has run).
 
         Never raises because Redis is away: the node then starts unhealthy and the
         tasks keep trying to connect.
         """
         self._handler = handler
+        self._resync = resync
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._run_publisher(), name="parley-redis-publisher"),
@@ -176,6 +198,7 @@ class RedisBroker:
     def publish(self, envelope: Envelope) -> None:
         if not self._publisher_up or len(self._buffer) >= self._buffer_max:
             self.dropped += 1
+            self._announce = True
             return
         self._buffer.append(self._encoder.encode(envelope))
         self._flushed.clear()
@@ -235,6 +258,8 @@ class RedisBroker:
             except _CONNECTION_ERRORS as exc:
                 log.debug("Redis publisher: %r", exc)
             finally:
+                if self._publisher_up:
+                    self._announce = True  # what went out just before may be lost
                 self._set_up(publisher=False)
                 # Whatever was still queued is given up, never sent late.
                 self.dropped += len(self._buffer)
@@ -246,6 +271,10 @@ class RedisBroker:
 
     async def _drain(self, client: Redis) -> None:
         """Send buffered envelopes as pipelines until the connection fails."""
+        if self._announce:
+            resync = Envelope(kind="resync", origin=self._node)
+            await client.publish(self.channel, self._encoder.encode(resync))
+            self._announce = False
         while True:
             if self._publisher_stale:
                 raise ConnectionError("the subscriber lost Redis; reconnecting too")
@@ -312,17 +341,44 @@ class RedisBroker:
             last_heard, ping_sent = now, False
             kind = message["type"]
             if kind == "message":
-                self._deliver(message["data"])
+                envelope = self._decode(message["data"])
+                if envelope is None:
+                    continue
+                if envelope.kind == "resync":  # another node may have lost envelopes
+                    if envelope.origin != self._node:
+                        await self._catch_up()
+                        last_heard = loop.time()
+                    continue
+                self._deliver(envelope)
             elif kind == "subscribe":
+                await self._catch_up()
+                last_heard, ping_sent = loop.time(), False
                 self._subscribed_once = True
                 self._set_up(subscriber=True)
 
-    def _deliver(self, data: bytes) -> None:
+    async def _catch_up(self) -> None:
+        """Await ``resync`` (the subscription is up; nothing is read meanwhile)."""
+        resync = self._resync
+        if resync is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            envelope = _envelope(self._decoder.decode(data))
+            await resync()
+        except Exception as exc:
+            log.warning("catching up after connecting to Redis failed: %r; retrying", exc)
+            raise ConnectionError("resync failed") from exc
+        self.resyncs += 1
+        self.resync_seconds = loop.time() - started
+
+    def _decode(self, data: bytes) -> Envelope | None:
+        try:
+            return _envelope(self._decoder.decode(data))
         except (msgspec.DecodeError, TypeError):
             log.warning("dropped an undecodable envelope from %s", self.channel)
-            return
+            return None
+
+    def _deliver(self, envelope: Envelope) -> None:
         self.received += 1
         handler = self._handler
         if handler is None:

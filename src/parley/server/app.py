@@ -152,6 +152,7 @@ def service_limits(settings: Settings) -> Limits:
         max_conversations_per_hour=settings.max_conversations_per_hour,
         typing_timeout=settings.typing_timeout,
         sync_page=settings.sync_page,
+        edit_window=settings.edit_window,
         attachment_url_ttl=settings.attachment_url_ttl,
     )
 

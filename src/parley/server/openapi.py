@@ -87,7 +87,19 @@ def document() -> dict[str, Any]:
                         "last_message": {
                             "oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]
                         },
-                        "unread_count": {"type": "integer"},
+                        "read_seq": {
+                            "description": "the caller's read cursor (list only)",
+                            "type": "integer",
+                        },
+                        "unread_count": {
+                            "description": "messages from others after read_seq, deleted ones"
+                            " not counted (list only)",
+                            "type": "integer",
+                        },
+                        "mention_count": {
+                            "description": "of those, the ones that mention the caller (list only)",
+                            "type": "integer",
+                        },
                     },
                 },
                 "ConversationList": {
@@ -120,6 +132,10 @@ def document() -> dict[str, Any]:
                         "content",
                         "sent_at",
                         "status",
+                        "edited_at",
+                        "deleted",
+                        "reactions",
+                        "mentions",
                     ],
                     "properties": {
                         "id": {"type": "string"},
@@ -134,6 +150,27 @@ def document() -> dict[str, Any]:
                         "attachments": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Attachment"},
+                        },
+                        "edited_at": {
+                            "description": "when the content was last edited; null if never",
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                        },
+                        "deleted": {
+                            "description": "a tombstone: empty content, no attachments"
+                            " (their links answer 404), no reactions",
+                            "type": "boolean",
+                        },
+                        "reactions": {
+                            "description": "emoji to the ids of the users who reacted with"
+                            ' it, e.g. {"👍": ["123", "456"]}',
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "mentions": {
+                            "description": "ids of the members the message mentions",
+                            "type": "array",
+                            "items": {"type": "string"},
                         },
                     },
                 },
@@ -168,6 +205,50 @@ def document() -> dict[str, Any]:
                         }
                     },
                 },
+                "SearchPage": {
+                    "type": "object",
+                    "required": ["messages", "has_more", "next_offset"],
+                    "properties": {
+                        "messages": {
+                            "description": "best match first; ties newest first",
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Message"},
+                        },
+                        "has_more": {"type": "boolean"},
+                        "next_offset": {
+                            "description": "the offset of the next page; null on the last",
+                            "type": ["integer", "null"],
+                        },
+                    },
+                },
+                "SendMessage": {
+                    "type": "object",
+                    "required": ["content", "local_id"],
+                    "properties": {
+                        "content": {"type": "string", "maxLength": 10000},
+                        "local_id": {
+                            "description": "unique per sender: a repeat answers the original",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                        },
+                        "reply_to": {"type": ["string", "null"]},
+                        "attachments": {
+                            "description": "uploads (POST /api/attachments) by id",
+                            "type": "array",
+                            "maxItems": 10,
+                            "items": {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            },
+                        },
+                        "sender_id": {
+                            "description": "admin tokens only: send as this member",
+                            "type": "string",
+                        },
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
@@ -196,7 +277,8 @@ def document() -> dict[str, Any]:
                     "responses": _ok("the conversation", "Conversation", "201"),
                 },
                 "get": {
-                    "summary": "The caller's conversations with last_message and unread_count",
+                    "summary": "The caller's conversations with last_message, read_seq,"
+                    " unread_count and mention_count",
                     "responses": _ok("conversations", "ConversationList"),
                 },
             },
@@ -274,6 +356,62 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": _ok("a page of history, ascending seq", "MessagePage"),
+                },
+                "post": {
+                    "summary": "Send a message (the rules, idempotency and fan-out of the"
+                    " WebSocket send_message); an admin token may send as a member",
+                    "parameters": [conv_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SendMessage"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_ok("the message, committed and fanned out", "Message", "201"),
+                        "200": {
+                            "description": "the original message: this local_id was sent before",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Message"}
+                                }
+                            },
+                        },
+                    },
+                },
+            },
+            "/api/search": {
+                "get": {
+                    "summary": 'Search the caller\'s conversations: words, "phrases" and'
+                    " -exclusions over the current content of messages",
+                    "parameters": [
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 500},
+                        },
+                        {
+                            "name": "conversation_id",
+                            "in": "query",
+                            "description": "only this conversation (one of the caller's)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "description": "results to skip: next_offset of the previous page",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 10000},
+                        },
+                    ],
+                    "responses": _ok("matching messages, best first", "SearchPage"),
                 }
             },
             "/api/presence": {

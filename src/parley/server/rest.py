@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from parley import attachments as att
+from parley import protocol as p
 from parley.auth import AuthError, Identity, TokenVerifier
 from parley.codes import ErrorCode
 from parley.config import Settings
@@ -36,6 +37,8 @@ STATUS = {
 MAX_SEQ = 2**62
 _DEMO_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 _BUCKETS_MAX = 100_000  # users tracked by the REST rate limit before idle ones are dropped
+MAX_JSON_BODY = 1024 * 1024  # bytes of a JSON request body
+_SEARCH_PARAMS = frozenset({"q", "conversation_id", "limit", "offset"})
 
 
 def error_response(
@@ -127,6 +130,8 @@ class Rest:
             web.delete("/api/conversations/{id}/members/{user_id}", self.remove_member),
             web.get("/api/conversations/{id}/messages", self.messages),
             web.get("/api/presence", self.presence),
+            web.post("/api/conversations/{id}/messages", self.send_message),
+            web.get("/api/search", self.search),
             web.post("/api/attachments", self.upload),
             web.get("/attachments/{id}/{filename}", self.download),
             web.post("/api/admin/users/{user_id}/deactivate", self.deactivate),
@@ -162,6 +167,19 @@ class Rest:
                 headers={"Retry-After": str(seconds)},
             )
         return me
+
+    @staticmethod
+    async def raw_json(request: web.Request) -> bytes:
+        """A JSON body, refused with 413 past ``MAX_JSON_BODY`` bytes."""
+        too_large = _error(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, f"JSON body larger than {MAX_JSON_BODY} bytes"
+        )
+        if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+            raise too_large
+        raw = await request.read()
+        if len(raw) > MAX_JSON_BODY:
+            raise too_large
+        return raw
 
     @staticmethod
     async def body(request: web.Request, kind: type[Any]) -> Any:
@@ -231,6 +249,62 @@ class Rest:
         me = self.identity(request)
         users = await self.service.presence_of(me.user_id, request.query.get("user_ids"))
         return json_body({"presence": users})
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        """``send_message`` over REST: the body is the action's fields (the conversation
+        is the path's); an admin token may add ``sender_id``. 201 new, 200 repeat."""
+        me = self.identity(request)
+        raw = await self.raw_json(request)
+        try:
+            fields = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise _error(400, ErrorCode.INVALID_MESSAGE, f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise _error(400, ErrorCode.INVALID_MESSAGE, "JSON nested too deeply") from None
+        if not isinstance(fields, dict):
+            raise _error(400, ErrorCode.INVALID_MESSAGE, "body must be a JSON object")
+        as_user = fields.pop("sender_id", None)
+        if as_user is not None and not isinstance(as_user, str):
+            raise _error(400, ErrorCode.INVALID_MESSAGE, "sender_id must be a string")
+        fields["action"] = "send_message"
+        fields["conversation_id"] = request.match_info["id"]
+        try:
+            cmd = msgspec.convert(fields, p.SendMessage)
+        except msgspec.ValidationError as exc:
+            raise _error(400, ErrorCode.INVALID_MESSAGE, str(exc)) from None
+        wire, created = await self.service.send_message(
+            me.user_id, cmd, as_user=as_user, admin=me.admin
+        )
+        return json_body(wire, status=201 if created else 200)
+
+    async def search(self, request: web.Request) -> web.Response:
+        me = self.identity(request)
+        q = request.query
+        unknown = sorted(set(q) - _SEARCH_PARAMS)
+        if unknown:
+            raise _error(
+                400, ErrorCode.INVALID_MESSAGE, f"unknown query parameter {unknown[0][:64]!r}"
+            )
+        if len(q.getall("q", ())) != 1:
+            raise _error(400, ErrorCode.INVALID_MESSAGE, "exactly one q is required")
+        limits = self.service.limits
+        limit = strict_int(q.get("limit"), "limit", low=1, high=limits.search_page)
+        offset = strict_int(q.get("offset"), "offset", low=0, high=limits.max_search_offset)
+        wire, more = await self.service.search(
+            me.user_id,
+            q["q"],
+            conversation_id=q.get("conversation_id") or None,
+            limit=20 if limit is None else limit,
+            offset=offset or 0,
+        )
+        start = offset or 0
+        return json_body(
+            {
+                "messages": wire,
+                "has_more": more,
+                "next_offset": start + len(wire) if more else None,
+            }
+        )
 
     # ------------------------------------------------------------------ attachments
     async def upload(self, request: web.Request) -> web.Response:

@@ -201,6 +201,7 @@ class WsPeer:
     is written (the close frame is out, or the connection was evicted)."""
 
     __slots__ = (
+        "admin",
         "client_id",
         "close_task",
         "closing",
@@ -235,6 +236,7 @@ class WsPeer:
         self.max_buffer = max_buffer
         self.metrics = metrics
         self.flusher = flusher
+        self.admin = False  # an admin token's connection (may delete any message)
         self.owed = owed  # () -> the work in flight whose replies a close waits for
         self.closing = False
         self.dead = False
@@ -390,6 +392,7 @@ class WebSocketEndpoint:
             self.flusher,
             owed=service.in_flight,
         )
+        peer.admin = identity.admin
         self.open.add(ws)
         self.peers.add(peer)
         self.metrics.connections.inc()

@@ -5,6 +5,7 @@ backends (``Store``, ``Broker``). It knows nothing of sockets: a connection is a
 * ``rules`` — the domain rules as pure functions (membership, roles, validation).
 * ``hub`` — this node's connections, typing and fan-out.
 * ``messages`` — sends, receipts, sync, history, attachments.
+* ``changes`` — edits, deletions and reactions: log entries after a message.
 * ``conversations`` — conversations, membership and roles: ``ChatService``.
 """
 

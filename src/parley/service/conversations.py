@@ -16,14 +16,14 @@ from parley import protocol as p
 from parley.broker.base import Envelope
 from parley.codes import CloseCode, ErrorCode
 from parley.service import rules
+from parley.service.changes import Changes
 from parley.service.errors import ServiceError
-from parley.service.messages import Messages
 from parley.store.base import Conversation, ForbiddenError, LimitError, NotFoundError, StoreError
 
 _HOUR = 3600.0
 
 
-class ChatService(Messages):
+class ChatService(Changes):
     """The chat domain: what a user may do, and its fan-out to live connections."""
 
     def conversation_data(self, conv: Conversation) -> dict[str, Any]:
@@ -59,19 +59,26 @@ class ChatService(Messages):
         return await self._visible(user_id, conversation_id)
 
     async def list_conversations(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's conversations, most recent first, with ``last_message`` and
-        ``unread_count``."""
+        """The user's conversations, most recent first, with ``last_message``,
+        ``read_seq``, ``unread_count`` and ``mention_count``."""
         await self.authorize(user_id)
         out = []
-        for s in await self._store.list_conversations(user_id):
+        summaries = await self._store.list_conversations(user_id)
+        cursors = await self._store.get_cursors_of(
+            [s.conversation.id for s in summaries if s.last_message is not None]
+        )
+        for s in summaries:
             data = self.conversation_data(s.conversation)
             last = s.last_message
             if last is not None:
-                cursors = await self._store.get_cursors(last.conversation_id)
-                data["last_message"] = self.history_message(last, cursors, user_id)
+                data["last_message"] = self.history_message(
+                    last, cursors.get(last.conversation_id, []), user_id
+                )
             else:
                 data["last_message"] = None
+            data["read_seq"] = s.read_seq
             data["unread_count"] = s.unread_count
+            data["mention_count"] = s.mention_count
             out.append(data)
         return out
 

@@ -28,6 +28,7 @@ from parley.codes import ErrorCode
 from parley.presence.base import Change, Presence
 from parley.presence.memory import MemoryPresence
 from parley.service.limits import Limits
+from parley.service.resync import Resync
 from parley.store.base import NOT_MEMBER, Store
 
 log = logging.getLogger("parley.service")
@@ -110,10 +111,12 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[asyncio.Future[Any]] = set()  # appends awaiting their commit
         self.node_id = secrets.token_hex(6)
+        # What the broker awaits after an outage, before delivering again.
+        self.resync = Resync(self, store)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self._broker.start(self.deliver)
+        await self._broker.start(self.deliver, self.resync.run)
         await self.presence.start(self._presence_changed)
 
     async def drain(self) -> None:
@@ -151,14 +154,23 @@ class Hub:
         self.presence.connected(user)
         if first:
             self.user_convs[user] = set()
-        convs = await self._store.user_conversations(user)  # on failure the caller disconnects
+        states = await self._store.conversation_states(user)  # on failure: disconnected
+        convs = {cid: s.last_seq for cid, s in states.items()}
         mine = self.user_convs[user]
         for cid in convs:
             mine.add(cid)
             self.conv_users.setdefault(cid, set()).add(user)
+        unread = {
+            cid: {
+                "read_seq": s.read_seq,
+                "unread_count": s.unread_count,
+                "mention_count": s.mention_count,
+            }
+            for cid, s in states.items()
+        }
         return p.encode_event(
             "connection.established",
-            p.established_data(peer.client_id, user, convs, self.clock()),
+            p.established_data(peer.client_id, user, convs, self.clock(), unread),
         )
 
     def disconnect(self, peer: Peer) -> None:
@@ -396,9 +408,11 @@ class Hub:
             if user not in new:
                 local.discard(user)
                 self.user_convs.get(user, set()).discard(cid)
+                self.resync.touch(user)
         for user in new:
             if user in self.peers:
                 local.add(user)
                 self.user_convs[user].add(cid)
+                self.resync.touch(user)
         if not local:
             del self.conv_users[cid]

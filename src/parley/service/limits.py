@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parley.codes import MAX_REACTIONS
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -21,6 +23,11 @@ class Limits:
         1_000  # connected members on a node past which a room carries no presence
     )
     typing_timeout: float = 8.0  # seconds a typing indicator lasts without refresh
-    sync_page: int = 100  # messages per conversation per sync reply
+    sync_page: int = 100  # log entries per conversation per sync reply
+    edit_window: float = 0.0  # seconds after sending a message may be edited; 0: no limit
+    max_reactions: int = MAX_REACTIONS  # distinct emoji per message
     history_page: int = 200  # largest ``limit`` of a history page
     attachment_url_ttl: int = 86_400  # seconds a signed attachment link stays valid
+    search_page: int = 100  # largest ``limit`` of a search page
+    max_search_length: int = 500  # characters of a search query ``q``
+    max_search_offset: int = 10_000  # deepest ``offset`` of a search page

@@ -14,17 +14,21 @@ import msgspec
 from parley import attachments as att
 from parley import protocol as p
 from parley.broker.base import Broker, Envelope
-from parley.codes import ErrorCode, aggregate_status
+from parley.codes import CloseCode, ErrorCode, aggregate_status
 from parley.presence.base import Presence
 from parley.service import rules
 from parley.service.errors import ServiceError
 from parley.service.hub import Framer, Hub, Peer, ServiceMetrics, _identity
 from parley.service.limits import Limits
+from parley.service.search import parse_query
 from parley.store.base import (
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     Cursor,
+    DeactivatedError,
     ForbiddenError,
+    LogEntry,
     MessageRecord,
     NewAttachment,
     NewMessage,
@@ -61,6 +65,9 @@ class Messages(Hub):
         self._link_key = att.link_key(secret)
         self._public_url = (public_url or "").rstrip("/")
         self._sync_locks: dict[Peer, asyncio.Lock] = {}
+        # Sends of a connection held behind one whose mentions are being checked (a
+        # read), so that its sends still commit in the order they came.
+        self._held: dict[Peer, list[p.SendMessage]] = {}
 
     def _forget(self, peer: Peer) -> None:
         self._sync_locks.pop(peer, None)
@@ -80,42 +87,105 @@ class Messages(Hub):
             self._spawn(self._receipt(peer, cmd, "read"))
         elif isinstance(cmd, p.MarkDelivered):
             self._spawn(self._receipt(peer, cmd, "delivered"))
-        else:
+        elif isinstance(cmd, p.Sync):
             self._spawn(self._sync(peer, cmd))
 
     # ------------------------------------------------------------------ send
     def _send_message(self, peer: Peer, cmd: p.SendMessage) -> None:
-        """Validate and queue the append; the rest happens when the commit lands."""
+        """Queue the append (after the sends held before it, if any)."""
+        held = self._held.get(peer)
+        if held is not None:
+            held.append(cmd)
+        elif cmd.mentions:
+            self._held[peer] = [cmd]
+            self._spawn(self._send_held(peer))
+        else:
+            self._append(peer, cmd, ())
+
+    async def _send_held(self, peer: Peer) -> None:
+        """Send the held commands in order, checking each one's mentions on a fresh
+        read of the conversation."""
+        held = self._held[peer]
         try:
-            new = self._new_message(peer.user_id, cmd)
-            pending = asyncio.ensure_future(self._store.append_message(new))
+            while held:
+                cmd = held[0]
+                try:
+                    mentions = (
+                        await self.check_mentions(peer.user_id, cmd.conversation_id, cmd.mentions)
+                        if cmd.mentions
+                        else ()
+                    )
+                except ServiceError as exc:
+                    held.pop(0)
+                    self.send_error(
+                        peer,
+                        exc.code,
+                        exc.message,
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                except Exception:
+                    held.pop(0)
+                    log.exception("mention check failed")
+                    self.send_error(
+                        peer,
+                        ErrorCode.MESSAGE_FAILED,
+                        "Failed to send message",
+                        local_id=cmd.local_id,
+                        request_id=cmd.request_id,
+                    )
+                    continue
+                held.pop(0)
+                self._append(peer, cmd, mentions)
+        finally:
+            del self._held[peer]
+
+    async def check_mentions(
+        self, user_id: str, conversation_id: str, mentions: Sequence[str]
+    ) -> Sequence[str]:
+        """The distinct mentioned ids of a send (any transport), all members of the
+        conversation (else ``INVALID_MESSAGE``); a sender who is not a member learns
+        nothing about who is (``FORBIDDEN`` first)."""
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "conversation not found")
+        rules.may_read(conv, user_id)
+        return rules.check_mentions(mentions, conv)
+
+    def _append(self, peer: Peer, cmd: p.SendMessage, mentions: Sequence[str]) -> None:
+        """Queue the append; errors and a repeat's original go to this connection."""
+        try:
+            pending = self.submit_message(peer.user_id, cmd, mentions)
         except ServiceError as exc:
             self.send_error(
                 peer, exc.code, exc.message, local_id=cmd.local_id, request_id=cmd.request_id
             )
             return
-        self._pending.add(pending)
-        pending.add_done_callback(partial(self._appended, peer, cmd, time.perf_counter()))
+        pending.add_done_callback(partial(self._appended, peer, cmd))
 
-    def _appended(
-        self,
-        peer: Peer,
-        cmd: p.SendMessage,
-        started: float,
-        done: asyncio.Future[tuple[MessageRecord, bool]],
-    ) -> None:
+    def submit_message(
+        self, sender_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()
+    ) -> asyncio.Future[tuple[MessageRecord, bool]]:
+        """Validate one message and queue its append: the one send path of every
+        transport (the WebSocket ``send_message`` and REST's ``POST …/messages``).
+
+        Raises ``ServiceError`` at once for a message the rules refuse. The returned
+        future resolves to ``(record, created)`` once the commit is durable; by then a
+        new message has been handed to fan-out (every connection of every member, the
+        sender's with ``local_id``), and a repeated ``local_id`` (``created=False``) has
+        fanned out nothing. It fails with the store's error (see ``send_failure``).
+        Callbacks the caller adds run after that fan-out.
+        """
+        new = self._new_message(sender_id, cmd, mentions)
+        pending = asyncio.ensure_future(self._store.append_message(new))
+        self._pending.add(pending)
+        pending.add_done_callback(partial(self._committed, time.perf_counter()))
+        return pending
+
+    def _committed(self, started: float, done: asyncio.Future[tuple[MessageRecord, bool]]) -> None:
         self._pending.discard(done)
-        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        if exc is not None:
-            if isinstance(exc, StoreError):
-                code = (
-                    ErrorCode.FORBIDDEN if isinstance(exc, ForbiddenError) else ErrorCode.NOT_FOUND
-                )
-                message = str(exc)
-            else:
-                log.error("send_message failed: %r", exc)
-                code, message = ErrorCode.MESSAGE_FAILED, "Failed to send message"
-            self.send_error(peer, code, message, local_id=cmd.local_id, request_id=cmd.request_id)
+        if done.cancelled() or done.exception() is not None:
             return
         record, created = done.result()
         if created:
@@ -123,7 +193,62 @@ class Messages(Hub):
             self.publish_message(record)
         else:
             self._metrics.duplicate_answered()
+
+    @staticmethod
+    def send_failure(exc: BaseException) -> ServiceError:
+        """The refusal a failed append (``submit_message``'s future) answers with."""
+        if isinstance(exc, ForbiddenError):
+            return ServiceError(ErrorCode.FORBIDDEN, str(exc))
+        if isinstance(exc, StoreError):
+            return ServiceError(ErrorCode.NOT_FOUND, str(exc))
+        log.error("send_message failed: %r", exc)
+        return ServiceError(ErrorCode.MESSAGE_FAILED, "Failed to send message")
+
+    def _appended(
+        self, peer: Peer, cmd: p.SendMessage, done: asyncio.Future[tuple[MessageRecord, bool]]
+    ) -> None:
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            err = self.send_failure(exc)
+            self.send_error(
+                peer, err.code, err.message, local_id=cmd.local_id, request_id=cmd.request_id
+            )
+            if isinstance(exc, DeactivatedError):  # deactivated where this node did not hear
+                self.close_user(peer.user_id, CloseCode.ACCESS_DENIED, str(exc))
+            return
+        record, created = done.result()
+        if not created:
             self._spawn(self._resend_original(peer, record))
+
+    async def send_message(
+        self, user_id: str, cmd: p.SendMessage, *, as_user: str | None = None, admin: bool = False
+    ) -> tuple[p.WireMessage, bool]:
+        """A send over REST, by ``user_id`` or, for an admin token, as member
+        ``as_user``; ``(message, created)`` once committed, through ``submit_message``.
+        A repeated ``local_id`` answers the original with its current status."""
+        await self.authorize(user_id)
+        sender = user_id
+        if as_user is not None:
+            if not admin:
+                raise rules.forbidden("only admin tokens may send as another user (sender_id)")
+            rules.check_user_id(as_user, "sender_id")
+            await self.authorize(as_user)
+            sender = as_user
+        mentions = (
+            await self.check_mentions(sender, cmd.conversation_id, cmd.mentions)
+            if cmd.mentions
+            else ()
+        )
+        pending = self.submit_message(sender, cmd, mentions)
+        try:
+            # Shielded: a caller that goes away must not cancel the commit's fan-out.
+            record, created = await asyncio.shield(pending)
+        except Exception as exc:
+            raise self.send_failure(exc) from None
+        if created:
+            return self.wire_message(record, "sent", with_local_id=True), True
+        cursors = await self._store.get_cursors(record.conversation_id)
+        return self.wire_message(record, _status(record, cursors), with_local_id=True), False
 
     async def _resend_original(self, peer: Peer, record: MessageRecord) -> None:
         """A resend: the original message, with its current status, to that connection."""
@@ -131,7 +256,9 @@ class Messages(Hub):
         wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
         peer.write(self.frame(p.encode_chat_message(wire)))
 
-    def _new_message(self, user_id: str, cmd: p.SendMessage) -> NewMessage:
+    def _new_message(
+        self, user_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()
+    ) -> NewMessage:
         rules.check_content(cmd.content, bool(cmd.attachments), self.limits)
         rules.check_storable(cmd.local_id, "local_id")
         rules.check_storable(user_id, "user id")
@@ -147,6 +274,7 @@ class Messages(Hub):
             sent_at=now,
             reply_to=cmd.reply_to,
             attachments=attachments,
+            mentions=tuple(mentions),
         )
 
     def _inline_attachment(self, user_id: str, a: p.AttachmentIn, now: float) -> NewAttachment:
@@ -229,12 +357,59 @@ class Messages(Hub):
             reply_to=m.reply_to,
             attachments=[self.wire_attachment(a) for a in m.attachments],
             local_id=m.local_id if with_local_id and m.local_id else msgspec.UNSET,
+            edited_at=None if m.edited_at is None else p.iso(m.edited_at),
+            deleted=m.deleted,
+            reactions=m.reactions,
+            mentions=m.mentions,
         )
 
     def history_message(
         self, m: MessageRecord, cursors: Sequence[Cursor], viewer: str
     ) -> p.WireMessage:
         return self.wire_message(m, _status(m, cursors), with_local_id=m.sender_id == viewer)
+
+    def entry_frame(
+        self,
+        entry: LogEntry,
+        cursors: Sequence[Cursor],
+        viewer: str,
+        request_id: str | None = None,
+    ) -> bytes:
+        """One log entry as the event a live member got for it (docs/protocol.md, "Edits,
+        deletions and reactions"); a message is shown as it is now."""
+        m, cid, seq = entry.message, entry.conversation_id, entry.seq
+        event: p.ChangeEvent
+        if entry.kind == "message":
+            return p.encode_chat_message(self.history_message(m, cursors, viewer))
+        if entry.kind == "message.updated":
+            wire = self.history_message(m, cursors, viewer)
+            event = p.MessageUpdatedEvent(
+                data=p.MessageUpdatedData(
+                    conversation_id=cid, seq=seq, message=wire, request_id=request_id
+                )
+            )
+        elif entry.kind == "message.deleted":
+            event = p.MessageDeletedEvent(
+                data=p.MessageDeletedData(
+                    conversation_id=cid,
+                    seq=seq,
+                    message_id=m.id,
+                    deleted_at=p.iso(entry.at),
+                    request_id=request_id,
+                )
+            )
+        else:
+            data = p.ReactionData(
+                conversation_id=cid,
+                seq=seq,
+                message_id=m.id,
+                user_id=entry.user_id,
+                emoji=entry.emoji or "",
+                request_id=request_id,
+            )
+            added = entry.kind == "reaction.added"
+            event = p.ReactionAddedEvent(data=data) if added else p.ReactionRemovedEvent(data=data)
+        return p.encode_change(event)
 
     # ------------------------------------------------------------------ receipts
     async def _receipt(
@@ -287,6 +462,12 @@ class Messages(Hub):
     async def _sync_locked(self, peer: Peer, cmd: p.Sync) -> None:
         user = peer.user_id
         try:
+            if not await self._store.is_user_active(user):  # deactivated on another node
+                self.send_error(
+                    peer, ErrorCode.FORBIDDEN, USER_DEACTIVATED, request_id=cmd.request_id
+                )
+                self.close_user(user, CloseCode.ACCESS_DENIED, USER_DEACTIVATED)
+                return
             convs = await self._store.user_conversations(user)
             foreign = rules.foreign_conversations(cmd.cursors, convs)
             if foreign:
@@ -302,15 +483,13 @@ class Messages(Hub):
                 since = cmd.cursors.get(cid, 0)
                 more = False
                 if since < last_seq:
-                    messages, more = await self._store.get_messages(
-                        cid, after_seq=since, limit=page
-                    )
-                    cursors = await self._store.get_cursors(cid) if messages else []
-                    for m in messages:
-                        wire = self.history_message(m, cursors, user)
-                        peer.write(self.frame(p.encode_chat_message(wire)))
-                    if messages:
-                        last_seq = max(last_seq, messages[-1].seq)
+                    # The log: new messages and the changes made since, in seq order.
+                    entries, more = await self._store.get_log(cid, after_seq=since, limit=page)
+                    cursors = await self._store.get_cursors(cid) if entries else []
+                    for entry in entries:
+                        peer.write(self.frame(self.entry_frame(entry, cursors, user)))
+                    if entries:
+                        last_seq = max(last_seq, entries[-1].seq)
                 complete[cid] = {"last_seq": last_seq, "has_more": more}
         except Exception:
             log.exception("sync failed")
@@ -353,6 +532,35 @@ class Messages(Hub):
         )
         cursors = await self._store.get_cursors(conv.id) if messages else []
         return [self.history_message(m, cursors, user_id) for m in messages], more
+
+    async def search(
+        self,
+        user_id: str,
+        q: str,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[p.WireMessage], bool]:
+        """Messages matching ``q`` in the user's conversations (or in
+        ``conversation_id``, which must be one of them), best first; ``(messages,
+        has_more)``. The next page is at ``offset + len(messages)``."""
+        await self.authorize(user_id)
+        query = parse_query(q, max_length=self.limits.max_search_length)
+        if not 1 <= limit <= self.limits.search_page:
+            raise rules.invalid(f"limit must be 1..{self.limits.search_page}")
+        if not 0 <= offset <= self.limits.max_search_offset:
+            raise rules.invalid(f"offset must be 0..{self.limits.max_search_offset}")
+        if conversation_id is not None:
+            await self._visible(user_id, conversation_id)
+        found, more = await self._store.search_messages(
+            user_id, query, conversation_id=conversation_id, limit=limit, offset=offset
+        )
+        cursors: dict[str, list[Cursor]] = {}
+        for m in found:
+            if m.conversation_id not in cursors:
+                cursors[m.conversation_id] = await self._store.get_cursors(m.conversation_id)
+        return [self.history_message(m, cursors[m.conversation_id], user_id) for m in found], more
 
     # ------------------------------------------------------------------ attachments
     async def upload(

@@ -11,10 +11,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from parley.codes import ErrorCode
+from parley.codes import MAX_EMOJI, ErrorCode
 from parley.service.errors import ServiceError
 from parley.service.limits import Limits
-from parley.store.base import DIRECT_IS_TWO, NOT_MEMBER, Conversation, ConversationKind
+from parley.store.base import (
+    DIRECT_IS_TWO,
+    MESSAGE_DELETED,
+    MESSAGE_NOT_FOUND,
+    NOT_MEMBER,
+    Conversation,
+    ConversationKind,
+    MessageRecord,
+)
 
 # Characters no store keeps faithfully: NUL (PostgreSQL refuses it in text), lone
 # surrogates (not encodable as UTF-8) and the non-characters U+FFFE / U+FFFF.
@@ -173,6 +181,74 @@ def strict_int(raw: str | None, name: str, *, low: int, high: int) -> int | None
     if not low <= value <= high:
         raise invalid(f"{name} must be a decimal integer between {low} and {high}")
     return value
+
+
+# ---------------------------------------------------------------------- changes to messages
+# docs/protocol.md, "Edits, deletions and reactions". Who may change a message is decided
+# here on facts that never change once it exists (its sender, its sent time) and on a
+# fresh read of the conversation; the store re-checks membership and that the message is
+# not deleted inside the transaction that writes the change.
+
+MAX_EMOJI_LENGTH = MAX_EMOJI
+_EMOJI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]")
+
+
+def check_emoji(emoji: str) -> None:
+    """One emoji or a ``:short_code:``: 1-32 characters, no spaces or control characters."""
+    if not 1 <= len(emoji) <= MAX_EMOJI_LENGTH or _EMOJI_FORBIDDEN.search(emoji):
+        raise invalid(
+            f"emoji: 1-{MAX_EMOJI_LENGTH} characters (an emoji or a :short_code:),"
+            " no spaces or control characters"
+        )
+    check_storable(emoji, "emoji")
+
+
+def check_mentions(mentions: Sequence[str], conv: Conversation | None) -> list[str]:
+    """The distinct mentioned user ids, in order; each must be a member of ``conv``
+    (None: the conversation does not exist, which the send itself reports)."""
+    distinct = list(dict.fromkeys(mentions))
+    for user in distinct:
+        check_user_id(user, "mentions")
+    if conv is None:
+        return distinct
+    strangers = [u for u in distinct if u not in conv.member_ids]
+    if strangers:
+        listed = ", ".join(u[:64] for u in strangers[:20])
+        raise invalid(f"mentions must be members of the conversation: {listed}")
+    return distinct
+
+
+def message_of(msg: MessageRecord | None, conversation_id: str) -> MessageRecord:
+    """The message a change names, which must be one of the conversation's."""
+    if msg is None or msg.conversation_id != conversation_id:
+        raise ServiceError(ErrorCode.NOT_FOUND, MESSAGE_NOT_FOUND)
+    return msg
+
+
+def may_edit(msg: MessageRecord, actor: str, now: float, limits: Limits) -> None:
+    """Only the sender edits, within ``edit_window`` seconds of sending (0: no limit);
+    a deleted message is gone."""
+    if msg.sender_id != actor:
+        raise forbidden("only the sender may edit a message")
+    if msg.deleted:
+        raise ServiceError(ErrorCode.NOT_FOUND, MESSAGE_DELETED)
+    if limits.edit_window > 0 and now - msg.sent_at > limits.edit_window:
+        raise forbidden(f"messages may be edited for {limits.edit_window:g} seconds after sending")
+
+
+def may_delete(conv: Conversation, msg: MessageRecord, actor: str, admin: bool) -> None:
+    """The sender, an owner of the group, or an admin token deletes."""
+    if admin:
+        return
+    may_read(conv, actor)
+    if msg.sender_id == actor or (conv.kind == "group" and is_owner(conv, actor)):
+        return
+    raise forbidden("only the sender, a group owner or an admin may delete a message")
+
+
+def may_react(msg: MessageRecord) -> None:
+    if msg.deleted:
+        raise ServiceError(ErrorCode.NOT_FOUND, MESSAGE_DELETED)
 
 
 def presence_ids(raw: str | None, limits: Limits) -> list[str]:

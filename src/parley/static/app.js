@@ -1,33 +1,26 @@
 // The demo chat page served at / under `parley serve --demo`.
 //
-// All chat logic lives in parley.js (ParleyClient); this file only renders its state and
-// turns clicks and keystrokes into client calls. User content reaches the DOM through
-// textContent and attribute setters only, never innerHTML.
+// All chat logic lives in parley.js (ParleyClient); this page renders its state and turns
+// clicks and keystrokes into client calls. app-messages.js draws the message list,
+// app-menu.js is a bubble's menu, app-mentions.js the @ completion, app-live.js follows
+// changes and presence for an SDK without them, app-text.js finds links and mentions,
+// and app-ui.js holds the DOM helpers. User content reaches the DOM through textContent and
+// attribute setters only, never innerHTML.
 
 import { ParleyClient, selectors } from './parley.js';
+import { $, h, paintAvatar, formatTime, formatSize } from './app-ui.js';
+import { lastSeenLabel, mentionedUsers } from './app-text.js';
+import { MentionPicker } from './app-mentions.js';
+import { LiveState } from './app-live.js';
+import { MessageList, snippet } from './app-messages.js';
+import { BubbleMenu } from './app-menu.js';
 
 const SESSION_KEY = 'parley.demo.session';
 const ACTIVE_KEY = 'parley.demo.active';
 const MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024;
-
-const $ = (id) => document.getElementById(id);
-
-/** An element with attributes and children; strings become text nodes. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value == null || value === false) continue;
-    if (key === 'class') el.className = value;
-    else if (key === 'dataset') Object.assign(el.dataset, value);
-    else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
-    else el.setAttribute(key, value === true ? '' : value);
-  }
-  for (const child of children.flat()) {
-    if (child == null || child === false) continue;
-    el.append(typeof child === 'string' ? document.createTextNode(child) : child);
-  }
-  return el;
-}
+const NEAR_BOTTOM_PX = 80;
+const JUMP_BUTTON_PX = 160;
+const PRESENCE_BATCH = 100; // ids per GET /api/presence
 
 // ---------------------------------------------------------------------------------------
 // Session
@@ -36,10 +29,39 @@ let client = null;
 let session = null; // {token, user_id}
 let activeId = null;
 let replyTo = null; // message being replied to
+let editing = null; // message being edited
 let attachment = null; // {type, file (data URL), filename, content_type, size}
 let renderQueued = false;
-const messageEls = new Map(); // message key → {el, message}
+let live = new LiveState();
+let countsLoaded = false; // the conversation list (with unread counts) has been answered
+let marker = { cid: null, seq: null, decided: false }; // the "new messages" marker
+let pendingScroll = false; // scroll to the marker or the bottom once messages are there
+let jumpNew = 0; // messages from others that arrived while scrolled up
+let presenceAsked = new Set();
+let presenceTimer = null;
+let clockTimer = null;
+let changeCount = 0;
+let pendingChanges = []; // changes made while offline, for an SDK without its own queue
 const conversationEls = new Map(); // conversation id → {el, sig}
+
+const list = new MessageList($('messages'), {
+  get me() {
+    return session?.user_id ?? null;
+  },
+  nameOf: (u) => nameOf(u),
+  safeUrl: (u) => safeUrl(u),
+  onReply: (m) => startReply(m),
+  onToggleReaction: (m, emoji) => toggleReaction(m, emoji),
+  onOpenMenu: (kind, m, anchor) => openPopover(kind, m, anchor),
+  onJump: (id) => jumpTo(id),
+  onRetry: (localId) => client?.retry(localId),
+  keepBottom: (img) => keepBottom(img),
+});
+
+const mentionPicker = new MentionPicker($('message-input'), $('mention-list'), {
+  members: () => (activeId && client ? otherMembers(client.state.conversations.byId[activeId]) : []),
+  decorate: (u) => presenceDot(u),
+});
 
 function loadSession() {
   try {
@@ -67,6 +89,8 @@ function showLogin(message = '') {
   $('login-name').focus();
 }
 
+const LIVE_EVENTS = ['message.updated', 'message.deleted', 'reaction.added', 'reaction.removed', 'presence'];
+
 function start(s) {
   session = s;
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
@@ -74,18 +98,48 @@ function start(s) {
   $('app').hidden = false;
   $('me-name').textContent = s.user_id;
   paintAvatar($('me-avatar'), s.user_id);
+  live = new LiveState();
+  countsLoaded = false;
+  presenceAsked = new Set();
 
   client = new ParleyClient({ token: s.token, userId: s.user_id });
   client.on('state', scheduleRender);
+  // An SDK with change methods applies changes and presence in its store (in seq order);
+  // with an older one the page follows the frames itself.
+  if (!sdkHasChanges()) {
+    for (const type of LIVE_EVENTS) {
+      client.on(type, (frame) => {
+        if (live.onFrame(frame)) scheduleRender();
+      });
+    }
+  }
+  client.on('connection.established', (frame) => {
+    for (const [id, info] of Object.entries(frame.data?.conversations || {})) {
+      if (info && 'read_seq' in info) live.setCounts(id, info);
+    }
+    flushChanges();
+    presenceAsked = new Set(); // presence may have changed while away: ask again
+    schedulePresence();
+  });
   // Refusals the user does not see otherwise (a failed send shows on its message).
   client.on('error', (frame) => console.warn('parley: server error', JSON.stringify(frame.error)));
   client.on('close', ({ code }) => {
     if (code === 4003 || code === 4004) signOut('Your session has ended. Please sign in again.');
   });
   client.connect();
-  client.loadConversations().catch((err) => {
-    if (err.status === 401) signOut('Your session has ended. Please sign in again.');
-  });
+  client
+    .loadConversations()
+    .then((conversations) => {
+      for (const c of conversations) live.setCounts(String(c.id), c);
+    })
+    .catch((err) => {
+      if (err.status === 401) signOut('Your session has ended. Please sign in again.');
+    })
+    .finally(() => {
+      countsLoaded = true;
+      scheduleRender();
+    });
+  clockTimer = setInterval(scheduleRender, 30_000); // "last seen 5 minutes ago" moves on
   const saved = sessionStorage.getItem(ACTIVE_KEY);
   if (saved) openConversation(saved, { focus: false });
   scheduleRender();
@@ -96,11 +150,14 @@ function signOut(message = '') {
   client = null;
   session = null;
   activeId = null;
+  clearInterval(clockTimer);
+  clearTimeout(presenceTimer);
+  pendingChanges = [];
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(ACTIVE_KEY);
-  messageEls.clear();
+  list.clear();
   conversationEls.clear();
-  $('messages').replaceChildren();
+  closePopover();
   $('conversation-list').replaceChildren();
   showLogin(message);
 }
@@ -108,45 +165,28 @@ function signOut(message = '') {
 // ---------------------------------------------------------------------------------------
 // Helpers for display
 
-function hue(name) {
-  let x = 0;
-  for (const ch of String(name)) x = (x * 31 + ch.codePointAt(0)) >>> 0;
-  return x % 360;
-}
-
-function paintAvatar(el, name) {
-  el.textContent = String(name || '?').slice(0, 1).toUpperCase();
-  el.style.setProperty('--avatar-hue', hue(name));
-}
-
 /** How a user is named on this page: "You" for the signed-in user. */
 function nameOf(userId) {
-  return userId === session.user_id ? 'You' : userId;
+  return userId === session?.user_id ? 'You' : userId;
+}
+
+function otherMembers(conv) {
+  return (conv?.member_ids || []).filter((u) => u !== session.user_id);
 }
 
 function conversationTitle(conv) {
   if (!conv) return '';
   if (conv.title) return conv.title;
-  const others = (conv.member_ids || []).filter((u) => u !== session.user_id);
+  const others = otherMembers(conv);
   if (others.length) return others.join(', ');
   return conv.member_ids?.length ? `${session.user_id} (you)` : `Conversation ${conv.id}`;
 }
 
-function formatTime(iso) {
-  const d = iso ? new Date(iso) : null;
-  if (!d || Number.isNaN(d.getTime())) return '';
-  const today = new Date();
-  if (d.toDateString() === today.toDateString()) {
-    return d.toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
-  }
-  return d.toLocaleDateString([], { month: 'short', day: 'numeric' });
-}
-
-function formatSize(bytes) {
-  if (bytes == null) return '';
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+/** The one other person of a direct conversation, or null. */
+function peerOf(conv) {
+  if (!conv || conv.kind === 'group') return null;
+  const others = otherMembers(conv);
+  return others.length === 1 ? others[0] : null;
 }
 
 /** A URL safe to put in src/href: the server's own (http/https) or an image data: URL. */
@@ -162,43 +202,66 @@ function safeUrl(url) {
   return null;
 }
 
-function snippet(message) {
-  if (!message) return '';
-  if (message.content) return message.content;
-  const a = message.attachments?.[0];
-  if (a) return a.type === 'image' ? 'Photo' : a.filename || 'File';
-  return '';
+function sdkHasChanges() {
+  return typeof client?.editMessage === 'function';
 }
 
-const SVG_NS = 'http://www.w3.org/2000/svg';
-
-// Icon shapes (24×24, stroked): inline, so the page needs no font or file for them.
-const ICONS = {
-  sending: ['M12 4a8 8 0 1 0 0 16a8 8 0 1 0 0-16', 'M12 8v4.5l3 2'],
-  sent: ['M5 12.5l4.5 4.5L19 7.5'],
-  delivered: ['M1.5 12.5l4.5 4.5 9.5-9.5', 'M10.5 16l1 1 9.5-9.5'],
-  read: ['M1.5 12.5l4.5 4.5 9.5-9.5', 'M10.5 16l1 1 9.5-9.5'],
-  failed: ['M12 4a8 8 0 1 0 0 16a8 8 0 1 0 0-16', 'M12 7.5v5.5', 'M12 16v.5'],
-  reply: ['M9.5 14.5L4.5 9.5l5-5', 'M4.5 9.5h10a5.5 5.5 0 0 1 5.5 5.5v4'],
-  photo: ['M4 6h16v12H4z', 'M4 16l5-5 4 4 2.5-2.5L20 16', 'M15.5 9.5v.01'],
-  file: ['M7 3h7l4 4v14H7z', 'M14 3v4h4'],
-};
-
-function icon(name, cls = 'icon') {
-  const svg = document.createElementNS(SVG_NS, 'svg');
-  svg.setAttribute('viewBox', '0 0 24 24');
-  svg.setAttribute('class', cls);
-  svg.setAttribute('aria-hidden', 'true');
-  svg.setAttribute('focusable', 'false');
-  for (const d of ICONS[name]) {
-    const path = document.createElementNS(SVG_NS, 'path');
-    path.setAttribute('d', d);
-    svg.append(path);
+/** What the page knows of `userId`'s presence: {status, last_seen} or null. */
+function presenceOf(userId) {
+  if (typeof selectors.presence === 'function') {
+    const p = selectors.presence(client.state, userId);
+    if (p) return p;
   }
-  return svg;
+  return live.presence.get(userId) ?? null;
 }
 
-const STATUS_LABEL = { sending: 'Sending', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: 'Not sent' };
+/** A conversation's messages as they are now (with the changes that arrived since). */
+function messagesOf(state, cid) {
+  return selectors.messages(state, cid).map((m) => live.apply(m));
+}
+
+/** My read cursor in `cid`, as far as this page knows it. */
+function readFloor(state, cid) {
+  const conv = state.conversations.byId[cid];
+  return Math.max(conv?.read_seq || 0, conv?.read_up_to?.[session.user_id] || 0, live.counts.get(cid)?.read_seq || 0);
+}
+
+/** Unread messages of `cid` that mention me. */
+function mentionCount(state, cid) {
+  if (!selectors.unreadCount(state, cid)) return 0;
+  if (typeof selectors.mentionCount === 'function') return selectors.mentionCount(state, cid);
+  const me = session.user_id;
+  const floor = readFloor(state, cid);
+  let local = 0;
+  for (const m of messagesOf(state, cid)) {
+    if (typeof m.seq === 'number' && m.seq > floor && m.sender_id !== me && !m.deleted && (m.mentions || []).includes(me)) local++;
+  }
+  const counts = live.counts.get(cid);
+  const held = selectors.syncedSeq(state, cid);
+  // The server's count covers what this page may not hold yet, until it reads further.
+  if (counts && held < counts.last_seq && floor <= counts.read_seq) return Math.max(local, counts.mention_count);
+  return local;
+}
+
+/** A dot for `userId`: green while online, grey when offline, none while not known. */
+function presenceDot(userId) {
+  const p = presenceOf(userId);
+  if (!p) return null;
+  const online = p?.status === 'online';
+  return h('span', {
+    class: `presence-dot${online ? ' online' : ''}`,
+    dataset: { user: userId, status: online ? 'online' : 'offline' },
+    title: online ? `${userId} is online` : `${userId}: ${lastSeenLabel(p?.last_seen)}`,
+    'aria-label': online ? 'online' : lastSeenLabel(p?.last_seen),
+    role: 'img',
+  });
+}
+
+function presenceText(userId) {
+  const p = presenceOf(userId);
+  if (!p) return '';
+  return p.status === 'online' ? 'online' : lastSeenLabel(p.last_seen);
+}
 
 // ---------------------------------------------------------------------------------------
 // Rendering
@@ -219,8 +282,10 @@ function render() {
   renderChat(state);
   const unread = state.conversations.allIds.reduce((n, id) => n + selectors.unreadCount(state, id), 0);
   document.title = `${unread ? `(${unread}) ` : ''}Parley — ${session.user_id}`;
-  // Reading happens when the conversation is on screen and the page is visible.
-  if (activeId && state.connection.status === 'connected' && document.visibilityState === 'visible') {
+  askPresenceOfNewMembers(state);
+  // Reading happens when the conversation is on screen and the page is visible, once the
+  // "new messages" marker knows where the unread part began.
+  if (activeId && marker.decided && state.connection.status === 'connected' && document.visibilityState === 'visible') {
     client.markRead(activeId);
   }
 }
@@ -243,22 +308,26 @@ function renderConnection(state) {
 }
 
 function renderConversationList(state) {
-  const list = $('conversation-list');
+  const listEl = $('conversation-list');
   const ids = state.conversations.allIds;
   $('no-conversations').hidden = ids.length > 0;
   const wanted = [];
   for (const id of ids) {
     const conv = state.conversations.byId[id];
-    const last = selectors.lastMessage(state, id);
+    const lastRaw = selectors.lastMessage(state, id);
+    const last = lastRaw ? live.apply(lastRaw) : null;
     const typing = selectors.typingUsers(state, id);
     const unread = selectors.unreadCount(state, id);
+    const mentions = mentionCount(state, id);
     const title = conversationTitle(conv);
+    const peer = peerOf(conv);
+    const presence = peer ? presenceOf(peer) : null;
     const named = last && (conv.kind === 'group' || last.sender_id === session.user_id);
     const who = named ? `${nameOf(last.sender_id)}: ` : '';
     const preview = typing.length
       ? `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`
       : last ? `${who}${snippet(last)}` : 'No messages yet';
-    const sig = JSON.stringify([title, preview, unread, last?.sent_at, id === activeId, !!typing.length]);
+    const sig = JSON.stringify([title, preview, unread, mentions, last?.sent_at, id === activeId, !!typing.length, peer, presence]);
     let entry = conversationEls.get(id);
     if (!entry || entry.sig !== sig) {
       const avatar = h('span', { class: 'avatar', 'aria-hidden': 'true' });
@@ -274,7 +343,7 @@ function renderConversationList(state) {
             'aria-current': id === activeId ? 'true' : null,
             onclick: () => openConversation(id),
           },
-          avatar,
+          h('span', { class: 'avatar-wrap' }, avatar, peer ? presenceDot(peer) : null),
           h(
             'span',
             { class: 'conversation-main' },
@@ -285,9 +354,16 @@ function renderConversationList(state) {
             'span',
             { class: 'conversation-side' },
             h('time', { class: 'small muted' }, formatTime(last?.sent_at)),
-            unread
-              ? h('span', { class: 'badge', 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread))
-              : null,
+            h(
+              'span',
+              { class: 'badges' },
+              mentions
+                ? h('span', { class: 'badge mention-badge', title: `${mentions} unread mention${mentions === 1 ? '' : 's'}`, dataset: { count: String(mentions) } }, '@')
+                : null,
+              unread
+                ? h('span', { class: 'badge unread-badge', 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread))
+                : null,
+            ),
           ),
         ),
       );
@@ -303,18 +379,14 @@ function renderConversationList(state) {
       conversationEls.delete(id);
     }
   }
-  reorder(list, wanted);
+  reorderList(listEl, wanted);
 }
 
-/** Make `parent`'s children exactly `wanted`, in order, moving as few nodes as possible. */
-function reorder(parent, wanted) {
+function reorderList(parent, wanted) {
   let cursor = parent.firstChild;
   for (const el of wanted) {
-    if (el === cursor) {
-      cursor = cursor.nextSibling;
-    } else {
-      parent.insertBefore(el, cursor);
-    }
+    if (el === cursor) cursor = cursor.nextSibling;
+    else parent.insertBefore(el, cursor);
   }
   while (cursor) {
     const next = cursor.nextSibling;
@@ -330,127 +402,101 @@ function renderChat(state) {
   $('empty-chat').hidden = !!activeId;
   $('messages').hidden = !activeId;
   $('composer').hidden = !activeId;
-  $('chat-avatar').hidden = !activeId;
+  $('chat-avatar-wrap').hidden = !activeId;
   if (!activeId) {
     $('chat-title').textContent = 'Parley';
     $('chat-subtitle').textContent = '';
+    $('jump-latest').hidden = true;
     return;
   }
   const title = conv ? conversationTitle(conv) : '…';
   $('chat-title').textContent = title;
   paintAvatar($('chat-avatar'), title);
+  const peer = peerOf(conv);
+  const dot = peer ? presenceDot(peer) : null;
+  $('chat-avatar-wrap').replaceChildren($('chat-avatar'), ...(dot ? [dot] : []));
   const typing = selectors.typingUsers(state, activeId);
   const subtitle = $('chat-subtitle');
   subtitle.classList.toggle('accent', typing.length > 0);
   subtitle.dataset.typing = typing.length ? 'true' : 'false';
-  subtitle.hidden = !typing.length && conv?.kind !== 'group';
-  subtitle.textContent = typing.length
-    ? `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`
-    : conv?.kind === 'group'
-      ? (conv.member_ids || []).join(', ')
-      : '';
+  let text = '';
+  if (typing.length) {
+    text = `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`;
+  } else if (conv?.kind === 'group') {
+    const online = otherMembers(conv).filter((u) => presenceOf(u)?.status === 'online').length;
+    text = `${(conv.member_ids || []).join(', ')}${online ? ` · ${online} online` : ''}`;
+  } else if (peer) {
+    text = presenceText(peer);
+  }
+  subtitle.dataset.presence = peer && !typing.length ? presenceOf(peer)?.status ?? '' : '';
+  subtitle.hidden = !text;
+  subtitle.textContent = text;
   renderMessages(state, conv);
 }
 
-function messageKey(m) {
-  return m.local_id ? `l:${m.sender_id}:${m.local_id}` : `i:${m.id}`;
+/** Where the "new messages" marker goes: decided once per opening, before reading. */
+function decideMarker(state, messages) {
+  if (marker.cid !== activeId) marker = { cid: activeId, seq: null, decided: false };
+  if (marker.decided) return;
+  const me = session.user_id;
+  const unread = selectors.unreadCount(state, activeId);
+  if (!unread) {
+    if (countsLoaded) marker.decided = true;
+    return;
+  }
+  const floor = readFloor(state, activeId);
+  const candidates = messages.filter((m) => typeof m.seq === 'number' && m.sender_id !== me && m.seq > floor);
+  if (!candidates.length) return; // not held yet: decide when they arrive
+  const known = floor > 0 || live.counts.has(activeId);
+  const first = known ? candidates[0] : candidates[Math.max(0, candidates.length - unread)];
+  marker.seq = first.seq;
+  marker.decided = true;
 }
 
 function renderMessages(state, conv) {
   const box = $('messages');
-  const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
-  const messages = selectors.messages(state, activeId);
-  const group = conv?.kind === 'group';
-  const wanted = [];
-  const keys = new Set();
-  let ownSent = false;
-  for (const m of messages) {
-    const key = messageKey(m);
-    keys.add(key);
-    const quoted = m.reply_to ? state.messages.byId[m.reply_to] ?? null : null;
-    let entry = messageEls.get(key);
-    if (!entry || entry.message !== m || entry.quoted !== quoted) {
-      const el = messageElement(m, quoted, group);
-      if (!entry && m.sender_id === session.user_id) ownSent = true;
-      if (entry) entry.el.replaceWith(el);
-      entry = { el, message: m, quoted };
-      messageEls.set(key, entry);
-    }
-    wanted.push(entry.el);
+  const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < NEAR_BOTTOM_PX;
+  const messages = messagesOf(state, activeId);
+  decideMarker(state, messages);
+  const added = list.render(messages, {
+    group: conv?.kind === 'group',
+    markerSeq: marker.seq,
+    members: conv?.member_ids || [],
+    quotedOf: (id) => {
+      const q = state.messages.byId[id];
+      return q ? live.apply(q) : null;
+    },
+  });
+  const ownSent = added.some((item) => item.m.sender_id === session.user_id && item.m.id === null);
+  if (pendingScroll && messages.length && marker.decided) {
+    pendingScroll = false;
+    const el = $('new-marker');
+    if (el) el.scrollIntoView({ block: 'start' });
+    else box.scrollTop = box.scrollHeight;
+  } else if (nearBottom || ownSent) {
+    box.scrollTop = box.scrollHeight;
+  } else {
+    jumpNew += added.filter((item) => item.m.sender_id !== session.user_id).length;
   }
-  for (const [key, entry] of messageEls) {
-    if (!keys.has(key)) {
-      entry.el.remove();
-      messageEls.delete(key);
-    }
-  }
-  reorder(box, wanted);
-  if (nearBottom || ownSent) box.scrollTop = box.scrollHeight;
+  updateJumpButton();
 }
 
-function messageElement(m, quoted, group) {
-  const own = m.sender_id === session.user_id;
-  const bubble = h('div', { class: 'bubble' });
-  if (group && !own) {
-    const name = h('div', { class: 'sender' }, m.sender_id);
-    name.style.setProperty('--avatar-hue', hue(m.sender_id));
-    bubble.append(name);
-  }
-  if (m.reply_to) {
-    bubble.append(
-      h(
-        'button',
-        { type: 'button', class: 'quote', onclick: () => jumpTo(m.reply_to), title: 'Show the original message' },
-        h('span', { class: 'quote-sender' }, quoted ? nameOf(quoted.sender_id) : 'Message'),
-        h('span', { class: 'quote-text' }, quoted ? snippet(quoted) : 'Original message not loaded'),
-      ),
-    );
-  }
-  for (const a of m.attachments || []) {
-    const url = safeUrl(a.url);
-    if (a.type === 'image' && url) {
-      const img = h('img', { src: url, alt: a.filename || 'Image', loading: 'lazy', class: 'attachment-image' });
-      img.addEventListener('load', () => keepBottom(img));
-      bubble.append(h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'attachment' }, img));
-    } else if (url) {
-      bubble.append(
-        h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'attachment file' },
-          icon('file'),
-          a.filename || 'File',
-          a.size != null ? h('span', { class: 'small muted' }, ` ${formatSize(a.size)}`) : null),
-      );
-    }
-  }
-  if (m.content) bubble.append(h('div', { class: 'text' }, m.content));
-  const meta = h('div', { class: 'meta' }, h('time', { datetime: m.sent_at || '' }, formatTime(m.sent_at)));
-  if (own && m.status in STATUS_LABEL) {
-    const label = STATUS_LABEL[m.status];
-    const attrs = { class: 'status', title: label, 'aria-label': label, role: 'img' };
-    meta.append(h('span', attrs, icon(m.status, 'status-icon')));
-  }
-  bubble.append(meta);
+function updateJumpButton() {
+  const box = $('messages');
+  const away = box.scrollHeight - box.scrollTop - box.clientHeight;
+  if (away < NEAR_BOTTOM_PX) jumpNew = 0;
+  const button = $('jump-latest');
+  button.hidden = !activeId || away < JUMP_BUTTON_PX;
+  const count = $('jump-count');
+  count.hidden = jumpNew === 0;
+  count.textContent = String(jumpNew);
+}
 
-  const actions = h('div', { class: 'message-actions' });
-  if (m.id !== null) {
-    const attrs = { type: 'button', class: 'icon-button small-button reply', title: 'Reply', 'aria-label': 'Reply' };
-    actions.append(h('button', { ...attrs, onclick: () => startReply(m) }, icon('reply')));
-  }
-  const li = h(
-    'li',
-    {
-      class: `message ${own ? 'own' : 'other'}`,
-      dataset: { status: m.status, id: m.id ?? '', localId: m.local_id ?? '', sender: m.sender_id ?? '' },
-    },
-    bubble,
-    actions,
-  );
-  if (m.status === 'failed') {
-    li.append(
-      h('div', { class: 'failed-note small' }, `Not sent${m.error?.message ? ` (${m.error.message})` : ''}. `,
-        h('button', { type: 'button', class: 'text-button retry', onclick: () => client.retry(m.local_id) }, 'Retry')),
-    );
-  }
-  return li;
+function jumpToLatest() {
+  const box = $('messages');
+  box.scrollTo({ top: box.scrollHeight, behavior: 'smooth' });
+  jumpNew = 0;
+  updateJumpButton();
 }
 
 function keepBottom(img) {
@@ -469,22 +515,126 @@ function jumpTo(messageId) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Presence
+
+function askPresenceOfNewMembers(state) {
+  for (const id of state.conversations.allIds) {
+    for (const u of otherMembers(state.conversations.byId[id])) {
+      if (!presenceAsked.has(u)) {
+        schedulePresence();
+        return;
+      }
+    }
+  }
+}
+
+function schedulePresence() {
+  if (presenceTimer !== null) return;
+  presenceTimer = setTimeout(() => {
+    presenceTimer = null;
+    refreshPresence();
+  }, 50);
+}
+
+/** GET /api/presence for every person this page shows (its snapshot; events follow). */
+async function refreshPresence() {
+  if (!client) return;
+  const state = client.state;
+  const users = new Set();
+  for (const id of state.conversations.allIds) for (const u of otherMembers(state.conversations.byId[id])) users.add(u);
+  const wanted = [...users].filter((u) => !presenceAsked.has(u));
+  for (const u of wanted) presenceAsked.add(u);
+  for (let i = 0; i < wanted.length; i += PRESENCE_BATCH) {
+    const batch = wanted.slice(i, i + PRESENCE_BATCH);
+    try {
+      if (typeof client.loadPresence === 'function') {
+        await client.loadPresence(batch); // into the store, which re-renders
+      } else {
+        const answer = await client.api(`/api/presence?user_ids=${encodeURIComponent(batch.join(','))}`);
+        if (live.setPresence(answer?.presence)) scheduleRender();
+      }
+    } catch {
+      for (const u of batch) presenceAsked.delete(u); // asked again on the next connection
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Changes to messages: edits, deletions, reactions
+
+/**
+ * Send one change. The SDK's own method when it has one (it queues offline, with the
+ * guarantees of sends); otherwise the action itself, kept here while offline and sent
+ * again on the next connection (changes are idempotent, so a repeat changes nothing).
+ */
+function change(method, args, frame) {
+  if (typeof client[method] === 'function') return client[method](...args);
+  const action = { ...frame, request_id: `demo_${++changeCount}` };
+  if (!client.socket.send(action)) pendingChanges.push(action);
+  return action.request_id;
+}
+
+function flushChanges() {
+  const waiting = pendingChanges;
+  pendingChanges = [];
+  for (const action of waiting) if (!client.socket.send(action)) pendingChanges.push(action);
+}
+
+function editMessage(m, content) {
+  change('editMessage', [m.conversation_id, m.id, content], {
+    action: 'edit_message', conversation_id: m.conversation_id, message_id: m.id, content,
+  });
+}
+
+function deleteMessage(m) {
+  change('deleteMessage', [m.conversation_id, m.id], {
+    action: 'delete_message', conversation_id: m.conversation_id, message_id: m.id,
+  });
+}
+
+function toggleReaction(m, emoji) {
+  const mine = (m.reactions?.[emoji] || []).includes(session.user_id);
+  const frame = { conversation_id: m.conversation_id, message_id: m.id, emoji };
+  if (mine) change('unreact', [m.conversation_id, m.id, emoji], { action: 'remove_reaction', ...frame });
+  else change('react', [m.conversation_id, m.id, emoji], { action: 'add_reaction', ...frame });
+}
+
+const popover = new BubbleMenu($('popover'), {
+  current: (m) => live.apply(client.state.messages.byId[m.id] || m),
+  mine: (m, emoji) => (m.reactions?.[emoji] || []).includes(session.user_id),
+  onReact: (m, emoji) => toggleReaction(m, emoji),
+  onEdit: (m) => startEdit(m),
+  onDelete: (m) => deleteMessage(m),
+});
+
+function openPopover(kind, m, anchor) {
+  popover.open(kind, m, anchor);
+}
+
+function closePopover() {
+  popover.close();
+}
+
+// ---------------------------------------------------------------------------------------
 // Actions
 
 function openConversation(id, { focus = true } = {}) {
   if (client && activeId && activeId !== id) client.stopTyping(activeId);
   activeId = id;
   sessionStorage.setItem(ACTIVE_KEY, id);
-  messageEls.clear();
-  $('messages').replaceChildren();
+  marker = { cid: id, seq: null, decided: false };
+  pendingScroll = true;
+  jumpNew = 0;
+  list.clear();
+  closePopover();
   cancelReply();
+  cancelEdit();
   clearAttachment();
+  mentionPicker.close();
   $('message-input').value = '';
   autosize();
   scheduleRender();
   requestAnimationFrame(() => {
-    const box = $('messages');
-    box.scrollTop = box.scrollHeight;
     if (focus && window.matchMedia('(min-width: 721px)').matches) $('message-input').focus();
   });
 }
@@ -493,10 +643,12 @@ function closeConversation() {
   if (client && activeId) client.stopTyping(activeId);
   activeId = null;
   sessionStorage.removeItem(ACTIVE_KEY);
+  closePopover();
   scheduleRender();
 }
 
 function startReply(m) {
+  cancelEdit();
   replyTo = m;
   $('reply-preview').hidden = false;
   $('reply-to-name').textContent = m.sender_id === session.user_id ? 'yourself' : m.sender_id;
@@ -507,6 +659,28 @@ function startReply(m) {
 function cancelReply() {
   replyTo = null;
   $('reply-preview').hidden = true;
+}
+
+function startEdit(m) {
+  if (!m || m.deleted) return;
+  cancelReply();
+  clearAttachment();
+  editing = m;
+  $('edit-preview').hidden = false;
+  $('edit-text').textContent = snippet(m);
+  const input = $('message-input');
+  input.value = m.content || '';
+  autosize();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+function cancelEdit() {
+  if (!editing) return;
+  editing = null;
+  $('edit-preview').hidden = true;
+  $('message-input').value = '';
+  autosize();
 }
 
 function clearAttachment() {
@@ -548,10 +722,21 @@ function send() {
   if (!client || !activeId) return;
   const input = $('message-input');
   const content = input.value.trim();
+  mentionPicker.close();
+  if (editing) {
+    const m = live.apply(client.state.messages.byId[editing.id] || editing);
+    if (content && content !== m.content && !m.deleted) editMessage(m, content);
+    cancelEdit();
+    input.focus();
+    return;
+  }
   if (!content && !attachment) return;
+  const conv = client.state.conversations.byId[activeId];
+  const mentions = mentionedUsers(content, otherMembers(conv));
   client.sendMessage(activeId, content, {
     replyTo: replyTo?.id ?? null,
     attachments: attachment ? [attachment] : null,
+    mentions,
   });
   input.value = '';
   autosize();
@@ -569,17 +754,17 @@ function autosize() {
 async function openNewChat() {
   const panel = $('new-chat-panel');
   panel.hidden = false;
-  const list = $('user-list');
-  list.replaceChildren(h('li', { class: 'muted small' }, 'Loading…'));
+  const usersEl = $('user-list');
+  usersEl.replaceChildren(h('li', { class: 'muted small' }, 'Loading…'));
   let users = [];
   try {
     users = (await client.api('/api/demo/users')).users.filter((u) => u !== session.user_id);
   } catch {
-    list.replaceChildren(h('li', { class: 'error small' }, 'Could not load the people here.'));
+    usersEl.replaceChildren(h('li', { class: 'error small' }, 'Could not load the people here.'));
     return;
   }
   $('no-users').hidden = users.length > 0;
-  list.replaceChildren(
+  usersEl.replaceChildren(
     ...users.map((u) => {
       const avatar = h('span', { class: 'avatar small-avatar', 'aria-hidden': 'true' });
       paintAvatar(avatar, u);
@@ -644,26 +829,44 @@ function wire() {
   $('start-chat').addEventListener('click', startChat);
   $('back').addEventListener('click', closeConversation);
   $('cancel-reply').addEventListener('click', cancelReply);
+  $('cancel-edit').addEventListener('click', cancelEdit);
   $('cancel-attachment').addEventListener('click', clearAttachment);
   $('file-input').addEventListener('change', (e) => chooseFile(e.target.files[0]));
+  $('jump-latest').addEventListener('click', jumpToLatest);
+  $('messages').addEventListener('scroll', () => {
+    updateJumpButton();
+    closePopover();
+  }, { passive: true });
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
     send();
   });
   const input = $('message-input');
   input.addEventListener('keydown', (e) => {
+    if (mentionPicker.onKeyDown(e)) return;
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       send();
     } else if (e.key === 'Escape') {
       cancelReply();
+      cancelEdit();
     }
   });
   input.addEventListener('input', () => {
     autosize();
-    if (!client || !activeId) return;
+    mentionPicker.update();
+    if (!client || !activeId || editing) return;
     if (input.value.trim()) client.notifyTyping(activeId);
     else client.stopTyping(activeId);
+  });
+  input.addEventListener('click', () => mentionPicker.update());
+  input.addEventListener('blur', () => mentionPicker.close());
+  document.addEventListener('click', (e) => {
+    const pop = $('popover');
+    if (!pop.hidden && !pop.contains(e.target) && !e.target.closest?.('.message-actions')) closePopover();
+  });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && !$('popover').hidden) closePopover();
   });
   document.addEventListener('visibilitychange', scheduleRender);
   window.addEventListener('online', scheduleRender);

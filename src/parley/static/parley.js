@@ -27,6 +27,10 @@
  *   - conversations.byId[cid].synced_seq is the highest contiguous seq held; a message
  *     above synced_seq + 1 reveals a gap that `sync` fills.
  *   - Receipts are cursors per user (read_up_to / delivered_up_to), never going back.
+ *   - Edits, deletions and reactions take seqs in the same log and are applied in seq
+ *     order (edits replace, deletions tombstone, reactions aggregate {emoji: [user ids]});
+ *     they are queued with the sends, one in flight, keyed by request_id.
+ *   - read_seq / unread_count / mention_count start from the server's counts.
  *
  * This file only re-exports sdk/index.js, so a page loads one URL with no build step
  * (`import { ParleyClient } from '/static/parley.js'`), and a bundler app depends on this

@@ -56,7 +56,9 @@ def check_not_newer(versions: set[int] | list[int], known: int) -> None:
 class SchemaStatus:
     exists: bool  # False: no database yet (SQLite file missing)
     applied: list[int] = field(default_factory=list)
-    known: int = 0
+    known: int = 0  # the highest version this Parley ships
+    # the versions it ships (they may have gaps: each line of work has its own numbers)
+    shipped: list[int] = field(default_factory=list)
 
     @property
     def current(self) -> int:
@@ -64,7 +66,8 @@ class SchemaStatus:
 
     @property
     def pending(self) -> list[int]:
-        return [v for v in range(1, self.known + 1) if v not in self.applied]
+        shipped = self.shipped or list(range(1, self.known + 1))
+        return [v for v in shipped if v not in self.applied]
 
     @property
     def too_new(self) -> bool:
@@ -72,7 +75,8 @@ class SchemaStatus:
 
     def describe(self) -> str:
         if not self.exists:
-            return f"no database yet; {self.known} migration(s) will be applied on first start"
+            count = len(self.shipped) or self.known
+            return f"no database yet; {count} migration(s) will be applied on first start"
         if self.too_new:
             return str(SchemaTooNewError(self.current, self.known))
         if self.pending:
@@ -89,13 +93,18 @@ def is_sqlite(url: str) -> bool:
 
 
 def known_version(url: str) -> int:
+    return max(shipped_versions(url))
+
+
+def shipped_versions(url: str) -> list[int]:
+    """The migration versions this Parley ships for the backend of ``url``."""
     if is_sqlite(url):
         from parley.store import sqlite
 
-        return len(sqlite.MIGRATIONS)
+        return sorted(v for v, _ in sqlite.MIGRATIONS)
     from parley.store import postgres
 
-    return max(v for v, _ in postgres.MIGRATIONS)
+    return sorted(v for v, _ in postgres.MIGRATIONS)
 
 
 def _sqlite_file(url: str) -> Path:
@@ -116,14 +125,17 @@ def _sqlite_versions(conn: sqlite3.Connection) -> list[int]:
 
 async def schema_status(url: str) -> SchemaStatus:
     """The applied and known migrations; reads only."""
-    known = known_version(url)
+    shipped = shipped_versions(url)
+    known = max(shipped)
     if is_sqlite(url):
         path = _sqlite_file(url)
         if not path.exists():
-            return SchemaStatus(exists=False, known=known)
+            return SchemaStatus(exists=False, known=known, shipped=shipped)
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            return SchemaStatus(exists=True, applied=_sqlite_versions(conn), known=known)
+            return SchemaStatus(
+                exists=True, applied=_sqlite_versions(conn), known=known, shipped=shipped
+            )
         finally:
             conn.close()
     import asyncpg  # type: ignore[import-untyped]
@@ -135,7 +147,7 @@ async def schema_status(url: str) -> SchemaStatus:
         applied = sorted(int(r["version"]) for r in rows)
     finally:
         await conn.close()
-    return SchemaStatus(exists=True, applied=applied, known=known)
+    return SchemaStatus(exists=True, applied=applied, known=known, shipped=shipped)
 
 
 async def migrate(url: str, *, synchronous: str = "FULL") -> SchemaStatus:

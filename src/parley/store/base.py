@@ -24,7 +24,8 @@ a check made before it could be stale by the time it commits):
 1. An append, a receipt and every membership change of one conversation are serialised
    on that conversation (SQLite: its single writer; PostgreSQL: the conversation's row
    lock, taken first). Inside it, an append checks that the sender is a member, that
-   ``reply_to`` is a message of the same conversation and that each uploaded attachment
+   ``reply_to`` is a message of the same conversation, that the sender is not
+   deactivated (on whichever node that happened), and that each uploaded attachment
    exists, was uploaded by the sender and is linked to no message yet (it is linked to
    at most one, ever). A member removed concurrently with a send either sees the message
    committed before the removal, or the send refused.
@@ -36,6 +37,16 @@ a check made before it could be stale by the time it commits):
    (``LimitError``), counted inside the transaction.
 4. A group that loses its last owner while it still has members hands ownership to the
    longest-standing member, in the transaction of the removal.
+5. A change to a message (edit, deletion, reaction) is serialised with the appends of its
+   conversation, as rule 1 says, and takes the conversation's next ``seq`` (messages and
+   changes share one sequence). Inside it the store checks that the actor is a member,
+   that the message is one of this conversation and not deleted (a deletion is final:
+   an edit or reaction racing it is refused) and, for a new reaction, that the message
+   keeps at most ``max_reactions`` distinct emoji (``LimitError``). A change that
+   changes nothing (same content, reaction already there or already gone, already
+   deleted) writes nothing and is answered with ``changed=False``. Who may make the
+   change (the sender, an owner, an admin; the edit window) is decided above the store,
+   on facts that never change once the message exists.
 """
 
 from __future__ import annotations
@@ -47,6 +58,10 @@ import msgspec
 
 ConversationKind = Literal["direct", "group"]
 ReceiptKind = Literal["read", "delivered"]
+# The kinds of log entries: a new message, and the changes made to one afterwards.
+EntryKind = Literal[
+    "message", "message.updated", "message.deleted", "reaction.added", "reaction.removed"
+]
 
 # Error texts, the same on every backend.
 CONVERSATION_NOT_FOUND = "conversation not found"
@@ -54,6 +69,15 @@ NOT_MEMBER = "not a member of this conversation"
 REPLY_NOT_FOUND = "reply_to is not a message of this conversation"
 DIRECT_IS_TWO = "a direct conversation has exactly its two members"
 MEMBERSHIP_NOT_FOUND = "not a member of this conversation"
+MESSAGE_NOT_FOUND = "message not found in this conversation"
+MESSAGE_DELETED = "message was deleted"
+
+
+def too_many_reactions(cap: int) -> str:
+    return f"a message has at most {cap} distinct reactions"
+
+
+USER_DEACTIVATED = "user deactivated"
 
 
 def attachment_not_found(attachment_id: str) -> str:
@@ -86,6 +110,10 @@ class NotFoundError(StoreError):
 class ForbiddenError(StoreError):
     """The user is not a member of the conversation (or does not own the attachment),
     or the change is one a direct conversation never takes."""
+
+
+class DeactivatedError(ForbiddenError):
+    """The user is deactivated: it can do nothing until reactivated."""
 
 
 class LimitError(StoreError):
@@ -125,18 +153,82 @@ class NewMessage(msgspec.Struct, frozen=True):
     sent_at: float  # unix seconds, from the server's clock
     reply_to: str | None = None
     attachments: Sequence[NewAttachment] = ()
+    mentions: Sequence[str] = ()  # user ids, distinct, checked by the service
 
 
 class MessageRecord(msgspec.Struct, frozen=True):
+    """A message in its current state (edits replace ``content``; a deletion blanks it
+    and drops its attachments and reactions, leaving a tombstone)."""
+
     id: str
     conversation_id: str
-    seq: int
+    seq: int  # the seq of its creation
     sender_id: str
     local_id: str | None
     content: str
     sent_at: float
     reply_to: str | None
     attachments: list[AttachmentRecord]
+    mentions: list[str] = msgspec.field(default_factory=list)
+    edited_at: float | None = None
+    deleted_at: float | None = None
+    # {emoji: [user ids]}, users in the order they reacted
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    changed_seq: int = 0  # the seq of its last change (its creation's when never changed)
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def last_change_seq(self) -> int:
+        return max(self.seq, self.changed_seq)
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    """One entry of a conversation's log: a message (``kind="message"``) or a change to
+    one. ``message`` is the message as it is now, not as it was at ``seq``."""
+
+    conversation_id: str
+    seq: int
+    kind: EntryKind
+    message: MessageRecord
+    user_id: str  # the sender of a new message, or who made the change
+    at: float  # unix seconds of the entry
+    emoji: str | None = None  # reactions only
+
+
+# A message after a change, as a store returns it without reading it again (every
+# backend applies the same change to the record it read inside the transaction).
+def edited(m: MessageRecord, content: str, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(m, content=content, edited_at=at, changed_seq=seq)
+
+
+def tombstone(m: MessageRecord, at: float, seq: int) -> MessageRecord:
+    return msgspec.structs.replace(
+        m, content="", deleted_at=at, attachments=[], reactions={}, mentions=[], changed_seq=seq
+    )
+
+
+def with_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: list(us) for e, us in m.reactions.items()}
+    reactions.setdefault(emoji, []).append(user_id)
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
+
+
+def without_reaction(m: MessageRecord, emoji: str, user_id: str, seq: int) -> MessageRecord:
+    reactions = {e: [u for u in us if u != user_id or e != emoji] for e, us in m.reactions.items()}
+    reactions = {e: us for e, us in reactions.items() if us}
+    return msgspec.structs.replace(m, reactions=reactions, changed_seq=seq)
+
+
+class ConversationState(msgspec.Struct, frozen=True):
+    """Where a user stands in one conversation (for ``connection.established``)."""
+
+    last_seq: int
+    read_seq: int
+    unread_count: int  # messages from others after read_seq, deleted ones not counted
+    mention_count: int  # of those, the ones that mention the user
 
 
 class Conversation(msgspec.Struct, frozen=True):
@@ -150,10 +242,19 @@ class Conversation(msgspec.Struct, frozen=True):
     owner_ids: list[str] = msgspec.field(default_factory=list)
 
 
+class UserState(msgspec.Struct, frozen=True):
+    """A user's active flag and the conversations it belongs to (``users_state``)."""
+
+    active: bool
+    conversation_ids: list[str]  # ascending
+
+
 class ConversationSummary(msgspec.Struct, frozen=True):
     conversation: Conversation
     last_message: MessageRecord | None
-    unread_count: int  # messages from others after the user's read cursor
+    unread_count: int  # messages from others after the user's read cursor, not deleted
+    read_seq: int = 0
+    mention_count: int = 0  # unread messages that mention the user
 
 
 class Cursor(msgspec.Struct, frozen=True):
@@ -162,6 +263,23 @@ class Cursor(msgspec.Struct, frozen=True):
     user_id: str
     read_seq: int
     delivered_seq: int
+
+
+class SearchTerm(msgspec.Struct, frozen=True):
+    """Words that must appear next to each other, in this order: one word, or the words
+    of a quoted phrase. Each word holds only letters, digits and combining marks (no
+    quote, operator or space), so a store may quote it into its query language as is."""
+
+    words: tuple[str, ...]  # non-empty
+
+
+class SearchQuery(msgspec.Struct, frozen=True):
+    """A parsed search (``parley.service.search.parse_query``): every ``include`` term
+    matches and no ``exclude`` term does. Each store renders it into its own full-text
+    query with the words as data, never as query syntax."""
+
+    include: tuple[SearchTerm, ...]  # non-empty
+    exclude: tuple[SearchTerm, ...] = ()
 
 
 class Store(Protocol):
@@ -184,6 +302,11 @@ class Store(Protocol):
 
     async def is_user_active(self, user_id: str) -> bool:
         """Users are active unless deactivated; unknown users are active."""
+
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """For each of ``user_ids``: whether it is active and the conversations it
+        belongs to, read in one query (a node catching up after a broker outage calls it
+        with a batch of its connected users). Unknown users are active, in none."""
 
     # -- conversations -------------------------------------------------------
     async def create_conversation(
@@ -237,8 +360,9 @@ class Store(Protocol):
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a
-        member, attachment uploaded by someone else or already linked to a message),
-        checked inside the writing transaction (transaction rule 1). A duplicate
+        member, attachment uploaded by someone else or already linked to a message;
+        ``DeactivatedError`` when the sender, a member, is deactivated), checked inside
+        the writing transaction (transaction rule 1). A duplicate
         ``(sender_id, local_id)`` returns the original record with ``created=False``.
         Any other failure of this one message (a value the database cannot keep)
         raises for it alone; the rest of its batch commits.
@@ -260,6 +384,27 @@ class Store(Protocol):
         ``limit < 1`` raises ``ValueError``.
         """
 
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        """Messages whose *current* content matches ``query``, best match first (ties:
+        newest first), skipping ``offset``; ``(messages, has_more)``.
+
+        Only messages of conversations ``user_id`` is a member of when the query runs,
+        checked in the same statement that reads the index; with ``conversation_id``,
+        only that one. The index follows the message row: an edit is found by its new
+        words only, a message whose content is blanked is found by none. Both backends
+        split text into words the same way: runs of letters and digits, case folded,
+        diacritics of Latin letters removed (docs/protocol.md, "Search").
+        ``limit < 1`` raises ``ValueError``.
+        """
+
     # -- receipts ------------------------------------------------------------
     async def advance_cursor(
         self,
@@ -276,6 +421,64 @@ class Store(Protocol):
 
     async def get_cursors(self, conversation_id: str) -> list[Cursor]:
         """The receipt cursors of every current member."""
+
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        """``get_cursors`` of many conversations in one query (ids naming no
+        conversation map to ``[]``)."""
+
+    async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
+        """``{conversation_id: state}`` for every conversation the user belongs to, in
+        one query."""
+
+    # -- changes (log entries after a message) -------------------------------
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """A message in its current state, or None."""
+
+    async def get_log(
+        self, conversation_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        """The log entries after ``after_seq`` in ascending ``seq`` (at most ``limit``);
+        ``(entries, has_more)``. Every ``seq`` of the conversation is one entry, so a
+        page has no gaps. ``limit < 1`` raises ``ValueError``."""
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        """Replace a message's content (transaction rule 5); ``(entry, changed)``. The
+        webhook outbox of a ``message.updated`` belongs in this op's transaction.
+
+        Raises ``NotFoundError`` (conversation, message, or a deleted message) or
+        ``ForbiddenError`` (``user_id`` not a member). Unchanged content: the current
+        state with the seq of the message's last change, ``changed=False``."""
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+    ) -> tuple[LogEntry, bool]:
+        """Blank a message: content emptied, its attachments' rows and bytes and its
+        reactions removed; the row stays as a tombstone (transaction rule 5). The
+        webhook outbox of a ``message.deleted`` belongs in this op's transaction.
+
+        ``user_id`` (who deletes) must be a member unless ``admin`` (an admin token,
+        already allowed by the service). Already deleted: ``changed=False``."""
+
+    async def add_reaction(
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        at: float,
+        *,
+        max_reactions: int,
+    ) -> tuple[LogEntry, bool]:
+        """Add ``user_id``'s ``emoji`` (transaction rule 5); ``LimitError`` past
+        ``max_reactions`` distinct emoji. Already there: ``changed=False``."""
+
+    async def remove_reaction(
+        self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        """Remove ``user_id``'s ``emoji`` (transaction rule 5). Not there:
+        ``changed=False``."""
 
     # -- attachments ---------------------------------------------------------
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:

@@ -21,6 +21,9 @@ How the guarantees hold when several nodes write the same conversation:
   fails (poison isolation).
 * Membership changes take the same conversation row lock first, so an append and a
   removal of its sender are serialised.
+* Changes to messages (edits, deletions, reactions) are log entries: they take the
+  same conversation row locks as appends, bump ``last_seq`` and are committed in groups
+  by a writer of their own (see ``_change``), with the same poison isolation.
 * Migrations are numbered, recorded in ``schema_migrations`` and applied under a
   transaction-scoped advisory lock, so nodes starting together apply each one once.
 
@@ -32,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
@@ -43,24 +48,39 @@ from parley.store.base import (
     CONVERSATION_NOT_FOUND,
     DIRECT_IS_TWO,
     MEMBERSHIP_NOT_FOUND,
+    MESSAGE_DELETED,
+    MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     ConversationKind,
+    ConversationState,
     ConversationSummary,
     Cursor,
+    DeactivatedError,
+    EntryKind,
     ForbiddenError,
     LimitError,
+    LogEntry,
     MessageRecord,
     NewMessage,
     NotFoundError,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
+    UserState,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
+    too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +90,271 @@ AppendResult = tuple[MessageRecord, bool]
 
 # pg_advisory_xact_lock key guarding migrations: "parley" in ASCII.
 MIGRATION_LOCK_KEY = 0x7061726C6579
+
+# Search (docs/protocol.md, "Search") splits text into words as the SQLite store's
+# FTS5 ``unicode61 remove_diacritics 2`` tokenizer does, so both give the same answers.
+# The tables below are written out from FTS5 (and checked against it by
+# tests/store/test_search_parity.py): letters FTS5 folds other than by lowercasing
+# (diacritics of Latin letters, Greek final sigma …), the combining diacritics it
+# removes, and the combining marks it takes as separators. Then every run of
+# characters other than letters and digits separates words, and ``simple`` only
+# lowercases: no stemming, no stop words, for any language.
+_FOLD_FROM = (
+    "µÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöùúûüýÿĀāĂăĄą"
+    "ĆćĈĉĊċČčĎďĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭĮįİĴĵĶķĹĺĻļĽľŃńŅņŇňŌōŎŏŐ"
+    "őŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽžſƠơƯưǍǎǏǐǑǒǓǔǕǖǗǘǙ"
+    "ǚǛǜǞǟǦǧǨǩǪǫǬǭǰǴǵǸǹǺǻȀȁȂȃȄȅȆȇȈȉȊȋȌȍȎȏȐȑȒȓȔȕȖȗȘșȚțȞȟȦȧȨȩȪȫȬȭȮȯ"
+    "ȰȱȲȳςϐϑϕϖϰϱϵḀḁḂḃḄḅḆḇḈḉḊḋḌḍḎḏḐḑḒḓḔḕḖḗḘḙḚḛḜḝḞḟḠḡḢḣḤḥḦḧḨḩḪḫḬḭḮḯ"
+    "ḰḱḲḳḴḵḶḷḸḹḺḻḼḽḾḿṀṁṂṃṄṅṆṇṈṉṊṋṌṍṎṏṐṑṒṓṔṕṖṗṘṙṚṛṜṝṞṟṠṡṢṣṤṥṦṧṨṩṪṫ"
+    "ṬṭṮṯṰṱṲṳṴṵṶṷṸṹṺṻṼṽṾṿẀẁẂẃẄẅẆẇẈẉẊẋẌẍẎẏẐẑẒẓẔẕẖẗẘẙẛẠạẢảẤấẦầẨẩẪẫẬ"
+    "ậẮắẰằẲẳẴẵẶặẸẹẺẻẼẽẾếỀềỂểỄễỆệỈỉỊịỌọỎỏỐốỒồỔổỖỗỘộỚớỜờỞởỠỡỢợỤụỦủỨ"
+    "ứỪừỬửỮữỰựỲỳỴỵỶỷỸỹιÅ"
+)
+_FOLD_TO = (
+    "μaaaaaaceeeeiiiinooooouuuuyaaaaaaceeeeiiiinooooouuuuyyaaaaaa"
+    "ccccccccddeeeeeeeeeegggggggghhiiiiiiiiijjkkllllllnnnnnnooooo"
+    "orrrrrrssssssssttttuuuuuuuuuuuuwwyyyzzzzzzsoouuaaiioouuuuuuu"
+    "uuuaaggkkoooojggnnaaaaaaeeeeiiiioooorrrruuuusstthhaaeeoooooo"
+    "ooyyσβθφπκρεaabbbbbbccddddddddddeeeeeeeeeeffgghhhhhhhhhhiiii"
+    "kkkkkkllllllllmmmmmmnnnnnnnnoooooooopppprrrrrrrrsssssssssstt"
+    "ttttttuuuuuuuuuuvvvvwwwwwwwwwwxxxxyyzzzzzzhtwysaaaaaaaaaaaaa"
+    "aaaaaaaaaaaeeeeeeeeeeeeeeeeiiiioooooooooooooooooooooooouuuuu"
+    "uuuuuuuuuyyyyyyyyιa"
+)
+# combining diacritics: removed, as FTS5 removes them
+_DROPPED = (
+    "\u0300\u0301\u0302\u0303\u0304\u0306\u0307\u0308\u0309\u030a"
+    "\u030b\u030c\u030f\u0311\u031b\u0323\u0324\u0325\u0326\u0327"
+    "\u0328\u032d\u032e\u0330\u0331"
+)
+_SEPARATING_MARKS = [
+    (0x0305, 0x0305),
+    (0x030D, 0x030E),
+    (0x0310, 0x0310),
+    (0x0312, 0x031A),
+    (0x031C, 0x0322),
+    (0x0329, 0x032C),
+    (0x032F, 0x032F),
+    (0x0332, 0x036F),
+    (0x0483, 0x0489),
+    (0x0591, 0x05BD),
+    (0x05BF, 0x05BF),
+    (0x05C1, 0x05C2),
+    (0x05C4, 0x05C5),
+    (0x05C7, 0x05C7),
+    (0x0610, 0x061A),
+    (0x064B, 0x065F),
+    (0x0670, 0x0670),
+    (0x06D6, 0x06DC),
+    (0x06DF, 0x06E4),
+    (0x06E7, 0x06E8),
+    (0x06EA, 0x06ED),
+    (0x0711, 0x0711),
+    (0x0730, 0x074A),
+    (0x07A6, 0x07B0),
+    (0x07EB, 0x07F3),
+    (0x0816, 0x0819),
+    (0x081B, 0x0823),
+    (0x0825, 0x0827),
+    (0x0829, 0x082D),
+    (0x0859, 0x085B),
+    (0x08E4, 0x08FE),
+    (0x0900, 0x0903),
+    (0x093A, 0x093C),
+    (0x093E, 0x094F),
+    (0x0951, 0x0957),
+    (0x0962, 0x0963),
+    (0x0981, 0x0983),
+    (0x09BC, 0x09BC),
+    (0x09BE, 0x09C4),
+    (0x09C7, 0x09C8),
+    (0x09CB, 0x09CD),
+    (0x09D7, 0x09D7),
+    (0x09E2, 0x09E3),
+    (0x0A01, 0x0A03),
+    (0x0A3C, 0x0A3C),
+    (0x0A3E, 0x0A42),
+    (0x0A47, 0x0A48),
+    (0x0A4B, 0x0A4D),
+    (0x0A51, 0x0A51),
+    (0x0A70, 0x0A71),
+    (0x0A75, 0x0A75),
+    (0x0A81, 0x0A83),
+    (0x0ABC, 0x0ABC),
+    (0x0ABE, 0x0AC5),
+    (0x0AC7, 0x0AC9),
+    (0x0ACB, 0x0ACD),
+    (0x0AE2, 0x0AE3),
+    (0x0B01, 0x0B03),
+    (0x0B3C, 0x0B3C),
+    (0x0B3E, 0x0B44),
+    (0x0B47, 0x0B48),
+    (0x0B4B, 0x0B4D),
+    (0x0B56, 0x0B57),
+    (0x0B62, 0x0B63),
+    (0x0B82, 0x0B82),
+    (0x0BBE, 0x0BC2),
+    (0x0BC6, 0x0BC8),
+    (0x0BCA, 0x0BCD),
+    (0x0BD7, 0x0BD7),
+    (0x0C01, 0x0C03),
+    (0x0C3E, 0x0C44),
+    (0x0C46, 0x0C48),
+    (0x0C4A, 0x0C4D),
+    (0x0C55, 0x0C56),
+    (0x0C62, 0x0C63),
+    (0x0C82, 0x0C83),
+    (0x0CBC, 0x0CBC),
+    (0x0CBE, 0x0CC4),
+    (0x0CC6, 0x0CC8),
+    (0x0CCA, 0x0CCD),
+    (0x0CD5, 0x0CD6),
+    (0x0CE2, 0x0CE3),
+    (0x0D02, 0x0D03),
+    (0x0D3E, 0x0D44),
+    (0x0D46, 0x0D48),
+    (0x0D4A, 0x0D4D),
+    (0x0D57, 0x0D57),
+    (0x0D62, 0x0D63),
+    (0x0D82, 0x0D83),
+    (0x0DCA, 0x0DCA),
+    (0x0DCF, 0x0DD4),
+    (0x0DD6, 0x0DD6),
+    (0x0DD8, 0x0DDF),
+    (0x0DF2, 0x0DF3),
+    (0x0E31, 0x0E31),
+    (0x0E34, 0x0E3A),
+    (0x0E47, 0x0E4E),
+    (0x0EB1, 0x0EB1),
+    (0x0EB4, 0x0EB9),
+    (0x0EBB, 0x0EBC),
+    (0x0EC8, 0x0ECD),
+    (0x0F18, 0x0F19),
+    (0x0F35, 0x0F35),
+    (0x0F37, 0x0F37),
+    (0x0F39, 0x0F39),
+    (0x0F3E, 0x0F3F),
+    (0x0F71, 0x0F84),
+    (0x0F86, 0x0F87),
+    (0x0F8D, 0x0F97),
+    (0x0F99, 0x0FBC),
+    (0x0FC6, 0x0FC6),
+    (0x102B, 0x103E),
+    (0x1056, 0x1059),
+    (0x105E, 0x1060),
+    (0x1062, 0x1064),
+    (0x1067, 0x106D),
+    (0x1071, 0x1074),
+    (0x1082, 0x108D),
+    (0x108F, 0x108F),
+    (0x109A, 0x109D),
+    (0x135D, 0x135F),
+    (0x1712, 0x1714),
+    (0x1732, 0x1734),
+    (0x1752, 0x1753),
+    (0x1772, 0x1773),
+    (0x17B4, 0x17D3),
+    (0x17DD, 0x17DD),
+    (0x180B, 0x180D),
+    (0x18A9, 0x18A9),
+    (0x1920, 0x192B),
+    (0x1930, 0x193B),
+    (0x19B0, 0x19C0),
+    (0x19C8, 0x19C9),
+    (0x1A17, 0x1A1B),
+    (0x1A55, 0x1A5E),
+    (0x1A60, 0x1A7C),
+    (0x1A7F, 0x1A7F),
+    (0x1B00, 0x1B04),
+    (0x1B34, 0x1B44),
+    (0x1B6B, 0x1B73),
+    (0x1B80, 0x1B82),
+    (0x1BA1, 0x1BAD),
+    (0x1BE6, 0x1BF3),
+    (0x1C24, 0x1C37),
+    (0x1CD0, 0x1CD2),
+    (0x1CD4, 0x1CE8),
+    (0x1CED, 0x1CED),
+    (0x1CF2, 0x1CF4),
+    (0x1DC0, 0x1DE6),
+    (0x1DFC, 0x1DFF),
+    (0x20D0, 0x20F0),
+    (0x2CEF, 0x2CF1),
+    (0x2D7F, 0x2D7F),
+    (0x2DE0, 0x2DFF),
+    (0x302A, 0x302F),
+    (0x3099, 0x309A),
+    (0xA66F, 0xA672),
+    (0xA674, 0xA67D),
+    (0xA69F, 0xA69F),
+    (0xA6F0, 0xA6F1),
+    (0xA802, 0xA802),
+    (0xA806, 0xA806),
+    (0xA80B, 0xA80B),
+    (0xA823, 0xA827),
+    (0xA880, 0xA881),
+    (0xA8B4, 0xA8C4),
+    (0xA8E0, 0xA8F1),
+    (0xA926, 0xA92D),
+    (0xA947, 0xA953),
+    (0xA980, 0xA983),
+    (0xA9B3, 0xA9C0),
+    (0xAA29, 0xAA36),
+    (0xAA43, 0xAA43),
+    (0xAA4C, 0xAA4D),
+    (0xAA7B, 0xAA7B),
+    (0xAAB0, 0xAAB0),
+    (0xAAB2, 0xAAB4),
+    (0xAAB7, 0xAAB8),
+    (0xAABE, 0xAABF),
+    (0xAAC1, 0xAAC1),
+    (0xAAEB, 0xAAEF),
+    (0xAAF5, 0xAAF6),
+    (0xABE3, 0xABEA),
+    (0xABEC, 0xABED),
+    (0xFB1E, 0xFB1E),
+    (0xFE00, 0xFE0F),
+    (0xFE20, 0xFE26),
+]
+
+
+def _u(cp: int) -> str:
+    """A regex escape for ``cp``, as written inside an ``E'…'`` literal."""
+    return f"\\\\u{cp:04x}"
+
+
+def _search_text_function() -> str:
+    """``parley_search_text(text)``: text as FTS5 sees it, words separated by spaces.
+
+    ``translate`` costs the length of the text times the length of its table, so the
+    fold table is cut into blocks of 128 code points, each applied only to text that
+    has a character of that block; ASCII text skips all of them."""
+    blocks: dict[int, list[tuple[str, str]]] = {}
+    for src, dst in zip(_FOLD_FROM, _FOLD_TO, strict=True):
+        blocks.setdefault(ord(src) >> 7, []).append((src, dst))
+    folds = "".join(
+        f"""
+        IF t ~ E'[{_u(block << 7)}-{_u((block << 7) + 127)}]' THEN
+            t := translate(t, '{"".join(a for a, _ in pairs)}', '{"".join(b for _, b in pairs)}');
+        END IF;"""
+        for block, pairs in sorted(blocks.items())
+    )
+    dropped = "".join(_u(ord(c)) for c in _DROPPED)
+    marks = "".join(_u(a) if a == b else f"{_u(a)}-{_u(b)}" for a, b in _SEPARATING_MARKS)
+    return f"""
+CREATE FUNCTION parley_search_text(t text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $fn$
+    BEGIN
+        IF octet_length(t) <> length(t) THEN  -- not only ASCII{folds}
+            t := regexp_replace(t, E'[{dropped}]+', '', 'g');
+            t := regexp_replace(t, E'[{marks}]+', ' ', 'g');
+        END IF;
+        RETURN regexp_replace(t, '[^[:alnum:]]+', ' ', 'g');
+    END
+    $fn$
+"""
+
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -156,15 +441,82 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE m.conversation_id = f.conversation_id AND m.user_id = f.user_id;
         """,
     ),
+    (
+        3,
+        # Changes to messages are log entries sharing the conversation's seq; messages
+        # keep their current state (edited, deleted, mentions) and their reactions.
+        """
+        ALTER TABLE messages ADD COLUMN mentions text[],
+            ADD COLUMN edited_at double precision,
+            ADD COLUMN deleted_at double precision,
+            ADD COLUMN changed_seq bigint NOT NULL DEFAULT 0;
+        CREATE TABLE log_entries (
+            conversation_id bigint NOT NULL REFERENCES conversations ON DELETE CASCADE,
+            seq bigint NOT NULL,
+            kind text NOT NULL,
+            message_id bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
+            user_id text NOT NULL,
+            emoji text,
+            at double precision NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        );
+        CREATE TABLE reactions (
+            message_id bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
+            emoji text NOT NULL,
+            user_id text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (message_id, emoji, user_id)
+        );
+        """,
+    ),
+    (
+        5,
+        # Full-text search over the current content: a generated tsvector column follows
+        # every insert and every UPDATE of content (an edit re-indexes, a blanked
+        # deletion leaves nothing to find); adding it indexes the existing messages.
+        _search_text_function()
+        + """;
+        ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS
+            (to_tsvector('simple'::regconfig, parley_search_text(content))) STORED;
+        CREATE INDEX messages_search ON messages USING gin (search);
+        """,
+    ),
 ]
 
-_MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to"
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,"
+    " mentions, edited_at, deleted_at, changed_seq"
+)
+# Unread messages of member row ``m`` (from others, after its read cursor ``r``, not
+# deleted), and those of them that mention the user; each count stays in the unread
+# tail thanks to the (conversation_id, seq) index.
+_UNREAD = """(SELECT count(*) FROM messages u
+               WHERE u.conversation_id = c.id AND u.seq > COALESCE(r.read_seq, 0)
+                 AND u.sender_id <> $1 AND u.deleted_at IS NULL)"""
+_MENTIONED = """(SELECT count(*) FROM messages u
+                  WHERE u.conversation_id = c.id AND u.seq > COALESCE(r.read_seq, 0)
+                    AND u.sender_id <> $1 AND u.deleted_at IS NULL
+                    AND $1 = ANY(u.mentions))"""
 _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
 
 # Errors after which a whole batch is simply tried again: another node inserted one of
 # its (sender_id, local_id) pairs first, or PostgreSQL chose it as a deadlock victim.
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _BATCH_ATTEMPTS = 5
+
+
+def tsquery_sql(query: SearchQuery, args: list[object]) -> str:
+    """``query`` as a tsquery expression whose words are bind parameters (appended to
+    ``args``): each term a ``phraseto_tsquery`` of its words, included ones ANDed,
+    exclusions negated. No word is ever read as tsquery syntax."""
+
+    def phrase(term: SearchTerm) -> str:
+        args.append(" ".join(term.words))
+        return f"phraseto_tsquery('simple'::regconfig, parley_search_text(${len(args)}::text))"
+
+    parts = [f"({phrase(t)})" for t in query.include]
+    parts += [f"(!!({phrase(t)}))" for t in query.exclude]
+    return " && ".join(parts)
 
 
 class _Connection(Protocol):
@@ -189,8 +541,13 @@ def _attachment(row: Row) -> AttachmentRecord:
     )
 
 
-def _message(row: Row, attachments: list[AttachmentRecord]) -> MessageRecord:
+def _message(
+    row: Row,
+    attachments: list[AttachmentRecord],
+    reactions: dict[str, list[str]] | None = None,
+) -> MessageRecord:
     reply_to = row["reply_to"]
+    edited_at, deleted_at = row["edited_at"], row["deleted_at"]
     return MessageRecord(
         id=str(row["id"]),
         conversation_id=str(row["conversation_id"]),
@@ -201,6 +558,11 @@ def _message(row: Row, attachments: list[AttachmentRecord]) -> MessageRecord:
         sent_at=float(row["sent_at"]),
         reply_to=None if reply_to is None else str(reply_to),
         attachments=attachments,
+        mentions=list(row["mentions"] or ()),
+        edited_at=None if edited_at is None else float(edited_at),
+        deleted_at=None if deleted_at is None else float(deleted_at),
+        reactions=reactions or {},
+        changed_seq=max(int(row["seq"]), int(row["changed_seq"])),
     )
 
 
@@ -241,9 +603,49 @@ async def _attachments_of(
     return out
 
 
+async def _reactions_of(
+    conn: _Connection, message_ids: list[int]
+) -> dict[int, dict[str, list[str]]]:
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
+    order they reacted (both by the seq of the reaction)."""
+    out: dict[int, dict[str, list[str]]] = {}
+    if not message_ids:
+        return out
+    rows = await conn.fetch(
+        """SELECT message_id, emoji, user_id,
+                  min(seq) OVER (PARTITION BY message_id, emoji) AS first, seq
+           FROM reactions WHERE message_id = ANY($1::bigint[])
+           ORDER BY message_id, first, seq""",
+        message_ids,
+    )
+    for r in rows:
+        out.setdefault(int(r["message_id"]), {}).setdefault(r["emoji"], []).append(r["user_id"])
+    return out
+
+
 async def _messages(conn: _Connection, rows: list[Row]) -> list[MessageRecord]:
     atts = await _attachments_of(conn, [int(r["id"]) for r in rows])
-    return [_message(r, atts.get(int(r["id"]), [])) for r in rows]
+    reactions = await _reactions_of(conn, [int(r["id"]) for r in rows if r["deleted_at"] is None])
+    return [_message(r, atts.get(int(r["id"]), []), reactions.get(int(r["id"]))) for r in rows]
+
+
+Change = tuple[LogEntry, bool]
+# A change's function, given the connection of the batch transaction it runs in.
+_ChangeOp = Callable[..., Awaitable[Change]]
+
+
+class _PendingChange:
+    __slots__ = ("apply", "cid", "future")
+
+    def __init__(
+        self,
+        cid: int,
+        apply: Callable[[_Connection], Awaitable[Change]],
+        future: asyncio.Future[Change],
+    ) -> None:
+        self.cid = cid
+        self.apply = apply
+        self.future = future
 
 
 class _Pending:
@@ -275,6 +677,7 @@ class PostgresStore:
         self._batch_max = batch_max
         self._pool: Any = None  # asyncpg.Pool, set by start()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._changes: asyncio.Queue[_PendingChange] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -294,11 +697,13 @@ class PostgresStore:
             asyncio.create_task(self._writer(), name=f"parley-pg-writer-{i}")
             for i in range(self._writers)
         ]
+        self._tasks.append(asyncio.create_task(self._change_writer(), name="parley-pg-changes"))
 
     async def close(self) -> None:
         self._closing = True
         if self._tasks:
             await self._queue.join()
+            await self._changes.join()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -342,6 +747,15 @@ class PostgresStore:
                 log.info("applying schema migration %d", version)
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            ctype = await conn.fetchval(
+                "SELECT datctype FROM pg_database WHERE datname = current_database()"
+            )
+            if ctype in ("C", "POSIX"):
+                log.warning(
+                    "database LC_CTYPE is %s: search finds ASCII words only (use a UTF-8"
+                    " locale such as C.UTF-8)",
+                    ctype,
+                )
 
     # -- users ---------------------------------------------------------------
     async def set_user_active(self, user_id: str, active: bool) -> None:
@@ -357,6 +771,25 @@ class PostgresStore:
         async with self._acquire() as conn:
             active = await conn.fetchval("SELECT active FROM users WHERE id = $1", user_id)
         return active is None or bool(active)
+
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        ids = list(dict.fromkeys(user_ids))
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT q.id, coalesce(u.active, true) AS active, m.conversation_id
+                   FROM unnest($1::text[]) AS q(id)
+                   LEFT JOIN users u ON u.id = q.id
+                   LEFT JOIN members m ON m.user_id = q.id
+                   ORDER BY m.conversation_id""",
+                ids,
+            )
+        convs: dict[str, list[str]] = {user: [] for user in ids}
+        active: dict[str, bool] = {}
+        for r in rows:
+            active[r["id"]] = bool(r["active"])
+            if r["conversation_id"] is not None:
+                convs[r["id"]].append(str(r["conversation_id"]))
+        return {user: UserState(active.get(user, True), convs[user]) for user in ids}
 
     # -- conversations -------------------------------------------------------
     async def create_conversation(
@@ -438,52 +871,38 @@ class PostgresStore:
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         async with self._acquire() as conn:
+            # One query for every conversation (members, owners, counts, the newest
+            # message's id), then one for those messages: no query per conversation.
             rows = await conn.fetch(
                 f"""SELECT c.id, c.kind, c.title, c.created_at, c.last_seq,
                           ARRAY(SELECT user_id FROM members m2 WHERE m2.conversation_id = c.id)
                               AS member_ids, {_OWNERS},
-                          (SELECT count(*) FROM messages u
-                            WHERE u.conversation_id = c.id
-                              AND u.seq > COALESCE(r.read_seq, 0)
-                              AND u.sender_id <> $1) AS unread_count,
-                          lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id,
-                          lm.local_id AS lm_local_id, lm.content AS lm_content,
-                          lm.sent_at AS lm_sent_at, lm.reply_to AS lm_reply_to
+                          COALESCE(r.read_seq, 0) AS read_seq,
+                          {_UNREAD} AS unread_count, {_MENTIONED} AS mention_count,
+                          (SELECT id FROM messages l WHERE l.conversation_id = c.id
+                            ORDER BY l.seq DESC LIMIT 1) AS last_id
                    FROM members m
                    JOIN conversations c ON c.id = m.conversation_id
                    LEFT JOIN cursors r ON r.conversation_id = c.id AND r.user_id = $1
-                   LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
                    WHERE m.user_id = $1
                    ORDER BY c.last_activity DESC, c.id DESC""",
                 user_id,
             )
-            last_ids = [int(r["lm_id"]) for r in rows if r["lm_id"] is not None]
-            atts = await _attachments_of(conn, last_ids)
-        out: list[ConversationSummary] = []
-        for r in rows:
-            last: MessageRecord | None = None
-            if r["lm_id"] is not None:
-                last = _message(
-                    {
-                        "id": r["lm_id"],
-                        "conversation_id": r["id"],
-                        "seq": r["lm_seq"],
-                        "sender_id": r["lm_sender_id"],
-                        "local_id": r["lm_local_id"],
-                        "content": r["lm_content"],
-                        "sent_at": r["lm_sent_at"],
-                        "reply_to": r["lm_reply_to"],
-                    },
-                    atts.get(int(r["lm_id"]), []),
-                )
-            out.append(
-                ConversationSummary(
-                    conversation=_conversation(r, r["member_ids"]),
-                    last_message=last,
-                    unread_count=int(r["unread_count"]),
-                )
+            last_ids = [int(r["last_id"]) for r in rows if r["last_id"] is not None]
+            found = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::bigint[])", last_ids
             )
-        return out
+            last = {int(m.id): m for m in await _messages(conn, found)}
+        return [
+            ConversationSummary(
+                conversation=_conversation(r, r["member_ids"]),
+                last_message=None if r["last_id"] is None else last.get(int(r["last_id"])),
+                unread_count=int(r["unread_count"]),
+                read_seq=int(r["read_seq"]),
+                mention_count=int(r["mention_count"]),
+            )
+            for r in rows
+        ]
 
     async def user_conversations(self, user_id: str) -> dict[str, int]:
         async with self._acquire() as conn:
@@ -695,13 +1114,17 @@ class PostgresStore:
                     sorted({c for c in conv_ids.values() if c is not None}),
                 )
             }
+            # Membership and the active flag in one query: a user deactivated on another
+            # node (whose broker could not tell this one) is refused here all the same.
             rows = await conn.fetch(
-                """SELECT conversation_id, user_id FROM members
-                   WHERE conversation_id = ANY($1::bigint[]) AND user_id = ANY($2::text[])""",
+                """SELECT m.conversation_id, m.user_id, coalesce(u.active, true) AS active
+                   FROM members m LEFT JOIN users u ON u.id = m.user_id
+                   WHERE m.conversation_id = ANY($1::bigint[]) AND m.user_id = ANY($2::text[])""",
                 list(known),
                 list({msgs[i].sender_id for i in todo}),
             )
             membership = {(int(r["conversation_id"]), r["user_id"]) for r in rows}
+            inactive = {r["user_id"] for r in rows if not r["active"]}
             reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
             reply_conv: dict[int, int] = {}
             if reply_ids:
@@ -731,7 +1154,7 @@ class PostgresStore:
                         linked.add(r["id"])
             for i in todo:
                 results[i] = self._refusal(
-                    msgs[i], conv_ids[i], known, membership, reply_conv, uploads, linked
+                    msgs[i], conv_ids[i], known, membership, inactive, reply_conv, uploads, linked
                 )
             valid = [i for i in todo if results[i] is None]
             if valid:
@@ -776,9 +1199,14 @@ class PostgresStore:
         replies = {i: row_id(msgs[i].reply_to) for i in valid}
         inserted = await conn.fetch(
             """INSERT INTO messages
-                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to)
-               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                                    $5::text[], $6::float8[], $7::bigint[])
+                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,
+                    mentions)
+               SELECT v.c, v.s, v.u, v.l, v.t, v.a, v.r,
+                      CASE WHEN v.m IS NULL THEN NULL
+                           ELSE ARRAY(SELECT json_array_elements_text(v.m::json)) END
+               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                           $5::text[], $6::float8[], $7::bigint[], $8::text[])
+                    AS v(c, s, u, l, t, a, r, m)
                RETURNING id, sender_id, local_id""",
             [targets[i] for i in valid],
             [seqs[i] for i in valid],
@@ -787,6 +1215,7 @@ class PostgresStore:
             [msgs[i].content for i in valid],
             [msgs[i].sent_at for i in valid],
             [replies[i] for i in valid],
+            [json.dumps(list(msgs[i].mentions)) if msgs[i].mentions else None for i in valid],
         )
         new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
         await self._link_attachments(conn, msgs, valid, new_id, uploads)
@@ -806,6 +1235,8 @@ class PostgresStore:
                 attachments=[
                     a.meta if a.data is not None else uploads[a.meta.id] for a in m.attachments
                 ],
+                mentions=list(m.mentions),
+                changed_seq=seqs[i],
             )
         return records
 
@@ -815,6 +1246,7 @@ class PostgresStore:
         cid: int | None,
         known: set[int],
         membership: set[tuple[int, str]],
+        inactive: set[str],
         reply_conv: dict[int, int],
         uploads: dict[str, AttachmentRecord],
         linked: set[str],
@@ -825,6 +1257,8 @@ class PostgresStore:
             return NotFoundError(CONVERSATION_NOT_FOUND)
         if (cid, m.sender_id) not in membership:
             return ForbiddenError(NOT_MEMBER)
+        if m.sender_id in inactive:
+            return DeactivatedError(USER_DEACTIVATED)
         if m.reply_to is not None:
             rid = row_id(m.reply_to)
             if rid is None or reply_conv.get(rid) != cid:
@@ -912,6 +1346,45 @@ class PostgresStore:
                 rows.reverse()
             return await _messages(conn, rows), has_more
 
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        args: list[object] = [user_id]
+        cid: int | None = None
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+        tsquery = tsquery_sql(query, args)
+        args += [cid, limit + 1, offset]
+        n = len(args)
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        # The query is built once (an uncorrelated sub-select: an init plan), not once per
+        # row it is tested on, and the GIN index can use it.
+        sql = f"""SELECT {", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))}
+                  FROM messages m
+                  JOIN members mb ON mb.conversation_id = m.conversation_id
+                                 AND mb.user_id = $1
+                  WHERE m.search @@ (SELECT {tsquery})
+                    AND (${n - 2}::bigint IS NULL OR m.conversation_id = ${n - 2})
+                  ORDER BY ts_rank(m.search, (SELECT {tsquery}), 1) DESC, m.id DESC
+                  LIMIT ${n - 1} OFFSET ${n}"""
+        async with self._acquire() as conn:
+            # A statement of its own each time, so PostgreSQL plans it for this query's
+            # words (a custom plan, using the index's statistics): a cached statement's
+            # generic plan, made without them, can be slower by orders of magnitude.
+            statement = await cast(Any, conn).prepare(sql)
+            rows = await statement.fetch(*args)
+            return await _messages(conn, rows[:limit]), len(rows) > limit
+
     # -- receipts ------------------------------------------------------------
     async def advance_cursor(
         self,
@@ -981,6 +1454,361 @@ class PostgresStore:
             for r in rows
         ]
         return sorted(cursors, key=lambda c: c.user_id)
+
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        out: dict[str, list[Cursor]] = {cid: [] for cid in conversation_ids}
+        ids = [i for i in (row_id(c) for c in conversation_ids) if i is not None]
+        if not ids:
+            return out
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT m.conversation_id, m.user_id, COALESCE(r.read_seq, 0) AS read_seq,
+                          COALESCE(r.delivered_seq, 0) AS delivered_seq
+                   FROM members m LEFT JOIN cursors r
+                        ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id
+                   WHERE m.conversation_id = ANY($1::bigint[])""",
+                ids,
+            )
+        for r in sorted(rows, key=lambda r: r["user_id"]):
+            out.setdefault(str(r["conversation_id"]), []).append(
+                Cursor(r["user_id"], int(r["read_seq"]), int(r["delivered_seq"]))
+            )
+        return out
+
+    # -- unread --------------------------------------------------------------
+    async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT c.id, c.last_seq, COALESCE(r.read_seq, 0) AS read_seq,
+                           {_UNREAD} AS unread_count, {_MENTIONED} AS mention_count
+                    FROM members m
+                    JOIN conversations c ON c.id = m.conversation_id
+                    LEFT JOIN cursors r ON r.conversation_id = c.id AND r.user_id = $1
+                    WHERE m.user_id = $1""",
+                user_id,
+            )
+        return {
+            str(r["id"]): ConversationState(
+                int(r["last_seq"]),
+                int(r["read_seq"]),
+                int(r["unread_count"]),
+                int(r["mention_count"]),
+            )
+            for r in rows
+        }
+
+    # -- changes -------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        mid = row_id(message_id)
+        if mid is None:
+            return None
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1", mid)
+            return None if row is None else (await _messages(conn, [row]))[0]
+
+    async def get_log(
+        self, conversation_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cid = row_id(conversation_id)
+        if cid is None:
+            return [], False
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                """(SELECT seq, 'message' AS kind, id AS message_id, sender_id AS user_id,
+                           sent_at AS at, NULL::text AS emoji
+                    FROM messages WHERE conversation_id = $1 AND seq > $2
+                    ORDER BY seq LIMIT $3)
+                   UNION ALL
+                   (SELECT seq, kind, message_id, user_id, at, emoji FROM log_entries
+                    WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3)
+                   ORDER BY seq LIMIT $3""",
+                cid,
+                after_seq,
+                limit + 1,
+            )
+            more = len(rows) > limit
+            rows = rows[:limit]
+            found = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::bigint[])",
+                sorted({int(r["message_id"]) for r in rows}),
+            )
+            by_id = {int(m.id): m for m in await _messages(conn, found)}
+        entries = [
+            LogEntry(
+                conversation_id=str(cid),
+                seq=int(r["seq"]),
+                kind=r["kind"],
+                message=by_id[int(r["message_id"])],
+                user_id=r["user_id"],
+                at=float(r["at"]),
+                emoji=r["emoji"],
+            )
+            for r in rows
+        ]
+        return entries, more
+
+    # Changes are committed like messages, in groups: a writer task takes every queued
+    # change (up to ``batch_max``), locks their conversations (ascending id, as appends
+    # do, so the two never deadlock), runs each change's function and commits once. A
+    # refused change (``StoreError``, raised before it writes anything) fails alone; when
+    # the transaction itself fails, each change is committed again on its own, so only
+    # the one the database cannot take fails. Each ``_op_*`` function below is the whole
+    # of its change inside that transaction: a webhook outbox row written there commits
+    # (or not) with the change itself.
+    async def _change(
+        self, conversation_id: str, message_id: str, op: _ChangeOp, *args: Any
+    ) -> Change:
+        cid, mid = row_id(conversation_id), row_id(message_id)
+        if cid is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        if mid is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        if self._closing or not self._tasks:
+            raise RuntimeError("PostgresStore is not running")
+        future: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        self._changes.put_nowait(
+            _PendingChange(cid, functools.partial(op, cid, mid, *args), future)
+        )
+        return await asyncio.shield(future)
+
+    async def _change_writer(self) -> None:
+        while True:
+            batch = [await self._changes.get()]
+            while len(batch) < self._batch_max and not self._changes.empty():
+                batch.append(self._changes.get_nowait())
+            try:
+                try:
+                    await self._commit_changes(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        raise
+                    log.warning("change batch of %d failed (%r); one by one", len(batch), exc)
+                    for p in batch:
+                        if not p.future.done():
+                            try:
+                                await self._commit_changes([p])
+                            except Exception as one:
+                                p.future.set_exception(one)
+            except Exception as exc:  # the database failed
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                for _ in batch:
+                    self._changes.task_done()
+
+    async def _commit_changes(self, batch: list[_PendingChange]) -> None:
+        results: list[Change | StoreError] = []
+        for attempt in range(_BATCH_ATTEMPTS):
+            results = []
+            try:
+                async with self._acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "SELECT id FROM conversations WHERE id = ANY($1::bigint[])"
+                        " ORDER BY id FOR NO KEY UPDATE",
+                        sorted({p.cid for p in batch}),
+                    )
+                    for p in batch:
+                        try:
+                            results.append(await p.apply(conn))
+                        except StoreError as refused:
+                            results.append(refused)
+                break
+            except _RETRYABLE:
+                if attempt == _BATCH_ATTEMPTS - 1:
+                    raise
+        for p, result in zip(batch, results, strict=True):  # committed: answer each
+            if isinstance(result, StoreError):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    @staticmethod
+    async def _target(
+        conn: _Connection, cid: int, mid: int, user_id: str, *, member: bool = True
+    ) -> MessageRecord:
+        """The message a change applies to, under the conversation's lock, checked
+        (transaction rule 5)."""
+        found = await conn.fetchrow(
+            """SELECT EXISTS (SELECT 1 FROM members m
+                              WHERE m.conversation_id = c.id AND m.user_id = $2) AS member
+               FROM conversations c WHERE c.id = $1""",
+            cid,
+            user_id,
+        )
+        if found is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        if member and not found["member"]:
+            raise ForbiddenError(NOT_MEMBER)
+        row = await conn.fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2",
+            mid,
+            cid,
+        )
+        if row is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        return (await _messages(conn, [row]))[0]
+
+    @staticmethod
+    async def _log(
+        conn: _Connection,
+        msg: MessageRecord,
+        kind: EntryKind,
+        user_id: str,
+        at: float,
+        emoji: str | None = None,
+    ) -> int:
+        """Append a change to the log under the row lock (the conversation's next seq,
+        the entry, the message's last change), in one statement; its seq."""
+        return int(
+            await conn.fetchval(
+                """WITH s AS (UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                              RETURNING last_seq),
+                        e AS (INSERT INTO log_entries
+                                  (conversation_id, seq, kind, message_id, user_id, emoji, at)
+                              SELECT $1, s.last_seq, $3, $2, $4, $5, $6 FROM s),
+                        m AS (UPDATE messages SET changed_seq = s.last_seq FROM s
+                              WHERE messages.id = $2)
+                   SELECT last_seq FROM s""",
+                int(msg.conversation_id),
+                int(msg.id),
+                kind,
+                user_id,
+                emoji,
+                at,
+            )
+        )
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_edit, user_id, content, at)
+
+    async def _op_edit(
+        self, cid: int, mid: int, user_id: str, content: str, at: float, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if msg.content == content:
+            return LogEntry(
+                msg.conversation_id, msg.last_change_seq, "message.updated", msg, user_id, at
+            ), False
+        await conn.execute(
+            "UPDATE messages SET content = $2, edited_at = $3 WHERE id = $1", mid, content, at
+        )
+        seq = await self._log(conn, msg, "message.updated", user_id, at)
+        now = edited(msg, content, at, seq)
+        return LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at), True
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_delete, user_id, at, admin)
+
+    async def _op_delete(
+        self, cid: int, mid: int, user_id: str, at: float, admin: bool, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id, member=not admin)
+        if msg.deleted:
+            when = msg.deleted_at or at
+            return LogEntry(
+                msg.conversation_id, msg.last_change_seq, "message.deleted", msg, user_id, when
+            ), False
+        await conn.execute(
+            "UPDATE messages SET content = '', deleted_at = $2, mentions = NULL WHERE id = $1",
+            mid,
+            at,
+        )
+        gone = await conn.fetch(
+            "DELETE FROM message_attachments WHERE message_id = $1 RETURNING attachment_id", mid
+        )
+        if gone:
+            await conn.execute(
+                "DELETE FROM attachments WHERE id = ANY($1::text[])",
+                [r["attachment_id"] for r in gone],
+            )
+        await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
+        seq = await self._log(conn, msg, "message.deleted", user_id, at)
+        now = tombstone(msg, at, seq)
+        return LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at), True
+
+    async def add_reaction(
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        at: float,
+        *,
+        max_reactions: int,
+    ) -> Change:
+        return await self._change(
+            conversation_id, message_id, self._op_react, user_id, emoji, at, max_reactions
+        )
+
+    async def _op_react(
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        emoji: str,
+        at: float,
+        max_reactions: int,
+        conn: _Connection,
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if user_id in msg.reactions.get(emoji, ()):
+            entry = LogEntry(
+                msg.conversation_id, msg.last_change_seq, "reaction.added", msg, user_id, at, emoji
+            )
+            return entry, False
+        if emoji not in msg.reactions and len(msg.reactions) >= max_reactions:
+            raise LimitError(too_many_reactions(max_reactions))
+        seq = await self._log(conn, msg, "reaction.added", user_id, at, emoji)
+        await conn.execute(
+            "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES ($1, $2, $3, $4)",
+            mid,
+            emoji,
+            user_id,
+            seq,
+        )
+        now = with_reaction(msg, emoji, user_id, seq)
+        return LogEntry(msg.conversation_id, seq, "reaction.added", now, user_id, at, emoji), True
+
+    async def remove_reaction(
+        self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
+    ) -> Change:
+        return await self._change(conversation_id, message_id, self._op_unreact, user_id, emoji, at)
+
+    async def _op_unreact(
+        self, cid: int, mid: int, user_id: str, emoji: str, at: float, conn: _Connection
+    ) -> Change:
+        msg = await self._target(conn, cid, mid, user_id)
+        if user_id not in msg.reactions.get(emoji, ()):  # a deleted message has none
+            entry = LogEntry(
+                msg.conversation_id,
+                msg.last_change_seq,
+                "reaction.removed",
+                msg,
+                user_id,
+                at,
+                emoji,
+            )
+            return entry, False
+        await conn.execute(
+            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+            mid,
+            emoji,
+            user_id,
+        )
+        seq = await self._log(conn, msg, "reaction.removed", user_id, at, emoji)
+        now = without_reaction(msg, emoji, user_id, seq)
+        return LogEntry(msg.conversation_id, seq, "reaction.removed", now, user_id, at, emoji), True
 
     # -- attachments ---------------------------------------------------------
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:

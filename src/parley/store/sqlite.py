@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import queue
 import sqlite3
 import threading
@@ -38,31 +39,51 @@ from parley.store.base import (
     CONVERSATION_NOT_FOUND,
     DIRECT_IS_TWO,
     MEMBERSHIP_NOT_FOUND,
+    MESSAGE_DELETED,
+    MESSAGE_NOT_FOUND,
     NOT_MEMBER,
     REPLY_NOT_FOUND,
+    USER_DEACTIVATED,
     AttachmentRecord,
     Conversation,
     ConversationKind,
+    ConversationState,
     ConversationSummary,
     Cursor,
+    DeactivatedError,
+    EntryKind,
     ForbiddenError,
     LimitError,
+    LogEntry,
     MessageRecord,
     NewMessage,
     NotFoundError,
     ReceiptKind,
+    SearchQuery,
+    SearchTerm,
     StoreError,
+    UserState,
     attachment_not_found,
     attachment_unusable,
+    edited,
     row_id,
+    tombstone,
     too_many_members,
+    too_many_reactions,
+    with_reaction,
+    without_reaction,
 )
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+# (version, script). Versions are applied in ascending order, each once; a script's
+# statements are split where ``sqlite3.complete_statement`` says one ends (so a
+# trigger's BEGIN … END body stays whole).
+MIGRATIONS: list[tuple[int, str]] = [
     # 1: initial schema
-    """
+    (
+        1,
+        """
     CREATE TABLE users (
         id TEXT PRIMARY KEY,
         active INTEGER NOT NULL DEFAULT 1
@@ -110,15 +131,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX attachments_by_message ON attachments (message_id);
     """,
+    ),
     # 2: a conversation's last seq and activity are read off its newest message
-    """
+    (
+        2,
+        """
     ALTER TABLE conversations DROP COLUMN last_seq;
     ALTER TABLE conversations DROP COLUMN last_activity;
     """,
+    ),
     # 3: group owners, join order, the creator, cursors kept across leave and re-join.
     # A direct conversation that ever had other than two members becomes a group; a
     # group's first member (by user id) becomes its owner.
-    """
+    (
+        3,
+        """
     ALTER TABLE conversations ADD COLUMN creator_id TEXT;
     ALTER TABLE members ADD COLUMN joined_at REAL NOT NULL DEFAULT 0;
     ALTER TABLE members ADD COLUMN owner_since REAL;
@@ -137,19 +164,92 @@ MIGRATIONS: list[str] = [
          JOIN conversations c ON c.id = m.conversation_id
          WHERE c.kind = 'group' GROUP BY m.conversation_id);
     """,
+    ),
+    # 4: changes to messages are log entries sharing the conversation's seq; messages
+    # keep their current state (edited, deleted, mentions) and their reactions.
+    (
+        4,
+        """
+    ALTER TABLE messages ADD COLUMN mentions TEXT;
+    ALTER TABLE messages ADD COLUMN edited_at REAL;
+    ALTER TABLE messages ADD COLUMN deleted_at REAL;
+    ALTER TABLE messages ADD COLUMN changed_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE log_entries (
+        conversation_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message_id INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        emoji TEXT,
+        at REAL NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE reactions (
+        message_id INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (message_id, emoji, user_id)
+    ) WITHOUT ROWID;
+    """,
+    ),
+    # 6: full-text search over the current content of every message (docs/protocol.md,
+    # "Search"). An external-content FTS5 index kept in step with the messages table by
+    # triggers, so an edit (an UPDATE of content) re-indexes the message and a deletion
+    # that blanks it leaves nothing to find; existing messages are indexed here.
+    (
+        6,
+        """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content='messages', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
-    "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to, has_attachments"
+    "id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to, has_attachments,"
+    " mentions, edited_at, deleted_at, changed_seq"
 )
 _ATTACHMENT_COLUMNS = "id, type, filename, size, content_type, uploader_id, created_at"
 # A conversation's last seq and activity are read off its newest message (the
 # (conversation_id, seq) index makes that one lookup), so an append writes only the
 # message row: no per-batch UPDATE of every conversation it touched.
-_LAST_SEQ = "coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0)"
+# Messages and changes share one sequence: the last seq is the larger of the two tails.
+_LAST_SEQ = (
+    "max(coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
+    " coalesce((SELECT max(seq) FROM log_entries WHERE conversation_id = c.id), 0))"
+)
 _LAST_ACTIVITY = (
     "coalesce((SELECT sent_at FROM messages WHERE conversation_id = c.id"
     " ORDER BY seq DESC LIMIT 1), c.created_at)"
+)
+# Unread messages of member row ``m`` (from others, after its read cursor, not deleted),
+# and those of them that mention the user; the (conversation_id, seq) index bounds each
+# count to the unread tail.
+_UNREAD = (
+    "(SELECT count(*) FROM messages u WHERE u.conversation_id = m.conversation_id"
+    " AND u.seq > m.read_seq AND u.sender_id != m.user_id AND u.deleted_at IS NULL)"
+)
+_MENTIONED = (
+    "(SELECT count(*) FROM messages u WHERE u.conversation_id = m.conversation_id"
+    " AND u.seq > m.read_seq AND u.sender_id != m.user_id AND u.deleted_at IS NULL"
+    " AND u.mentions IS NOT NULL"
+    " AND EXISTS (SELECT 1 FROM json_each(u.mentions) j WHERE j.value = m.user_id))"
 )
 _CACHE_LIMIT = 20_000
 _BATCH_MAX = 1024
@@ -318,6 +418,9 @@ class SQLiteStore:
         assert loop is not None
         try:
             conn = _connect(self.path, self._uri, self.synchronous)
+            # A deleted message's content and attachment bytes are overwritten on disk,
+            # not only unlinked (docs/protocol.md, "Edits, deletions and reactions").
+            conn.execute("PRAGMA secure_delete=ON")
             _migrate(conn)
             if not self._uri:  # checkpoints run beside the writer, never inside a commit
                 conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -453,6 +556,24 @@ class SQLiteStore:
         )
         return row is None or bool(row[0])
 
+    async def users_state(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        ids = list(dict.fromkeys(user_ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT q.value, coalesce(u.active, 1), m.conversation_id"
+                " FROM json_each(?) q LEFT JOIN users u ON u.id = q.value"
+                " LEFT JOIN members m ON m.user_id = q.value ORDER BY m.conversation_id",
+                (json.dumps(ids),),
+            ).fetchall()
+        )
+        convs: dict[str, list[str]] = {user: [] for user in ids}
+        active: dict[str, bool] = {}
+        for user, flag, cid in rows:
+            active[user] = bool(flag)
+            if cid is not None:
+                convs[user].append(str(cid))
+        return {user: UserState(active.get(user, True), convs[user]) for user in ids}
+
     # ------------------------------------------------------------------ conversations
     async def create_conversation(
         self,
@@ -528,28 +649,63 @@ class SQLiteStore:
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         def read(c: sqlite3.Connection) -> list[ConversationSummary]:
+            # One query for every conversation (members, owners, counts, the newest
+            # message's id), then one for those messages: no query per conversation.
             rows = c.execute(
-                "SELECT c.id, m.read_seq FROM members m JOIN conversations c"
-                " ON c.id = m.conversation_id WHERE m.user_id = ?"
+                "SELECT c.id, c.kind, c.title, c.created_at, "
+                f"{_LAST_SEQ}, m.read_seq, {_UNREAD}, {_MENTIONED},"
+                " (SELECT json_group_array(user_id) FROM (SELECT user_id FROM members"
+                "  WHERE conversation_id = c.id ORDER BY user_id)),"
+                " (SELECT json_group_array(user_id) FROM (SELECT user_id FROM members"
+                "  WHERE conversation_id = c.id AND owner_since IS NOT NULL"
+                "  ORDER BY owner_since, user_id)),"
+                " (SELECT id FROM messages WHERE conversation_id = c.id"
+                "  ORDER BY seq DESC LIMIT 1)"
+                " FROM members m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.user_id = ?"
                 f" ORDER BY {_LAST_ACTIVITY} DESC, c.id DESC",
                 (user_id,),
             ).fetchall()
-            out = []
-            for conv_id, read_seq in rows:
-                conv = _load_conversation(c, conv_id)
-                last = c.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
-                    " ORDER BY seq DESC LIMIT 1",
-                    (conv_id,),
-                ).fetchone()
-                unread = c.execute(
-                    "SELECT count(*) FROM messages WHERE conversation_id = ? AND seq > ?"
-                    " AND sender_id != ?",
-                    (conv_id, read_seq, user_id),
-                ).fetchone()[0]
-                last_message = _messages(c, [last])[0] if last else None
-                out.append(ConversationSummary(conv, last_message, unread))
-            return out
+            last_ids = [r[10] for r in rows if r[10] is not None]
+            marks = ",".join("?" * len(last_ids))
+            found = (
+                c.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", last_ids
+                ).fetchall()
+                if last_ids
+                else []
+            )
+            last = {int(m.id): m for m in _messages(c, found)}
+            return [
+                ConversationSummary(
+                    Conversation(
+                        str(cid),
+                        kind,
+                        title,
+                        json.loads(members),
+                        created_at,
+                        last_seq,
+                        json.loads(owners),
+                    ),
+                    last.get(last_id) if last_id is not None else None,
+                    unread,
+                    read_seq,
+                    mentioned,
+                )
+                for (
+                    cid,
+                    kind,
+                    title,
+                    created_at,
+                    last_seq,
+                    read_seq,
+                    unread,
+                    mentioned,
+                    members,
+                    owners,
+                    last_id,
+                ) in rows
+            ]
 
         return await self._read(read)
 
@@ -685,6 +841,11 @@ class SQLiteStore:
             if existing is not None:
                 return existing, False
             raise ForbiddenError(NOT_MEMBER)
+        if _deactivated(conn, m.sender_id):
+            existing = _find_by_local_id(conn, m.sender_id, m.local_id)
+            if existing is not None:
+                return existing, False
+            raise DeactivatedError(USER_DEACTIVATED)
         reply_to: int | None = None
         if m.reply_to is not None:
             reply_to = row_id(m.reply_to)
@@ -713,7 +874,7 @@ class SQLiteStore:
         seq = cs.last_seq + 1
         cur = conn.execute(
             "INSERT INTO messages (conversation_id, seq, sender_id, local_id, content, sent_at,"
-            " reply_to, has_attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " reply_to, has_attachments, mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (sender_id, local_id) DO NOTHING",
             (
                 cid,
@@ -724,6 +885,7 @@ class SQLiteStore:
                 m.sent_at,
                 reply_to,
                 1 if m.attachments else 0,
+                json.dumps(list(m.mentions)) if m.mentions else None,
             ),
         )
         if cur.rowcount == 0:
@@ -767,6 +929,8 @@ class SQLiteStore:
             sent_at=m.sent_at,
             reply_to=str(reply_to) if reply_to is not None else None,
             attachments=records,
+            mentions=list(m.mentions),
+            changed_seq=seq,
         )
         return record, True
 
@@ -804,6 +968,41 @@ class SQLiteStore:
             rows = rows[:limit]
             rows.reverse()
             return _messages(c, rows), more
+
+        return await self._read(read)
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MessageRecord], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        where = ""
+        args: list[object] = [user_id, fts5_match(query)]
+        if conversation_id is not None:
+            cid = row_id(conversation_id)
+            if cid is None:
+                return [], False
+            where = " AND m.conversation_id = ?"
+            args.append(cid)
+        args += [limit + 1, offset]
+        # Membership is part of the statement: a user removed a moment ago finds nothing.
+        sql = (
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?"
+            f" WHERE messages_fts MATCH ?{where}"
+            " ORDER BY bm25(messages_fts), m.id DESC LIMIT ? OFFSET ?"
+        )
+
+        def read(c: sqlite3.Connection) -> tuple[list[MessageRecord], bool]:
+            rows = c.execute(sql, args).fetchall()
+            return _messages(c, rows[:limit]), len(rows) > limit
 
         return await self._read(read)
 
@@ -871,6 +1070,287 @@ class SQLiteStore:
         )
         return [Cursor(u, r, d) for u, r, d in rows]
 
+    async def get_cursors_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Cursor]]:
+        out: dict[str, list[Cursor]] = {cid: [] for cid in conversation_ids}
+        ids = [i for i in (row_id(c) for c in conversation_ids) if i is not None]
+        if not ids:
+            return out
+        marks = ",".join("?" * len(ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT conversation_id, user_id, read_seq, delivered_seq FROM members"
+                f" WHERE conversation_id IN ({marks})",
+                ids,
+            ).fetchall()
+        )
+        for cid, u, r, d in rows:
+            out.setdefault(str(cid), []).append(Cursor(u, r, d))
+        return out
+
+    # ------------------------------------------------------------------ unread
+    async def conversation_states(self, user_id: str) -> dict[str, ConversationState]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT m.conversation_id, {_LAST_SEQ.replace('c.id', 'm.conversation_id')},"
+                f" m.read_seq, {_UNREAD}, {_MENTIONED} FROM members m"
+                " WHERE m.user_id = ?1 ORDER BY m.conversation_id",
+                (user_id,),
+            ).fetchall()
+        )
+        return {
+            str(cid): ConversationState(last, read, unread, mentioned)
+            for cid, last, read, unread, mentioned in rows
+        }
+
+    # ------------------------------------------------------------------ changes
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        mid = row_id(message_id)
+        if mid is None:
+            return None
+
+        def read(c: sqlite3.Connection) -> MessageRecord | None:
+            row = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (mid,)
+            ).fetchone()
+            return _messages(c, [row])[0] if row is not None else None
+
+        return await self._read(read)
+
+    async def get_log(
+        self, conversation_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[LogEntry], bool]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        cid = row_id(conversation_id)
+        if cid is None:
+            return [], False
+
+        def read(c: sqlite3.Connection) -> tuple[list[LogEntry], bool]:
+            rows = c.execute(
+                "SELECT seq, 'message', id, sender_id, sent_at, NULL FROM messages"
+                " WHERE conversation_id = ?1 AND seq > ?2"
+                " UNION ALL SELECT seq, kind, message_id, user_id, at, emoji FROM log_entries"
+                " WHERE conversation_id = ?1 AND seq > ?2 ORDER BY 1 LIMIT ?3",
+                (cid, after_seq, limit + 1),
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            ids = sorted({r[2] for r in rows})
+            marks = ",".join("?" * len(ids))
+            found = c.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", ids
+            ).fetchall()
+            by_id = {int(m.id): m for m in _messages(c, found)}
+            entries = [
+                LogEntry(str(cid), seq, kind, by_id[mid], user, at, emoji)
+                for seq, kind, mid, user, at, emoji in rows
+            ]
+            return entries, more
+
+        return await self._read(read)
+
+    def _change(
+        self, conversation_id: str, message_id: str, *args: Any, source: str
+    ) -> asyncio.Future[tuple[LogEntry, bool]]:
+        cid, mid = row_id(conversation_id), row_id(message_id)
+        if cid is None:
+            raise NotFoundError(CONVERSATION_NOT_FOUND)
+        if mid is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        return self._submit(*args[:1], cid, mid, *args[1:], source=source)
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        return await self._change(
+            conversation_id, message_id, self._op_edit, user_id, content, at, source=user_id
+        )
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+    ) -> tuple[LogEntry, bool]:
+        return await self._change(
+            conversation_id, message_id, self._op_delete, user_id, at, admin, source=user_id
+        )
+
+    async def add_reaction(
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        at: float,
+        *,
+        max_reactions: int,
+    ) -> tuple[LogEntry, bool]:
+        return await self._change(
+            conversation_id,
+            message_id,
+            self._op_react,
+            user_id,
+            emoji,
+            at,
+            max_reactions,
+            source=user_id,
+        )
+
+    async def remove_reaction(
+        self, conversation_id: str, message_id: str, user_id: str, emoji: str, at: float
+    ) -> tuple[LogEntry, bool]:
+        return await self._change(
+            conversation_id, message_id, self._op_unreact, user_id, emoji, at, source=user_id
+        )
+
+    # Each change is one writer operation: it runs inside the batch's transaction, so a
+    # webhook outbox row written here commits (or not) with the change itself.
+    def _target(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        mid: int,
+        user_id: str,
+        member: bool = True,
+    ) -> tuple[_ConvState, MessageRecord]:
+        """The conversation and message a change applies to, checked (rule 5)."""
+        cs = self._conv_state(conn, state, cid)
+        if member and user_id not in cs.members:
+            raise ForbiddenError(NOT_MEMBER)
+        row = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND conversation_id = ?",
+            (mid, cid),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(MESSAGE_NOT_FOUND)
+        return cs, _messages(conn, [row])[0]
+
+    @staticmethod
+    def _log(
+        conn: sqlite3.Connection,
+        cs: _ConvState,
+        cid: int,
+        mid: int,
+        kind: EntryKind,
+        user_id: str,
+        at: float,
+        emoji: str | None = None,
+    ) -> int:
+        seq = cs.last_seq + 1
+        conn.execute(
+            "INSERT INTO log_entries (conversation_id, seq, kind, message_id, user_id, emoji, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cid, seq, kind, mid, user_id, emoji, at),
+        )
+        conn.execute("UPDATE messages SET changed_seq = ? WHERE id = ?", (seq, mid))
+        cs.last_seq = seq
+        return seq
+
+    def _op_edit(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        mid: int,
+        user_id: str,
+        content: str,
+        at: float,
+    ) -> tuple[LogEntry, bool]:
+        cs, msg = self._target(conn, state, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if msg.content == content:
+            return LogEntry(
+                str(cid), msg.last_change_seq, "message.updated", msg, user_id, at
+            ), False
+        conn.execute(
+            "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?", (content, at, mid)
+        )
+        seq = self._log(conn, cs, cid, mid, "message.updated", user_id, at)
+        now = edited(msg, content, at, seq)
+        return LogEntry(str(cid), seq, "message.updated", now, user_id, at), True
+
+    def _op_delete(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        mid: int,
+        user_id: str,
+        at: float,
+        admin: bool,
+    ) -> tuple[LogEntry, bool]:
+        cs, msg = self._target(conn, state, cid, mid, user_id, member=not admin)
+        if msg.deleted:
+            when = msg.deleted_at or at
+            return LogEntry(
+                str(cid), msg.last_change_seq, "message.deleted", msg, user_id, when
+            ), False
+        conn.execute(
+            "UPDATE messages SET content = '', deleted_at = ?, has_attachments = 0,"
+            " mentions = NULL WHERE id = ?",
+            (at, mid),
+        )
+        conn.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
+        conn.execute("DELETE FROM reactions WHERE message_id = ?", (mid,))
+        seq = self._log(conn, cs, cid, mid, "message.deleted", user_id, at)
+        now = tombstone(msg, at, seq)
+        return LogEntry(str(cid), seq, "message.deleted", now, user_id, at), True
+
+    def _op_react(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        mid: int,
+        user_id: str,
+        emoji: str,
+        at: float,
+        max_reactions: int,
+    ) -> tuple[LogEntry, bool]:
+        cs, msg = self._target(conn, state, cid, mid, user_id)
+        if msg.deleted:
+            raise NotFoundError(MESSAGE_DELETED)
+        if user_id in msg.reactions.get(emoji, ()):
+            entry = LogEntry(
+                str(cid), msg.last_change_seq, "reaction.added", msg, user_id, at, emoji
+            )
+            return entry, False
+        if emoji not in msg.reactions and len(msg.reactions) >= max_reactions:
+            raise LimitError(too_many_reactions(max_reactions))
+        seq = self._log(conn, cs, cid, mid, "reaction.added", user_id, at, emoji)
+        conn.execute(
+            "INSERT INTO reactions (message_id, emoji, user_id, seq) VALUES (?, ?, ?, ?)",
+            (mid, emoji, user_id, seq),
+        )
+        now = with_reaction(msg, emoji, user_id, seq)
+        entry = LogEntry(str(cid), seq, "reaction.added", now, user_id, at, emoji)
+        return entry, True
+
+    def _op_unreact(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        mid: int,
+        user_id: str,
+        emoji: str,
+        at: float,
+    ) -> tuple[LogEntry, bool]:
+        cs, msg = self._target(conn, state, cid, mid, user_id)
+        if user_id not in msg.reactions.get(emoji, ()):  # a deleted message has none
+            entry = LogEntry(
+                str(cid), msg.last_change_seq, "reaction.removed", msg, user_id, at, emoji
+            )
+            return entry, False
+        conn.execute(
+            "DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user_id = ?",
+            (mid, emoji, user_id),
+        )
+        seq = self._log(conn, cs, cid, mid, "reaction.removed", user_id, at, emoji)
+        now = without_reaction(msg, emoji, user_id, seq)
+        entry = LogEntry(str(cid), seq, "reaction.removed", now, user_id, at, emoji)
+        return entry, True
+
     # ------------------------------------------------------------------ attachments
     async def put_attachment(self, meta: AttachmentRecord, data: bytes) -> None:
         await self._submit(_op_put_attachment, meta, data)
@@ -908,6 +1388,12 @@ def _op_set_user_active(
     )
 
 
+def _deactivated(conn: sqlite3.Connection, user_id: str) -> bool:
+    """Whether ``user_id`` is deactivated (one primary-key lookup, in the writer)."""
+    row = conn.execute("SELECT active FROM users WHERE id = ?", (user_id,)).fetchone()
+    return row is not None and not row[0]
+
+
 def _op_put_attachment(
     conn: sqlite3.Connection, state: _WriterState, meta: AttachmentRecord, data: bytes
 ) -> None:
@@ -942,15 +1428,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
     from parley.store.admin import check_not_newer
 
-    check_not_newer(done, len(MIGRATIONS))  # never run on a newer Parley's schema
-    for version, sql in enumerate(MIGRATIONS, start=1):
+    check_not_newer(done, max(v for v, _ in MIGRATIONS))  # never run on a newer Parley's schema
+    for version, sql in sorted(MIGRATIONS):
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in split_script(sql):
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -959,6 +1444,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def fts5_match(query: SearchQuery) -> str:
+    """``query`` as an FTS5 MATCH expression: each term a quoted string (inside which
+    FTS5 reads no syntax at all), all included terms ANDed, each exclusion NOTed."""
+
+    def phrase(term: SearchTerm) -> str:
+        return '"' + " ".join(term.words).replace('"', '""') + '"'
+
+    expr = " AND ".join(phrase(t) for t in query.include)
+    for term in query.exclude:
+        expr = f"({expr}) NOT {phrase(term)}"
+    return expr
+
+
+def split_script(sql: str) -> list[str]:
+    """The statements of a migration script, each whole (a trigger body included)."""
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n;"):
+        statements.append(current.strip())
+    return statements
 
 
 def _load_conversation(conn: sqlite3.Connection, conv_id: int) -> Conversation:
@@ -1001,6 +1514,7 @@ def _find_by_local_id(
 
 
 def _messages(conn: sqlite3.Connection, rows: list[Any]) -> list[MessageRecord]:
+    reactions = _reactions(conn, [r[0] for r in rows if r[11] is None])
     with_att = [r[0] for r in rows if r[8]]
     atts: dict[int, list[AttachmentRecord]] = {}
     if with_att:
@@ -1022,6 +1536,28 @@ def _messages(conn: sqlite3.Connection, rows: list[Any]) -> list[MessageRecord]:
             sent_at=r[6],
             reply_to=str(r[7]) if r[7] is not None else None,
             attachments=atts.get(r[0], []),
+            mentions=json.loads(r[9]) if r[9] else [],
+            edited_at=r[10],
+            deleted_at=r[11],
+            reactions=reactions.get(r[0], {}),
+            changed_seq=max(r[2], r[12]),
         )
         for r in rows
     ]
+
+
+def _reactions(conn: sqlite3.Connection, message_ids: list[int]) -> dict[int, dict[str, list[str]]]:
+    """``{message_id: {emoji: [user ids]}}``: emoji by first use, users in the
+    order they reacted (both by the seq of the reaction)."""
+    out: dict[int, dict[str, list[str]]] = {}
+    if not message_ids:
+        return out
+    marks = ",".join("?" * len(message_ids))
+    rows = conn.execute(
+        f"SELECT message_id, emoji, user_id, seq, min(seq) OVER (PARTITION BY message_id, emoji)"
+        f" AS first FROM reactions WHERE message_id IN ({marks}) ORDER BY message_id, first, seq",
+        message_ids,
+    ).fetchall()
+    for mid, emoji, user, _seq, _first in rows:
+        out.setdefault(mid, {}).setdefault(emoji, []).append(user)
+    return out

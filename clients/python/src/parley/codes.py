@@ -68,6 +68,11 @@ class ActionName(StrEnum):
     MARK_DELIVERED = "mark_delivered"
     HEARTBEAT = "heartbeat"
     SYNC = "sync"
+    # Changes to a message: log entries sharing the conversation's seq.
+    EDIT_MESSAGE = "edit_message"
+    DELETE_MESSAGE = "delete_message"
+    ADD_REACTION = "add_reaction"
+    REMOVE_REACTION = "remove_reaction"
 
 
 class EventName(StrEnum):
@@ -115,6 +120,14 @@ class StoreAction(StrEnum):
     # The web SDK's (REST and Redux conveniences).
     CONVERSATIONS_LOADED = "chat/conversationsLoaded"
     RESET = "chat/reset"
+    # Both SDKs': changes to messages (log entries), the change queue, presence.
+    MESSAGE_UPDATED = "chat/messageUpdated"
+    MESSAGE_DELETED = "chat/messageDeleted"
+    REACTION_ADDED = "chat/reactionAdded"
+    REACTION_REMOVED = "chat/reactionRemoved"
+    CHANGE_QUEUED = "chat/changeQueued"
+    CHANGE_FAILED = "chat/changeFailed"
+    PRESENCE_UPDATED = "chat/presenceUpdated"
 
 
 # Close codes after which a client must not reconnect on its own.
@@ -139,6 +152,9 @@ MAX_REQUEST_ID = 128
 MAX_MESSAGE_IDS = 1000  # ids per mark_read / mark_delivered the server accepts
 MAX_ATTACHMENTS = 10
 MAX_SYNC_CONVERSATIONS = 10_000  # cursors per sync
+MAX_MENTIONS = 1000  # user ids a send_message may mention
+MAX_EMOJI = 32  # characters of one reaction (an emoji or a :short_code:)
+MAX_REACTIONS = 50  # distinct emoji on one message
 
 # --------------------------------------------------------------------------- client behaviour
 # Both SDKs use these; tests/fixtures/behaviour/*.json check them in both test suites.

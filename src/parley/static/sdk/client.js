@@ -1,4 +1,6 @@
 import { Emitter, apiUrlFromSocketUrl, defaultTimers, newLocalId } from './util.js';
+
+const newRequestId = () => `chg_${newLocalId()}`;
 import { DEFAULT_QUEUE_KEY, MessageQueue } from './queue.js';
 import { browserStorage } from './storage.js';
 import { chatActions, chatReducer, createStore, toSendAction } from './reducer.js';
@@ -84,6 +86,10 @@ export class ParleyClient {
     // Messages queued in an earlier session show as "sending" until replayed.
     const restore = () => {
       for (const action of this.queue.entries()) {
+        if (action.local_id == null) {
+          this._dispatch(chatActions.changeQueued(action)); // a change: back in messageQueue
+          continue;
+        }
         if (action.local_id in this.state.messages.byId) continue;
         this._dispatch(chatActions.sendMessage({ ...action, sender_id: options.userId ?? null }));
       }
@@ -140,13 +146,14 @@ export class ParleyClient {
    * attachments: [{type: 'image'|'video'|'audio'|'file', file: base64 or data: URL,
    * filename, content_type?}] or [{id}] for files sent with POST /api/attachments.
    */
-  sendMessage(conversationId, content, { replyTo = null, attachments = null, localId = null } = {}) {
+  sendMessage(conversationId, content, { replyTo = null, attachments = null, localId = null, mentions = null } = {}) {
     const message = {
       local_id: localId ?? newLocalId(),
       conversation_id: String(conversationId),
       content,
       reply_to: replyTo,
       attachments: attachments || [],
+      mentions: (mentions || []).map(String),
       sender_id: this.userId,
       sent_at: this.now().toISOString(),
     };
@@ -156,6 +163,43 @@ export class ParleyClient {
     this.stopTyping(conversationId);
     this._pump();
     return message.local_id;
+  }
+
+  /**
+   * Changes to a message. Each returns its request_id at once; the change is queued like
+   * a message (persisted, in order with the sends), sent when connected, replayed with
+   * the same request_id after a reconnect, and leaves the queue when the server's event
+   * carrying that request_id arrives ('change_failed' when the server refuses it).
+   * messageId: a server id, or an own message's local_id before its ack.
+   */
+  editMessage(conversationId, messageId, content, { requestId = null } = {}) {
+    return this._change(ActionName.EDIT_MESSAGE, conversationId, messageId, { content }, requestId);
+  }
+
+  deleteMessage(conversationId, messageId, { requestId = null } = {}) {
+    return this._change(ActionName.DELETE_MESSAGE, conversationId, messageId, {}, requestId);
+  }
+
+  react(conversationId, messageId, emoji, { requestId = null } = {}) {
+    return this._change(ActionName.ADD_REACTION, conversationId, messageId, { emoji }, requestId);
+  }
+
+  unreact(conversationId, messageId, emoji, { requestId = null } = {}) {
+    return this._change(ActionName.REMOVE_REACTION, conversationId, messageId, { emoji }, requestId);
+  }
+
+  _change(action, conversationId, messageId, fields, requestId) {
+    const change = {
+      action,
+      conversation_id: String(conversationId),
+      message_id: String(messageId),
+      request_id: requestId ?? newRequestId(),
+      ...fields,
+    };
+    this.queue.add(change);
+    this._dispatch(chatActions.changeQueued(change));
+    this._pump();
+    return change.request_id;
   }
 
   /** Send a failed message again, with the same local_id. */
@@ -232,6 +276,18 @@ export class ParleyClient {
     const list = await this._rest().conversations();
     this._dispatch(chatActions.conversationsLoaded(list));
     return list;
+  }
+
+  /** GET /api/presence for these users; the answer goes into state.presence too. */
+  async loadPresence(userIds) {
+    const list = await this._rest().presence(userIds);
+    if (list.length) this._dispatch(chatActions.presenceUpdated(list));
+    return list;
+  }
+
+  /** GET /api/search: {messages, ...}, best matches first, over my conversations only. */
+  search(q, options = {}) {
+    return this._rest().search(q, options);
   }
 
   async createConversation(memberIds, title = undefined) {
@@ -313,12 +369,38 @@ export class ParleyClient {
         if (!known) this.sync(); // joined a conversation that may have history
         break;
       }
+      case EventName.MESSAGE_UPDATED:
+      case EventName.MESSAGE_DELETED:
+      case EventName.REACTION_ADDED:
+      case EventName.REACTION_REMOVED:
+        this._onChange(frame.type, frame.data || {});
+        break;
+      case EventName.PRESENCE:
+        if (frame.data) this._dispatch(chatActions.presenceUpdated(frame.data));
+        break;
       case EventName.ERROR:
         this._onError(frame.error || {});
         break;
       default:
         break;
     }
+  }
+
+  _onChange(type, data) {
+    const make = {
+      [EventName.MESSAGE_UPDATED]: chatActions.messageUpdated,
+      [EventName.MESSAGE_DELETED]: chatActions.messageDeleted,
+      [EventName.REACTION_ADDED]: chatActions.reactionAdded,
+      [EventName.REACTION_REMOVED]: chatActions.reactionRemoved,
+    }[type];
+    const rid = data.request_id ?? null;
+    if (rid != null && this.queue.has(rid)) {
+      this.queue.remove(rid); // answered: off the storage, as a message's ack
+      this._clearRetry(rid);
+    }
+    this._dispatch(make(data));
+    if (rid != null && this._inFlight.delete(rid)) this._pump();
+    if (data.conversation_id != null && selectors.hasGap(this.state, String(data.conversation_id))) this.sync();
   }
 
   _onChatMessage(message) {
@@ -329,6 +411,7 @@ export class ParleyClient {
     this._dispatch(chatActions.messageReceived(message));
     if (message.local_id != null) {
       this.queue.remove(message.local_id);
+      this.queue.rekey(message.local_id, id); // its queued changes name its server id
       this._clearRetry(message.local_id);
       if (this._inFlight.delete(message.local_id)) this._pump();
     }
@@ -388,7 +471,7 @@ export class ParleyClient {
       this._syncInFlight = false; // a refused sync must not block the next one
       return;
     }
-    const localId = error.local_id;
+    const localId = error.local_id ?? error.request_id; // a send's, or a change's
     if (localId == null || !this.queue.has(localId)) return;
     this._inFlight.delete(localId);
     if (error.code === ErrorCode.RATE_LIMITED) {
@@ -410,10 +493,33 @@ export class ParleyClient {
       return;
     }
     this._clearRetry(localId);
-    this.queue.remove(localId);
-    this._dispatch(chatActions.messageFailed(localId, { code: error.code ?? null, message: error.message ?? null }));
-    this._emitter.emit('message_failed', { local_id: localId, error });
+    this._fail(localId, { code: error.code ?? null, message: error.message ?? null }, error);
     this._pump();
+  }
+
+  _fail(key, summary, error = summary) {
+    const entry = this.queue.entries().find((e) => (e.local_id ?? e.request_id) === key);
+    this.queue.remove(key);
+    if (entry && entry.local_id == null) {
+      this._dispatch(chatActions.changeFailed(key, summary));
+      this._emitter.emit('change_failed', { request_id: key, action: entry.action, error });
+    } else {
+      this._dispatch(chatActions.messageFailed(key, summary));
+      this._emitter.emit('message_failed', { local_id: key, error });
+    }
+  }
+
+  _changeInFlight() {
+    const queued = new Map(this.queue.entries().map((e) => [e.local_id ?? e.request_id, e]));
+    return [...this._inFlight].some((k) => queued.get(k)?.local_id == null);
+  }
+
+  /** The server id a queued change names: null while its own message is not acked; failed if that send failed. */
+  _changeTarget(change) {
+    const m = this.state.messages.byId[change.message_id];
+    if (!m || m.id !== null) return { id: change.message_id, failed: false };
+    const failed = m.status === 'failed' && !this.queue.has(change.message_id);
+    return { id: null, failed };
   }
 
   /**
@@ -423,10 +529,22 @@ export class ParleyClient {
   _pump() {
     if (!this._established || !this.socket.isOpen || this._pauseTimer !== null) return;
     if (this._pacedTimer !== null) return; // woken when the next token is there
-    for (const action of this.queue.entries()) {
+    for (const entry of this.queue.entries()) {
       if (this._inFlight.size >= this._window) break;
-      const localId = action.local_id;
+      const localId = entry.local_id ?? entry.request_id;
       if (this._inFlight.has(localId) || this._retryTimers.has(localId)) continue;
+      let action = entry;
+      if (entry.local_id == null) {
+        // One change in flight, overtaken by nothing: the server may reorder concurrent changes.
+        if (this._changeInFlight()) break;
+        const target = this._changeTarget(entry);
+        if (target.failed) {
+          this._fail(localId, { code: ErrorCode.NOT_FOUND, message: 'the message it changes was not sent' });
+          continue;
+        }
+        if (target.id === null) break; // waits for its message's ack: nothing overtakes it
+        action = { ...entry, message_id: target.id };
+      }
       const now = this.now().getTime();
       const wait = this._pacer.wait(now);
       if (wait > 0) {

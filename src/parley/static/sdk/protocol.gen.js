@@ -43,6 +43,10 @@ export const ActionName = Object.freeze({
   MARK_DELIVERED: "mark_delivered",
   HEARTBEAT: "heartbeat",
   SYNC: "sync",
+  EDIT_MESSAGE: "edit_message",
+  DELETE_MESSAGE: "delete_message",
+  ADD_REACTION: "add_reaction",
+  REMOVE_REACTION: "remove_reaction",
 });
 
 export const EventName = Object.freeze({
@@ -80,6 +84,13 @@ export const StoreAction = Object.freeze({
   HISTORY_SKIPPED: "chat/historySkipped",
   CONVERSATIONS_LOADED: "chat/conversationsLoaded",
   RESET: "chat/reset",
+  MESSAGE_UPDATED: "chat/messageUpdated",
+  MESSAGE_DELETED: "chat/messageDeleted",
+  REACTION_ADDED: "chat/reactionAdded",
+  REACTION_REMOVED: "chat/reactionRemoved",
+  CHANGE_QUEUED: "chat/changeQueued",
+  CHANGE_FAILED: "chat/changeFailed",
+  PRESENCE_UPDATED: "chat/presenceUpdated",
 });
 
 export const STATUS_RANK = Object.freeze({
@@ -91,12 +102,16 @@ export const STATUS_RANK = Object.freeze({
 });
 
 export const ACTION_FIELDS = Object.freeze({
-  send_message: {"required":["conversation_id","content","local_id"],"optional":["reply_to","attachments","request_id"]},
+  send_message: {"required":["conversation_id","content","local_id"],"optional":["reply_to","attachments","mentions","request_id"]},
   typing: {"required":["conversation_id","is_typing"],"optional":["request_id"]},
   mark_read: {"required":["conversation_id","message_ids"],"optional":["request_id"]},
   mark_delivered: {"required":["conversation_id","message_ids"],"optional":["request_id"]},
   heartbeat: {"required":[],"optional":["request_id"]},
   sync: {"required":[],"optional":["cursors","request_id"]},
+  edit_message: {"required":["conversation_id","message_id","content"],"optional":["request_id"]},
+  delete_message: {"required":["conversation_id","message_id"],"optional":["request_id"]},
+  add_reaction: {"required":["conversation_id","message_id","emoji"],"optional":["request_id"]},
+  remove_reaction: {"required":["conversation_id","message_id","emoji"],"optional":["request_id"]},
 });
 
 export const TERMINAL_CLOSE_CODES = Object.freeze([1000,4004]);
@@ -108,6 +123,9 @@ export const MAX_REQUEST_ID = 128;
 export const MAX_MESSAGE_IDS = 1000;
 export const MAX_ATTACHMENTS = 10;
 export const MAX_SYNC_CONVERSATIONS = 10000;
+export const MAX_MENTIONS = 1000;
+export const MAX_EMOJI = 32;
+export const MAX_REACTIONS = 50;
 export const RECEIPT_BATCH = 200;
 export const BACKOFF_BASE_MS = 1000;
 export const BACKOFF_CAP_MS = 30000;

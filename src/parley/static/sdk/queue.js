@@ -1,4 +1,7 @@
 import { asAction } from './util.js';
+
+/** A queue entry's key: the local_id of a send_message, the request_id of a change. */
+const keyOf = (m) => (m ? (typeof m.local_id === 'string' ? m.local_id : typeof m.request_id === 'string' ? m.request_id : null) : null);
 import { browserStorage, isThenable } from './storage.js';
 
 // ---------------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ export class MessageQueue {
   _parse(raw) {
     const items = raw ? JSON.parse(raw) : [];
     return Array.isArray(items)
-      ? items.filter((m) => m && typeof m === 'object' && typeof m.local_id === 'string')
+      ? items.filter((m) => m && typeof m === 'object' && keyOf(m) !== null)
       : [];
   }
 
@@ -64,8 +67,8 @@ export class MessageQueue {
     } catch {
       loaded = [];
     }
-    const known = new Set(loaded.map((m) => m.local_id));
-    const added = this._memory.filter((m) => !known.has(m.local_id)); // added while loading
+    const known = new Set(loaded.map(keyOf));
+    const added = this._memory.filter((m) => !known.has(keyOf(m))); // added while loading
     this._memory = [...loaded, ...added];
     if (added.length) this._write(this._memory);
   }
@@ -86,25 +89,37 @@ export class MessageQueue {
   }
 
   has(localId) {
-    return this.entries().some((m) => m.local_id === localId);
+    return this.entries().some((m) => keyOf(m) === localId);
   }
 
-  /** Append `message` unless an entry with its local_id is queued already. */
+  /**
+   * Append `message` unless an entry with its key is queued already. The key is the
+   * local_id of a send_message, the request_id of a change (edit, deletion, reaction).
+   */
   add(message) {
     const action = asAction(message);
-    if (!action || typeof action.local_id !== 'string') {
-      throw new TypeError('a queued message needs a string local_id');
+    const key = keyOf(action);
+    if (key === null) {
+      throw new TypeError('a queued message needs a string local_id (a change: a request_id)');
     }
     const items = this.entries();
-    if (items.some((m) => m.local_id === action.local_id)) return false;
+    if (items.some((m) => keyOf(m) === key)) return false;
     items.push(action);
     this._write(items);
     return true;
   }
 
+  /** Rewrite the queued changes aimed at `localId` (an own message) to its server id. */
+  rekey(localId, id) {
+    const items = this.entries();
+    if (!items.some((m) => m.request_id != null && m.message_id === localId)) return false;
+    this._write(items.map((m) => (m.request_id != null && m.message_id === localId ? { ...m, message_id: id } : m)));
+    return true;
+  }
+
   remove(localId) {
     const items = this.entries();
-    const kept = items.filter((m) => m.local_id !== localId);
+    const kept = items.filter((m) => keyOf(m) !== localId);
     if (kept.length !== items.length) this._write(kept);
     return kept.length !== items.length;
   }

@@ -21,7 +21,9 @@ export const initialState = deepFreeze({
   typing: {
     byConversation: {},
   },
-  messageQueue: [], // For offline messages
+  // presence: { byUserId: { user id → {status, last_seen} } } appears with the first presence
+  // data, so that the initial state keeps exactly the seed's shape.
+  messageQueue: [], // For offline messages (and changes to messages, keyed by request_id)
 });
 
 export const ActionTypes = Object.freeze({
@@ -38,6 +40,13 @@ export const ActionTypes = Object.freeze({
   CONVERSATIONS_LOADED: StoreAction.CONVERSATIONS_LOADED,
   SYNC_COMPLETED: StoreAction.SYNC_COMPLETED,
   RESET: StoreAction.RESET,
+  MESSAGE_UPDATED: StoreAction.MESSAGE_UPDATED,
+  MESSAGE_DELETED: StoreAction.MESSAGE_DELETED,
+  REACTION_ADDED: StoreAction.REACTION_ADDED,
+  REACTION_REMOVED: StoreAction.REACTION_REMOVED,
+  CHANGE_QUEUED: StoreAction.CHANGE_QUEUED,
+  CHANGE_FAILED: StoreAction.CHANGE_FAILED,
+  PRESENCE_UPDATED: StoreAction.PRESENCE_UPDATED,
 });
 
 export const chatActions = {
@@ -69,7 +78,22 @@ export const chatActions = {
   }),
   syncCompleted: (data) => ({ type: ActionTypes.SYNC_COMPLETED, payload: data }),
   reset: () => ({ type: ActionTypes.RESET }),
+  // Changes to messages (data: the event's data), the change queue, presence.
+  messageUpdated: (data) => ({ type: ActionTypes.MESSAGE_UPDATED, payload: data }),
+  messageDeleted: (data) => ({ type: ActionTypes.MESSAGE_DELETED, payload: data }),
+  reactionAdded: (data) => ({ type: ActionTypes.REACTION_ADDED, payload: data }),
+  reactionRemoved: (data) => ({ type: ActionTypes.REACTION_REMOVED, payload: data }),
+  /** change: an edit_message / delete_message / add_reaction / remove_reaction action with its request_id. */
+  changeQueued: (change) => ({ type: ActionTypes.CHANGE_QUEUED, payload: change }),
+  changeFailed: (requestId, error = null) => ({ type: ActionTypes.CHANGE_FAILED, payload: { request_id: requestId, error } }),
+  /** data: a presence event's data, or a list of them (GET /api/presence). */
+  presenceUpdated: (data) => ({ type: ActionTypes.PRESENCE_UPDATED, payload: data }),
 };
+
+/** A queue entry's key: the local_id of a send, the request_id of a change. */
+export function entryKey(entry) {
+  return entry ? (entry.local_id ?? entry.request_id ?? null) : null;
+}
 
 
 /** The status a message moves to when `proposed` is reported; it never moves back. */
@@ -121,6 +145,9 @@ function emptyConversation(id) {
     last_message: null,
     last_activity: null,
     unread_count: 0,
+    mention_count: 0,
+    read_seq: 0,
+    unread_as_of_seq: 0,
     synced_seq: 0,
     read_up_to: {},
     delivered_up_to: {},
@@ -165,19 +192,69 @@ function statusFromCursors(conversation, seq, me) {
   return status === 'sent' ? null : status;
 }
 
-/** Messages of others above `me`'s read cursor, among those held. */
-function countUnread(state, conversation, me, aboveSeq = 0) {
-  const list = state.messages.byConversation[conversation.id] || [];
+/** [messages, mentions of me] among the held messages of others, not deleted, with after < seq <= upto. */
+function heldCounts(state, cid, after, upto = Infinity) {
+  const me = state.connection.userId ?? null;
+  const list = state.messages.byConversation[cid] || [];
   const byId = state.messages.byId;
-  const floor = Math.max(conversation.read_up_to[me] || 0, aboveSeq);
-  let n = 0;
-  for (let i = list.length - 1; i >= 0; i--) {
+  let unread = 0;
+  let mentions = 0;
+  for (let i = upperBound(list, byId, after); i < list.length; i++) {
     const m = byId[list[i]];
-    if (seqOf(m) === Infinity) continue;
-    if (m.seq <= floor) break;
-    if (m.sender_id !== me) n++;
+    if (seqOf(m) === Infinity || m.seq > upto) break;
+    if (m.sender_id !== me && !m.deleted) {
+      unread++;
+      if (me != null && (m.mentions || []).includes(me)) mentions++;
+    }
   }
-  return n;
+  return [unread, mentions];
+}
+
+/**
+ * The unread state once my read cursor is at `upto` (it never goes back). At or past the
+ * seq the server counted up to, the counts are the held messages above the cursor; below
+ * it, the held messages read since come off the server's counts. (The same as the Python SDK.)
+ */
+function readMoved(state, conv, upto) {
+  if (!(upto > (conv.read_seq || 0))) return conv;
+  let unread;
+  let mentions;
+  if (upto >= (conv.unread_as_of_seq || 0)) {
+    [unread, mentions] = heldCounts(state, conv.id, upto);
+  } else {
+    const [du, dm] = heldCounts(state, conv.id, conv.read_seq || 0, upto);
+    unread = Math.max(0, (conv.unread_count || 0) - du);
+    mentions = Math.max(0, (conv.mention_count || 0) - dm);
+  }
+  return { ...conv, read_seq: upto, unread_count: unread, mention_count: mentions };
+}
+
+/** The server's unread state (connection.established, GET /api/conversations), keeping a read cursor of mine ahead of it. */
+function unreadSnapshot(state, conv, info) {
+  if (!info || typeof info.unread_count !== 'number') {
+    return info && info.read_seq != null ? readMoved(state, conv, Number(info.read_seq) || 0) : conv;
+  }
+  const serverRead = Number(info.read_seq) || 0;
+  const asOf = Number(info.last_seq) || 0;
+  const [du, dm] = heldCounts(state, conv.id, Math.max(asOf, serverRead));
+  const base = {
+    ...conv,
+    read_seq: serverRead,
+    unread_count: info.unread_count + du,
+    mention_count: (Number(info.mention_count) || 0) + dm,
+    unread_as_of_seq: asOf,
+  };
+  return readMoved(state, base, conv.read_seq || 0);
+}
+
+/** Move synced_seq up through the held messages that follow it without a gap. */
+function advanceSynced(conv, list, byId) {
+  let synced = conv.synced_seq || 0;
+  for (let i = lowerBound(list, byId, synced + 1); i < list.length; i++) {
+    if (seqOf(byId[list[i]]) !== synced + 1) break;
+    synced += 1;
+  }
+  return synced === conv.synced_seq ? conv : { ...conv, synced_seq: synced, last_seq: Math.max(conv.last_seq || 0, synced) };
 }
 
 function toWireAttachment(a) {
@@ -219,11 +296,18 @@ export function toSendAction(message) {
   if (message.attachments && message.attachments.length) {
     action.attachments = message.attachments.map(toWireAttachment);
   }
+  if (message.mentions && message.mentions.length) action.mentions = message.mentions.map(String);
   return action;
 }
 
-function withoutQueued(queue, localId) {
-  return queue.some((m) => m.local_id === localId) ? queue.filter((m) => m.local_id !== localId) : queue;
+function withoutQueued(queue, key) {
+  return queue.some((m) => entryKey(m) === key) ? queue.filter((m) => entryKey(m) !== key) : queue;
+}
+
+/** Queued changes to my message `localId` aim at its server id once it is acked. */
+function rekeyed(queue, localId, id) {
+  if (!queue.some((e) => e.request_id != null && e.message_id === localId)) return queue;
+  return queue.map((e) => (e.request_id != null && e.message_id === localId ? { ...e, message_id: id } : e));
 }
 
 function withoutTyping(state, conversationId, userId) {
@@ -244,7 +328,8 @@ function onConnectionEstablished(state, data = {}) {
   for (const id of active) {
     const conv = conversationOf(state, id);
     const lastSeq = Math.max(conv.last_seq || 0, Number(hints[id]?.last_seq) || 0);
-    byId[id] = lastSeq === conv.last_seq && state.conversations.byId[id] ? conv : { ...conv, last_seq: lastSeq };
+    const withSeq = lastSeq === conv.last_seq && state.conversations.byId[id] ? conv : { ...conv, last_seq: lastSeq };
+    byId[id] = unreadSnapshot(state, withSeq, hints[id]);
   }
   return {
     ...state,
@@ -292,6 +377,10 @@ function onSendMessage(state, message) {
     reply_to: message.reply_to != null ? String(message.reply_to) : null,
     attachments: (message.attachments || []).map(previewAttachment),
     status: 'sending',
+    edited_at: null,
+    deleted: false,
+    reactions: {},
+    mentions: (message.mentions || []).map(String),
   };
   const list = state.messages.byConversation[cid] || [];
   const conv = conversationOf(state, cid);
@@ -318,7 +407,15 @@ function mergeMessage(existing, incoming) {
 
 function onMessageReceived(state, raw) {
   if (!raw || raw.id == null || raw.conversation_id == null) return state;
-  const msg = { ...raw, id: String(raw.id), conversation_id: String(raw.conversation_id) };
+  const msg = {
+    ...raw,
+    id: String(raw.id),
+    conversation_id: String(raw.conversation_id),
+    edited_at: raw.edited_at ?? null,
+    deleted: !!raw.deleted,
+    reactions: raw.reactions && typeof raw.reactions === 'object' ? raw.reactions : {},
+    mentions: (raw.mentions || []).map(String),
+  };
   if (msg.reply_to != null) msg.reply_to = String(msg.reply_to);
   const cid = msg.conversation_id;
   const me = state.connection.userId ?? null;
@@ -351,7 +448,9 @@ function onMessageReceived(state, raw) {
     const at = upperBound(list, byId, seqOf(stored));
     list = [...list.slice(0, at), msg.id, ...list.slice(at)];
   }
-  const queue = msg.local_id != null ? withoutQueued(state.messageQueue, msg.local_id) : state.messageQueue;
+  const queue = msg.local_id != null
+    ? rekeyed(withoutQueued(state.messageQueue, msg.local_id), msg.local_id, msg.id)
+    : state.messageQueue;
   if (byId === oldById && list === state.messages.byConversation[cid] && queue === state.messageQueue) {
     return state; // a duplicate that changes nothing
   }
@@ -363,21 +462,16 @@ function onMessageReceived(state, raw) {
       updates.last_message = stored;
       updates.last_activity = stored.sent_at || conv.last_activity;
     }
-    // Advance the highest contiguous seq through what is now held.
-    let synced = conv.synced_seq || 0;
-    for (let i = lowerBound(list, byId, synced + 1); i < list.length; i++) {
-      if (seqOf(byId[list[i]]) !== synced + 1) break;
-      synced += 1;
-    }
-    if (synced !== conv.synced_seq) updates.synced_seq = synced;
     const isNew = !existing && !pendingKey;
     if (
-      isNew && me != null && stored.sender_id !== me &&
-      stored.seq > (conv.read_up_to[me] || 0) && stored.seq > (conv.unread_as_of_seq || 0)
+      isNew && me != null && stored.sender_id !== me && !stored.deleted &&
+      stored.seq > (conv.read_seq || 0) && stored.seq > (conv.unread_as_of_seq || 0)
     ) {
       updates.unread_count = (conv.unread_count || 0) + 1;
+      if (stored.mentions.includes(me)) updates.mention_count = (conv.mention_count || 0) + 1;
     }
-    conv = { ...conv, ...updates };
+    // Advance the highest contiguous seq through what is now held.
+    conv = advanceSynced({ ...conv, ...updates }, list, byId);
   }
 
   let next = {
@@ -415,7 +509,7 @@ function onReceipt(state, payload) {
 
   let messages = state.messages;
   if (user === me) {
-    conv = { ...conv, unread_count: countUnread(state, conv, me) };
+    if (kind === 'read') conv = readMoved(state, conv, maxSeq);
   } else if (me != null) {
     // Raise the status of my messages the cursor now covers, newest first; below an own
     // message already at the target status, every earlier one is there too.
@@ -494,17 +588,10 @@ function onConversationUpserted(state, data) {
 }
 
 function onConversationsLoaded(state, list) {
-  const me = state.connection.userId ?? null;
   const changed = {};
   for (const data of list || []) {
     if (!data || data.id == null) continue;
-    let conv = mergeConversation(state, data);
-    if (typeof data.unread_count === 'number') {
-      // The server's count covers seqs up to its last_seq; add what arrived since.
-      const asOf = Number(data.last_seq) || 0;
-      conv = { ...conv, unread_as_of_seq: asOf };
-      conv.unread_count = data.unread_count + countUnread(state, conv, me, asOf);
-    }
+    const conv = unreadSnapshot(state, mergeConversation(state, data), data);
     changed[conv.id] = conv;
   }
   return putConversations(state, changed);
@@ -546,6 +633,122 @@ function onMessageFailed(state, { localId, error } = {}) {
   };
 }
 
+// -- changes to messages: log entries sharing the conversation's seq -----------------
+
+function tombstone(m) {
+  return { ...m, deleted: true, content: '', attachments: [], reactions: {}, mentions: [] };
+}
+
+/** [the message after the change or null (not held, or nothing changes), the conversation]. */
+function applyChange(state, type, data, conv) {
+  const wire = type === ActionTypes.MESSAGE_UPDATED ? data.message || {} : null;
+  const mid = String(wire && wire.id != null ? wire.id : data.message_id);
+  const key = mid in state.messages.byId ? mid : null;
+  const m = key ? state.messages.byId[key] : null;
+  if (!m || m.deleted) return [null, conv];
+  if (type === ActionTypes.MESSAGE_UPDATED && !wire.deleted) {
+    return [{
+      ...m,
+      content: wire.content ?? m.content,
+      edited_at: wire.edited_at ?? m.edited_at ?? null,
+      mentions: Array.isArray(wire.mentions) ? wire.mentions.map(String) : m.mentions,
+    }, conv];
+  }
+  if (type === ActionTypes.MESSAGE_UPDATED || type === ActionTypes.MESSAGE_DELETED) {
+    const me = state.connection.userId ?? null;
+    const at = Number(data.seq) || 0;
+    const asOf = conv.unread_as_of_seq || 0;
+    const counted = typeof m.seq === 'number' && m.sender_id !== me && m.seq > (conv.read_seq || 0) &&
+      (m.seq > asOf || at > asOf);
+    if (counted) {
+      const mentioned = me != null && (m.mentions || []).includes(me) ? 1 : 0;
+      conv = {
+        ...conv,
+        unread_count: Math.max(0, (conv.unread_count || 0) - 1),
+        mention_count: Math.max(0, (conv.mention_count || 0) - mentioned),
+      };
+    }
+    // An update replayed after the message's deletion shows it as it is now: deleted.
+    const dead = tombstone(m);
+    if (wire && wire.edited_at != null) dead.edited_at = wire.edited_at;
+    return [dead, conv];
+  }
+  const emoji = String(data.emoji);
+  const user = String(data.user_id);
+  const users = (m.reactions || {})[emoji] || [];
+  let reactions;
+  if (type === ActionTypes.REACTION_ADDED) {
+    if (users.includes(user)) return [null, conv];
+    reactions = { ...m.reactions, [emoji]: [...users, user] };
+  } else {
+    if (!users.includes(user)) return [null, conv];
+    reactions = { ...m.reactions };
+    const rest = users.filter((u) => u !== user);
+    if (rest.length) reactions[emoji] = rest;
+    else delete reactions[emoji];
+  }
+  return [{ ...m, reactions }, conv];
+}
+
+/**
+ * One change entry, applied in seq order: at synced_seq + 1 at once (the cursor moves past
+ * it); a later one waits for sync to fill the gap below it (sync replays it); an earlier one
+ * is a duplicate. The answer to my own request (it carries its request_id) is the present
+ * state and is applied at once without moving the cursor: a request that changed nothing
+ * is answered with the seq of an older entry, so only sync confirms its place.
+ */
+function onChange(state, type, data) {
+  if (!data || data.conversation_id == null || typeof data.seq !== 'number') return state;
+  const cid = String(data.conversation_id);
+  const seq = data.seq;
+  const rid = data.request_id ?? null;
+  let next = state;
+  if (rid != null) {
+    const queue = withoutQueued(state.messageQueue, rid);
+    if (queue !== state.messageQueue) next = { ...next, messageQueue: queue };
+  }
+  const old = conversationOf(next, cid);
+  let conv = old;
+  const inOrder = rid == null && seq === (conv.synced_seq || 0) + 1;
+  if (rid != null || inOrder) {
+    let m;
+    [m, conv] = applyChange(next, type, data, conv);
+    if (m) next = { ...next, messages: { ...next.messages, byId: { ...next.messages.byId, [m.id ?? m.local_id]: m } } };
+  }
+  if (seq > (conv.last_seq || 0)) conv = { ...conv, last_seq: seq };
+  if (inOrder) {
+    conv = advanceSynced({ ...conv, synced_seq: seq }, next.messages.byConversation[cid] || [], next.messages.byId);
+    if (conv.last_message && conv.last_message.id != null && next.messages.byId[conv.last_message.id]) {
+      conv = { ...conv, last_message: next.messages.byId[conv.last_message.id] };
+    }
+  }
+  if (conv !== old || !(cid in next.conversations.byId)) next = putConversations(next, { [cid]: conv });
+  return next;
+}
+
+function onChangeQueued(state, change) {
+  if (!change || typeof change.request_id !== 'string') return state;
+  if (state.messageQueue.some((e) => entryKey(e) === change.request_id)) return state;
+  return { ...state, messageQueue: [...state.messageQueue, change] };
+}
+
+function onPresenceUpdated(state, payload) {
+  const items = Array.isArray(payload) ? payload : [payload];
+  const byUserId = state.presence?.byUserId || {};
+  const changed = {};
+  for (const item of items) {
+    if (!item || item.user_id == null) continue;
+    const user = String(item.user_id);
+    const seen = item.last_seen ?? null;
+    const held = changed[user] || byUserId[user];
+    if (held && held.last_seen != null && (seen == null || String(seen) < held.last_seen)) continue;
+    const entry = { status: String(item.status || 'offline'), last_seen: seen != null ? String(seen) : null };
+    if (!held || held.status !== entry.status || held.last_seen !== entry.last_seen) changed[user] = entry;
+  }
+  if (!Object.keys(changed).length) return state;
+  return { ...state, presence: { byUserId: { ...byUserId, ...changed } } };
+}
+
 /** The pure reducer of the seed's Redux slice. Never mutates `state`. */
 export function chatReducer(state = initialState, action = {}) {
   const p = action.payload;
@@ -578,6 +781,19 @@ export function chatReducer(state = initialState, action = {}) {
       return onConversationsLoaded(state, p);
     case ActionTypes.SYNC_COMPLETED:
       return onSyncCompleted(state, p);
+    case ActionTypes.MESSAGE_UPDATED:
+    case ActionTypes.MESSAGE_DELETED:
+    case ActionTypes.REACTION_ADDED:
+    case ActionTypes.REACTION_REMOVED:
+      return onChange(state, action.type, p);
+    case ActionTypes.CHANGE_QUEUED:
+      return onChangeQueued(state, p);
+    case ActionTypes.CHANGE_FAILED: {
+      const queue = withoutQueued(state.messageQueue, p?.request_id);
+      return queue === state.messageQueue ? state : { ...state, messageQueue: queue };
+    }
+    case ActionTypes.PRESENCE_UPDATED:
+      return onPresenceUpdated(state, p);
     case ActionTypes.RESET:
       return initialState;
     default:

@@ -12,6 +12,16 @@ export const selectors = {
     return state.conversations.byId[cid]?.last_message ?? null;
   },
   unreadCount: (state, cid) => state.conversations.byId[cid]?.unread_count || 0,
+  mentionCount: (state, cid) => state.conversations.byId[cid]?.mention_count || 0,
+  /** My read cursor in `cid`. */
+  readSeq: (state, cid) => state.conversations.byId[cid]?.read_seq || 0,
+  /** {status, last_seen} of a user, or null when unknown. */
+  presence: (state, userId) => state.presence?.byUserId?.[String(userId)] ?? null,
+  /** {emoji: [user ids]} of a message. */
+  reactions: (state, messageId) => state.messages.byId[messageId]?.reactions ?? {},
+  /** The queued changes (edits, deletions, reactions) of a message, oldest first. */
+  pendingChanges: (state, messageId) =>
+    state.messageQueue.filter((e) => e.request_id != null && e.message_id === messageId),
   typingUsers: (state, cid) => state.typing.byConversation[cid] || [],
   /** The highest seq up to which this client holds every message of `cid`. */
   syncedSeq: (state, cid) => state.conversations.byId[cid]?.synced_seq || 0,
@@ -38,7 +48,7 @@ export const selectors = {
     const conv = state.conversations.byId[cid];
     const me = state.connection.userId;
     if (!conv) return [];
-    const floor = conv.read_up_to[me] || 0;
+    const floor = Math.max(conv.read_up_to[me] || 0, conv.read_seq || 0);
     return selectors.messages(state, cid)
       .filter((m) => m.id !== null && m.sender_id !== me && typeof m.seq === 'number' && m.seq > floor)
       .map((m) => m.id);

@@ -10,24 +10,35 @@
 
 Modules: ``client`` (``ChatClient``: connecting, catching up, receiving), ``state`` (the
 seed's store shape and its pure reducer), ``outbox`` (the send discipline), ``queue``
-(the SQLite offline queue), ``connection`` (one connection's bookkeeping and the
+(the SQLite offline queue), ``rest`` (``RestClient``: send and search from a backend),
+``connection`` (one connection's bookkeeping and the
 close-code rules), ``events`` (listeners), ``backoff`` (reconnect delays), ``pacing``
-(the send pacer), ``errors``. Names, codes and limits come from ``parley.codes``, shipped
+(the send pacer), ``rest`` (``RestClient``: send and search over REST, for a backend),
+``errors``. Names, codes and limits come from ``parley.codes``, shipped
 with this package (``parley-client``, whose only dependency is websockets).
 See ``docs/python-client.md``.
 """
 
 from parley.client.backoff import Backoff
 from parley.client.client import ChatClient, new_local_id
-from parley.client.errors import AccessDenied, AuthenticationError, ClientClosed, ClientError
+from parley.client.errors import (
+    AccessDenied,
+    AuthenticationError,
+    ChangeFailed,
+    ClientClosed,
+    ClientError,
+)
 from parley.client.events import EVENTS
 from parley.client.queue import OfflineQueue
+from parley.client.rest import RestClient, RestError
 from parley.client.state import (
     Action,
     ChatState,
     ConversationRecord,
     MessageRecord,
+    QueuedChange,
     QueuedMessage,
+    QueueEntry,
     initial_state,
     reduce,
 )
@@ -39,6 +50,7 @@ __all__ = [
     "Action",
     "AuthenticationError",
     "Backoff",
+    "ChangeFailed",
     "ChatClient",
     "ChatState",
     "ClientClosed",
@@ -50,7 +62,11 @@ __all__ = [
     "MessageRecord",
     "MessageStatus",
     "OfflineQueue",
+    "QueueEntry",
+    "QueuedChange",
     "QueuedMessage",
+    "RestClient",
+    "RestError",
     "initial_state",
     "new_local_id",
     "reduce",

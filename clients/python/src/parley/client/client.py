@@ -49,10 +49,11 @@ from parley.client.connection import (
     send_frame,
     token_expiry,
 )
-from parley.client.errors import ClientClosed, ClientError
+from parley.client.errors import ChangeFailed, ClientClosed, ClientError
 from parley.client.events import Emitter, Listener
 from parley.client.outbox import Outbox
 from parley.client.queue import OfflineQueue
+from parley.client.rest import RestClient
 from parley.codes import (
     BACKOFF_BASE_MS,
     BACKOFF_CAP_MS,
@@ -169,6 +170,7 @@ class ChatClient:
             get_state=lambda: self._state,
             dispatch=self._dispatch,
             stats=self.stats,
+            on_change_failed=self._change_failed,
             retry_delay=retry_delay,
             max_retries=max_retries,
             ack_timeout=ack_timeout,
@@ -263,6 +265,7 @@ class ChatClient:
         content: str,
         reply_to: str | None = None,
         attachments: Sequence[Mapping[str, Any]] | None = None,
+        mentions: Sequence[str] | None = None,
     ) -> st.MessageRecord:
         """Send a message; return its record.
 
@@ -286,6 +289,8 @@ class ChatClient:
             entry["reply_to"] = str(reply_to)
         if attachments:
             entry["attachments"] = [dict(a) for a in attachments]
+        if mentions:
+            entry["mentions"] = [str(u) for u in mentions]
         await self._outbox.put(entry)
         self._dispatch(st.send_message(entry))
         await self._outbox.wait(entry["local_id"], self._session is not None)
@@ -298,10 +303,139 @@ class ChatClient:
             return rec
         action = st.retry_message(local_id)
         queued = st.reduce(self._state, action)["messageQueue"]
-        await self._outbox.put(next(e for e in queued if e["local_id"] == local_id))  # disk first
+        await self._outbox.put(next(e for e in queued if st.entry_key(e) == local_id))  # disk first
         self._dispatch(action)
         await self._outbox.wait(local_id, self._session is not None)
         return self._record(local_id)
+
+    async def edit_message(
+        self, conversation_id: str, message_id: str, content: str
+    ) -> st.MessageRecord | None:
+        """Replace the content of an own message (``message_id``: its id, or its
+        ``local_id`` before the ack). See ``_change`` for what is returned and raised."""
+        return await self._change(
+            {
+                "action": "edit_message",
+                "conversation_id": str(conversation_id),
+                "message_id": str(message_id),
+                "request_id": new_request_id(),
+                "content": content,
+            }
+        )
+
+    async def delete_message(
+        self, conversation_id: str, message_id: str
+    ) -> st.MessageRecord | None:
+        """Delete a message (the sender's, or any as a group owner): it stays a tombstone."""
+        return await self._change(
+            {
+                "action": "delete_message",
+                "conversation_id": str(conversation_id),
+                "message_id": str(message_id),
+                "request_id": new_request_id(),
+            }
+        )
+
+    async def react(
+        self, conversation_id: str, message_id: str, emoji: str
+    ) -> st.MessageRecord | None:
+        """Add the user's reaction ``emoji`` (one emoji or a ``:short_code:``)."""
+        return await self._change(
+            {
+                "action": "add_reaction",
+                "conversation_id": str(conversation_id),
+                "message_id": str(message_id),
+                "request_id": new_request_id(),
+                "emoji": emoji,
+            }
+        )
+
+    async def unreact(
+        self, conversation_id: str, message_id: str, emoji: str
+    ) -> st.MessageRecord | None:
+        """Take the user's reaction ``emoji`` back."""
+        return await self._change(
+            {
+                "action": "remove_reaction",
+                "conversation_id": str(conversation_id),
+                "message_id": str(message_id),
+                "request_id": new_request_id(),
+                "emoji": emoji,
+            }
+        )
+
+    async def _change(self, change: st.QueuedChange) -> st.MessageRecord | None:
+        """Queue a change (on disk first) like a message, and send it in queue order.
+
+        While connected, wait for the server's answer (the event carrying the change's
+        ``request_id``) and return the message record as it is then (``None`` if the
+        message is not held); raise ``ChangeFailed`` if the server refused it. While
+        disconnected, return the current record at once: the queue sends the change
+        after the next connect, with the same ``request_id`` (a replayed change changes
+        nothing on the server and is answered with the current state).
+        """
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        rid = change["request_id"]
+        await self._outbox.put(change)
+        self._dispatch(st.change_queued(change))
+        await self._outbox.wait(rid, self._session is not None)
+        error = self._outbox.failures.pop(rid, None)
+        if error is not None:
+            raise ChangeFailed(rid, error)
+        return st.find_message(self._state, change["message_id"])
+
+    def _change_failed(self, entry: st.QueueEntry, error: Mapping[str, Any]) -> None:
+        self._emit(
+            "change_failed",
+            {"request_id": st.entry_key(entry), "action": entry["action"], "error": error},
+        )
+
+    async def load_conversations(self) -> list[dict[str, Any]]:
+        """``GET /api/conversations``: the user's conversations with their members and
+        unread state (``read_seq``, ``unread_count``, ``mention_count``), also put in
+        ``state``."""
+        token = await self._get_token(False)
+        if token is None:
+            return []
+        url = f"{http_base(self.url)}/api/conversations"
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, get_json, url, token, self._open_timeout)
+        items = (
+            [dict(c) for c in (data.get("conversations") or [])] if isinstance(data, dict) else []
+        )
+        self._dispatch(st.conversations_loaded(items))
+        self._baseline()
+        return items
+
+    async def search(
+        self,
+        q: str,
+        conversation_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """``GET /api/search``: ``{"messages": [...], ...}``, best matches first, over the
+        user's conversations only (``RestClient.search`` with this client's token)."""
+        token = await self._get_token(False)
+        if token is None:
+            raise ClientError("search needs a token")
+        api = RestClient(http_base(self.url), token=token, timeout=self._open_timeout)
+        return await api.search(q, conversation_id=conversation_id, limit=limit, offset=offset)
+
+    async def presence(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``GET /api/presence``: the presence of those of ``user_ids`` who share a
+        conversation with the user; also put in ``state["presence"]``."""
+        token = await self._get_token(False)
+        if token is None or not user_ids:
+            return []
+        query = urllib.parse.urlencode({"user_ids": ",".join(str(u) for u in user_ids)})
+        url = f"{http_base(self.url)}/api/presence?{query}"
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, get_json, url, token, self._open_timeout)
+        items = [dict(i) for i in (data.get("presence") or [])] if isinstance(data, dict) else []
+        self._dispatch(st.presence_updated(items))
+        return items
 
     async def typing(self, conversation_id: str, is_typing: bool = True) -> bool:
         """Tell the others whether the user is typing; False if not connected (dropped)."""
@@ -398,7 +532,7 @@ class ChatClient:
         skipped = action["payload"] if action["type"] == st.HISTORY_SKIPPED else None
         self_id = new["connection"]["userId"]
         new_convs = new["conversations"]["byId"]
-        if action["type"] == st.MESSAGE_RECEIVED:  # the common case: one conversation moved
+        if action["type"] == st.MESSAGE_RECEIVED or action["type"] in st.CHANGE_ACTIONS:
             touched = [str(action["payload"]["conversation_id"])]
         else:
             touched = list(new_convs)
@@ -658,6 +792,11 @@ class ChatClient:
         elif kind == EventName.TYPING_INDICATOR:
             self._dispatch(st.typing_received(frame["data"]))
             self._emit("typing", frame["data"])
+        elif kind in _CHANGE_EVENTS:
+            await self._on_change_event(session, _CHANGE_EVENTS[kind], frame.get("data") or {})
+        elif kind == EventName.PRESENCE:
+            self._dispatch(st.presence_updated(frame["data"]))
+            self._emit("presence", frame["data"])
         elif kind in (EventName.CONVERSATION_CREATED, EventName.CONVERSATION_UPDATED):
             self._dispatch(st.conversation_updated(frame["data"]))
             self._baseline()
@@ -669,6 +808,25 @@ class ChatClient:
         if self._pending_delivered or self._pending_read:
             self._kick_receipts(session)
 
+    async def _on_change_event(self, session: Session, kind: str, data: Mapping[str, Any]) -> None:
+        rid = data.get("request_id")
+        rid = str(rid) if rid is not None else None
+        if rid is not None and self._outbox.is_queued(rid):
+            await self._outbox.forget(rid)  # off the disk first, as for a message's ack
+        before = self._state
+        self._dispatch({"type": kind, "payload": data})
+        if rid is not None:
+            self._outbox.acked(session, rid)
+        mid = (data.get("message") or {}).get("id") if "message" in data else None
+        mid = str(mid if mid is not None else data.get("message_id"))
+        rec = st.find_message(self._state, mid)
+        if rec is not None and rec is not st.find_message(before, mid):
+            self._emit("message_updated", rec)
+        conv = self._state["conversations"]["byId"].get(str(data["conversation_id"]))
+        if conv is not None and conv["synced_seq"] < conv["last_seq"]:
+            self._caught_up = False
+            await self._request_sync(session)
+
     def _route(self, session: Session, frame: Mapping[str, Any]) -> None:
         """Errors: to the send waiting for them, else to ``"error"`` listeners."""
         if frame.get("type") != EventName.ERROR:
@@ -678,6 +836,8 @@ class ChatClient:
         if lid is not None and self._outbox.error(session, str(lid), error):
             return
         request_id = str(error.get("request_id") or "")
+        if request_id and self._outbox.error(session, request_id, error):
+            return  # a queued change's refusal
         code = error.get("code")
         # A cursor the server refuses (FORBIDDEN, NOT_FOUND) still ends in sync.complete;
         # any other error ends the sync request without one.
@@ -710,6 +870,7 @@ class ChatClient:
             await self._outbox.forget(lid)
         self._dispatch(st.message_received(message))
         if lid is not None:
+            await self._outbox.rekey(lid, str(message["id"]))
             self._outbox.acked(session, lid)
         conv = self._state["conversations"]["byId"][cid]
         if conv["synced_seq"] < conv["last_seq"]:
@@ -824,6 +985,19 @@ class ChatClient:
                     pending[cid] = rest
                 else:
                     del pending[cid]
+
+
+_CHANGE_EVENTS: dict[str, str] = {
+    EventName.MESSAGE_UPDATED: st.MESSAGE_UPDATED,
+    EventName.MESSAGE_DELETED: st.MESSAGE_DELETED,
+    EventName.REACTION_ADDED: st.REACTION_ADDED,
+    EventName.REACTION_REMOVED: st.REACTION_REMOVED,
+}
+
+
+def new_request_id() -> str:
+    """A fresh ``request_id`` for a change: its key in the offline queue."""
+    return f"pyc_{uuid.uuid4().hex}"
 
 
 def new_local_id() -> str:

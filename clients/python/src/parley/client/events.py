@@ -26,6 +26,9 @@ EVENTS = frozenset(
         "synced",  # {}: every conversation holds all messages the server announced
         "message",  # MessageRecord: each message once, in seq order per conversation
         "message_status",  # MessageRecord: an own message whose status changed
+        "message_updated",  # MessageRecord: after an edit, a deletion or a reaction change
+        "presence",  # presence data: {"user_id", "status", "last_seen"}
+        "change_failed",  # {"request_id", "action", "error"}: the server refused a change
         "typing",  # typing_indicator data
         "read",  # messages_read data
         "delivered",  # messages_delivered data

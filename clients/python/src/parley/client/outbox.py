@@ -15,6 +15,11 @@
   for the rest of the connection (with several in flight, a refused message could be
   overtaken by a later one the server accepted a moment later). Errors no retry
   can cure fail at once. A lost connection is never a try.
+* Changes to messages (edits, deletions, reactions) share the queue and its order. One
+  is in flight at a time, and nothing after it in the queue overtakes it: the server
+  may commit concurrent changes of one connection in any order, and a change must never
+  land after a later one (a reaction after its message's deletion). A change to an own
+  message not acked yet waits for that ack (it then names the server id).
 * No answer within ``ack_timeout`` means the link is dead: the connection is aborted.
 
 The state's ``messageQueue`` is the in-memory mirror of the file; the client's reducer
@@ -50,6 +55,10 @@ PERMANENT_ERRORS = frozenset(
 )
 
 
+# Why a change fails when the message it changes could not be sent.
+_UNSENT = {"code": ErrorCode.NOT_FOUND, "message": "the message it changes was not sent"}
+
+
 class Outbox:
     def __init__(
         self,
@@ -58,6 +67,7 @@ class Outbox:
         get_state: Callable[[], st.ChatState],
         dispatch: Callable[[st.Action], None],
         stats: dict[str, int],
+        on_change_failed: Callable[[st.QueueEntry, Mapping[str, Any]], None] = lambda e, r: None,
         retry_delay: float,
         max_retries: int,
         ack_timeout: float,
@@ -73,6 +83,7 @@ class Outbox:
         self._queue = queue
         self._get_state = get_state
         self._dispatch = dispatch
+        self._on_change_failed = on_change_failed
         self._stats = stats
         self._retry_delay = retry_delay
         self._max_retries = max_retries
@@ -81,6 +92,7 @@ class Outbox:
         self._wakeup = asyncio.Event()  # set when the queue may have work
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._sent_before: set[str] = set()  # local ids sent on some connection, not acked
+        self.failures: dict[str, Mapping[str, Any]] = {}  # request id -> why a change failed
 
     # -- the file (blocking I/O, on one worker thread, in call order) ------------------
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
@@ -88,8 +100,16 @@ class Outbox:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="parley-queue")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def put(self, entry: st.QueuedMessage) -> None:
+    async def put(self, entry: st.QueueEntry) -> None:
         await self._io(self._queue.put, entry)
+
+    async def rekey(self, local_id: str, message_id: str) -> None:
+        """An own message is acked: its queued changes aim at its server id, on disk too
+        (the state's queue is rewritten by the reducer), so a replay after a restart
+        names the right message."""
+        for entry in self._get_state()["messageQueue"]:
+            if st.is_change(entry) and entry.get("message_id") == message_id:
+                await self._io(self._queue.replace, entry)
 
     async def forget(self, local_id: str) -> None:
         await self._io(self._queue.remove, local_id)
@@ -119,7 +139,22 @@ class Outbox:
                     fut.set_result(None)
 
     def is_queued(self, local_id: str) -> bool:
-        return any(e["local_id"] == local_id for e in self._get_state()["messageQueue"])
+        """Whether the entry with this key (``local_id`` or ``request_id``) is queued."""
+        return any(st.entry_key(e) == local_id for e in self._get_state()["messageQueue"])
+
+    def _target(self, entry: st.QueueEntry) -> tuple[str | None, bool]:
+        """``(wire message id, failed)`` of a change: None while it aims at an own
+        message not acked yet; failed when that message failed for good."""
+        if not st.is_change(entry):
+            return None, False
+        mid = str(entry.get("message_id"))
+        state = self._get_state()
+        key = state["messages"]["byLocalId"].get(mid)
+        if key is None or key != mid:
+            return (key or mid), False
+        rec = state["messages"]["byId"].get(key)
+        failed = rec is not None and rec["status"] == "failed" and not self.is_queued(mid)
+        return None, failed
 
     # -- outcomes, as the reader sees them ---------------------------------------------
     def acked(self, session: Session, local_id: str) -> None:
@@ -148,6 +183,7 @@ class Outbox:
         paused_until = 0.0  # RATE_LIMITED: nothing is sent before this loop time
         pacer = Pacer(self._rate, self._burst, loop.time())  # the server's bucket is per connection
         window = self._window  # 1 once the server refused a send: order before speed
+        changes: set[str] = set()  # keys of the changes sent on this connection
         try:
             while True:
                 self._wakeup.clear()
@@ -157,17 +193,30 @@ class Outbox:
                     for entry in list(self._get_state()["messageQueue"]):
                         if len(waiting) >= window:
                             break
-                        lid = entry["local_id"]
+                        lid = st.entry_key(entry)
                         if lid in waiting or not_before.get(lid, 0.0) > now:
                             continue
                         if not self.is_queued(lid):
                             continue  # acked or failed meanwhile
+                        frame: Mapping[str, Any] = entry
+                        if st.is_change(entry):
+                            if any(k in changes for k in waiting):
+                                break  # one change in flight: the server may reorder them
+                            target, failed = self._target(entry)
+                            if failed:
+                                await self._fail(lid, _UNSENT)
+                                continue
+                            if target is None:
+                                break  # waits for its message's ack: nothing overtakes it
+                            frame = {**entry, "message_id": target}
                         delay = pacer.wait(now)
                         if delay > 0:
                             next_token = now + delay
                             break
                         pacer.take(now)
-                        waiting[lid] = await self._send(session, entry, first=lid not in tries)
+                        if st.is_change(entry):
+                            changes.add(lid)
+                        waiting[lid] = await self._send(session, lid, frame, first=lid not in tries)
                         if len(waiting) > self._stats["max_in_flight"]:
                             self._stats["max_in_flight"] = len(waiting)
                 wake = [t for t in (paused_until, next_token, *not_before.values()) if t > now]
@@ -211,10 +260,9 @@ class Outbox:
             await asyncio.gather(*waiting.values(), return_exceptions=True)
 
     async def _send(
-        self, session: Session, entry: st.QueuedMessage, *, first: bool
+        self, session: Session, lid: str, entry: Mapping[str, Any], *, first: bool
     ) -> asyncio.Task[Mapping[str, Any] | None]:
         """Send ``entry``; the task that waits for its outcome (it wakes the sender)."""
-        lid = entry["local_id"]
         fut: asyncio.Future[Mapping[str, Any] | None] = asyncio.get_running_loop().create_future()
         session.acks[lid] = fut
         if first and lid in self._sent_before:
@@ -248,7 +296,15 @@ class Outbox:
                 del session.acks[lid]
 
     async def _fail(self, local_id: str, error: Mapping[str, Any]) -> None:
-        self._dispatch(st.message_failed(local_id, error))
+        entry = next(
+            (e for e in self._get_state()["messageQueue"] if st.entry_key(e) == local_id), None
+        )
+        if entry is not None and st.is_change(entry):
+            self.failures[local_id] = error
+            self._dispatch(st.change_failed(local_id, error))
+            self._on_change_failed(entry, error)
+        else:
+            self._dispatch(st.message_failed(local_id, error))
         self._sent_before.discard(local_id)
         await self.forget(local_id)
         self.release(local_id)

@@ -1,4 +1,5 @@
-"""The offline queue: ``send_message`` actions not acknowledged yet, kept in SQLite.
+"""The offline queue: ``send_message`` actions not acknowledged yet, and changes to
+messages (edits, deletions, reactions) not answered yet, kept in SQLite, in one order.
 
 An entry is written (and committed) before the message is first sent, and removed only
 when its ack arrives — the ``chat_message`` echo carrying its ``local_id`` — or when the
@@ -19,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import cast
 
-from parley.client.state import QueuedMessage
+from parley.client.state import QueueEntry, entry_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -57,13 +58,23 @@ class OfflineQueue:
             raise RuntimeError("the queue is closed")
         return self._db
 
-    def put(self, entry: QueuedMessage) -> bool:
-        """Append ``entry``; False (and nothing written) if its ``local_id`` is queued."""
+    def put(self, entry: QueueEntry) -> bool:
+        """Append ``entry``; False (and nothing written) if its key is queued (the
+        ``local_id`` of a send, the ``request_id`` of a change: the column ``local_id``)."""
         body = json.dumps(entry, separators=(",", ":"))
         with self._lock:
             cur = self._conn().execute(
                 "INSERT OR IGNORE INTO outbox (local_id, body) VALUES (?, ?)",
-                (entry["local_id"], body),
+                (entry_key(entry), body),
+            )
+            return cur.rowcount == 1
+
+    def replace(self, entry: QueueEntry) -> bool:
+        """Rewrite the queued entry with ``entry``'s key in place; False if there is none."""
+        body = json.dumps(entry, separators=(",", ":"))
+        with self._lock:
+            cur = self._conn().execute(
+                "UPDATE outbox SET body = ? WHERE local_id = ?", (body, entry_key(entry))
             )
             return cur.rowcount == 1
 
@@ -73,11 +84,11 @@ class OfflineQueue:
             cur = self._conn().execute("DELETE FROM outbox WHERE local_id = ?", (local_id,))
             return cur.rowcount == 1
 
-    def entries(self) -> list[QueuedMessage]:
+    def entries(self) -> list[QueueEntry]:
         """Every queued entry, oldest first."""
         with self._lock:
             rows = self._conn().execute("SELECT body FROM outbox ORDER BY pos").fetchall()
-        return [cast(QueuedMessage, json.loads(body)) for (body,) in rows]
+        return [cast(QueueEntry, json.loads(body)) for (body,) in rows]
 
     def __len__(self) -> int:
         with self._lock:

@@ -27,13 +27,21 @@ Rules the reducer keeps (tested in ``tests/client/test_state.py``):
   own message becomes ``delivered`` (``read``) once every other member's cursor reaches
   its ``seq``. While a conversation's member list is unknown the cursors are kept but no
   status moves; ``chat/conversationUpserted`` with the members applies them.
+* Edits, deletions and reactions are log entries sharing the conversation's ``seq``;
+  ``synced_seq`` counts them too. A change is applied at ``synced_seq + 1`` only (a later
+  one waits for the ``sync`` that fills the gap and replays it; an earlier one is a
+  duplicate); the answer to the user's own change (with its ``request_id``) is applied at
+  once without moving the cursor. Edits replace, deletions tombstone, reactions aggregate
+  ``{emoji: (user ids)}``.
+* ``read_seq`` / ``unread_count`` / ``mention_count`` start from the server's counts and
+  follow new messages, deletions and the user's own reads (docs/web-client.md).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from parley.codes import MessageStatus, StoreAction, next_status, receipt_floors
 
@@ -51,6 +59,37 @@ class QueuedMessage(TypedDict):
     local_id: str
     reply_to: NotRequired[str]
     attachments: NotRequired[list[dict[str, Any]]]
+    mentions: NotRequired[list[str]]
+
+
+ChangeName = Literal["edit_message", "delete_message", "add_reaction", "remove_reaction"]
+
+
+class QueuedChange(TypedDict):
+    """A change to a message as sent on the wire (and kept in the offline queue).
+
+    ``message_id`` may be an own message's ``local_id`` until that message is acked.
+    """
+
+    action: ChangeName
+    conversation_id: str
+    message_id: str
+    request_id: str
+    content: NotRequired[str]
+    emoji: NotRequired[str]
+
+
+QueueEntry = QueuedMessage | QueuedChange
+
+
+def entry_key(entry: QueueEntry | Mapping[str, Any]) -> str:
+    """A queue entry's key: the ``local_id`` of a send, the ``request_id`` of a change."""
+    e = cast(Mapping[str, Any], entry)
+    return str(e.get("local_id") or e.get("request_id"))
+
+
+def is_change(entry: QueueEntry | Mapping[str, Any]) -> bool:
+    return cast(Mapping[str, Any], entry).get("action") != "send_message"
 
 
 class MessageRecord(TypedDict):
@@ -65,6 +104,10 @@ class MessageRecord(TypedDict):
     reply_to: str | None
     attachments: tuple[Mapping[str, Any], ...]
     error: Mapping[str, Any] | None  # the server's last error for a failed own message
+    edited_at: str | None
+    deleted: bool
+    reactions: Mapping[str, tuple[str, ...]]  # emoji -> user ids, in the order they came
+    mentions: tuple[str, ...]
 
 
 class Receipt(TypedDict):
@@ -83,6 +126,10 @@ class ConversationRecord(TypedDict):
     receipts: Mapping[str, Receipt]  # by user id
     delivered_upto: int  # own messages up to this seq are marked delivered
     read_upto: int  # … and read
+    read_seq: int  # the user's own read cursor
+    unread_count: int  # messages from others after read_seq, deleted ones not counted
+    mention_count: int  # … of them, those that mention the user
+    unread_as_of: int  # the seq up to which the server counted (connection.established)
 
 
 class ConnectionState(TypedDict):
@@ -108,12 +155,22 @@ class TypingState(TypedDict):
     byConversation: Mapping[str, Mapping[str, str]]  # cid -> {user_id: timestamp}
 
 
+class Presence(TypedDict):
+    status: str  # "online" | "offline"
+    last_seen: str | None
+
+
+class PresenceState(TypedDict):
+    byUserId: Mapping[str, Presence]
+
+
 class ChatState(TypedDict):
     connection: ConnectionState
     conversations: ConversationsState
     messages: MessagesState
     typing: TypingState
-    messageQueue: tuple[QueuedMessage, ...]
+    presence: PresenceState
+    messageQueue: tuple[QueueEntry, ...]
 
 
 class Action(TypedDict):
@@ -133,6 +190,7 @@ def initial_state() -> ChatState:
         "conversations": {"byId": {}, "allIds": ()},
         "messages": {"byId": {}, "byConversation": {}, "byLocalId": {}},
         "typing": {"byConversation": {}},
+        "presence": {"byUserId": {}},
         "messageQueue": (),
     }
 
@@ -152,6 +210,15 @@ TYPING_RECEIVED = StoreAction.TYPING_UPDATED
 CONVERSATION_UPDATED = StoreAction.CONVERSATION_UPSERTED
 SYNC_COMPLETED = StoreAction.SYNC_COMPLETED
 HISTORY_SKIPPED = StoreAction.HISTORY_SKIPPED
+CONVERSATIONS_LOADED = StoreAction.CONVERSATIONS_LOADED
+MESSAGE_UPDATED = StoreAction.MESSAGE_UPDATED
+MESSAGE_DELETED = StoreAction.MESSAGE_DELETED
+REACTION_ADDED = StoreAction.REACTION_ADDED
+REACTION_REMOVED = StoreAction.REACTION_REMOVED
+CHANGE_QUEUED = StoreAction.CHANGE_QUEUED
+CHANGE_FAILED = StoreAction.CHANGE_FAILED
+PRESENCE_UPDATED = StoreAction.PRESENCE_UPDATED
+CHANGE_ACTIONS = frozenset({MESSAGE_UPDATED, MESSAGE_DELETED, REACTION_ADDED, REACTION_REMOVED})
 
 
 def connect() -> Action:
@@ -189,7 +256,37 @@ def retry_message(local_id: str) -> Action:
     return {"type": RETRY_MESSAGE, "payload": {"local_id": local_id}}
 
 
-def queue_loaded(entries: Sequence[QueuedMessage]) -> Action:
+def message_updated(data: Mapping[str, Any]) -> Action:
+    """``data`` is a ``message.updated`` event's ``data``."""
+    return {"type": MESSAGE_UPDATED, "payload": data}
+
+
+def message_deleted(data: Mapping[str, Any]) -> Action:
+    return {"type": MESSAGE_DELETED, "payload": data}
+
+
+def reaction_added(data: Mapping[str, Any]) -> Action:
+    return {"type": REACTION_ADDED, "payload": data}
+
+
+def reaction_removed(data: Mapping[str, Any]) -> Action:
+    return {"type": REACTION_REMOVED, "payload": data}
+
+
+def change_queued(change: QueuedChange) -> Action:
+    return {"type": CHANGE_QUEUED, "payload": change}
+
+
+def change_failed(request_id: str, error: Mapping[str, Any]) -> Action:
+    return {"type": CHANGE_FAILED, "payload": {"request_id": request_id, "error": error}}
+
+
+def presence_updated(data: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Action:
+    """``data``: a ``presence`` event's data, or a list of them (``GET /api/presence``)."""
+    return {"type": PRESENCE_UPDATED, "payload": data}
+
+
+def queue_loaded(entries: Sequence[QueueEntry]) -> Action:
     return {"type": QUEUE_LOADED, "payload": list(entries)}
 
 
@@ -205,6 +302,11 @@ def typing_received(data: Mapping[str, Any]) -> Action:
 def conversation_updated(conversation: Mapping[str, Any]) -> Action:
     """``conversation`` is a ``conversation.created`` / ``.updated`` event's ``data``."""
     return {"type": CONVERSATION_UPDATED, "payload": conversation}
+
+
+def conversations_loaded(conversations: Sequence[Mapping[str, Any]]) -> Action:
+    """``conversations``: ``GET /api/conversations``' list (with the unread state)."""
+    return {"type": CONVERSATIONS_LOADED, "payload": list(conversations)}
 
 
 def sync_completed(data: Mapping[str, Any]) -> Action:
@@ -315,6 +417,10 @@ def _new_conversation(cid: str) -> ConversationRecord:
         "receipts": {},
         "delivered_upto": 0,
         "read_upto": 0,
+        "read_seq": 0,
+        "unread_count": 0,
+        "mention_count": 0,
+        "unread_as_of": 0,
     }
 
 
@@ -366,8 +472,9 @@ def _on_connection_established(
         conv = by_id.get(cid) or _new_conversation(cid)
         info = seqs.get(cid) or {}
         last = max(conv["last_seq"], int(info.get("last_seq") or 0))
-        if last != conv["last_seq"] or not conv["active"] or cid not in by_id:
-            updated[cid] = {**conv, "last_seq": last, "active": True}
+        new_conv = _unread_snapshot(state, {**conv, "last_seq": last, "active": True}, info)
+        if new_conv != conv or cid not in by_id:
+            updated[cid] = new_conv
     active_set = set(active)
     for cid, conv in by_id.items():
         if conv["active"] and cid not in active_set:
@@ -383,6 +490,62 @@ def _on_connection_established(
                 by_msg[key] = {**rec, "sender_id": user_id}
         state = {**state, "messages": {**msgs, "byId": by_msg}}
     return _with_conversations(state, updated), ()
+
+
+_ALL = 1 << 62
+
+
+def _held_counts(state: ChatState, cid: str, after: int, upto: int) -> tuple[int, int]:
+    """(messages, mentions of the user) among the held messages from others, not
+    deleted, with ``after < seq <= upto``: what unread counts are made of."""
+    me = state["connection"]["userId"]
+    unread = mentions = 0
+    for rec in messages_between(state, cid, after, upto):
+        if rec["sender_id"] != me and not rec["deleted"]:
+            unread += 1
+            if me is not None and me in rec["mentions"]:
+                mentions += 1
+    return unread, mentions
+
+
+def _read_moved(state: ChatState, conv: ConversationRecord, upto: int) -> ConversationRecord:
+    """The unread state once the user's read cursor is at ``upto`` (it never goes back).
+
+    At or past the seq the server counted up to, the counts are the held messages above
+    the cursor (every later one is held, counted as it came); below it, the held
+    messages read since are taken off the server's counts.
+    """
+    if upto <= conv["read_seq"]:
+        return conv
+    cid = conv["id"]
+    if upto >= conv["unread_as_of"]:
+        unread, mentions = _held_counts(state, cid, upto, _ALL)
+    else:
+        du, dm = _held_counts(state, cid, conv["read_seq"], upto)
+        unread, mentions = max(0, conv["unread_count"] - du), max(0, conv["mention_count"] - dm)
+    return {**conv, "read_seq": upto, "unread_count": unread, "mention_count": mentions}
+
+
+def _unread_snapshot(
+    state: ChatState, conv: ConversationRecord, info: Mapping[str, Any]
+) -> ConversationRecord:
+    """Take the server's unread state (``connection.established`` / the conversation
+    list), keeping a read cursor of ours that is ahead of it."""
+    if "unread_count" not in info:
+        if info.get("read_seq") is not None:
+            return _read_moved(state, conv, int(info["read_seq"]))
+        return conv
+    server_read = int(info.get("read_seq") or 0)
+    as_of = int(info.get("last_seq") or 0)
+    du, dm = _held_counts(state, conv["id"], max(as_of, server_read), _ALL)
+    base: ConversationRecord = {
+        **conv,
+        "read_seq": server_read,
+        "unread_count": int(info.get("unread_count") or 0) + du,
+        "mention_count": int(info.get("mention_count") or 0) + dm,
+        "unread_as_of": as_of,
+    }
+    return _read_moved(state, base, conv["read_seq"])
 
 
 def _on_disconnected(
@@ -407,17 +570,28 @@ def _pending_record(state: ChatState, entry: QueuedMessage) -> MessageRecord:
         "reply_to": entry.get("reply_to"),
         "attachments": tuple(entry.get("attachments") or ()),
         "error": None,
+        "edited_at": None,
+        "deleted": False,
+        "reactions": {},
+        "mentions": tuple(entry.get("mentions") or ()),
     }
 
 
-def _add_pending(state: ChatState, entries: Iterable[QueuedMessage]) -> ChatState:
+def _add_pending(state: ChatState, entries: Iterable[QueueEntry]) -> ChatState:
     msgs = state["messages"]
     by_id = dict(msgs["byId"])
     by_conv = dict(msgs["byConversation"])
     by_local = dict(msgs["byLocalId"])
     queue = list(state["messageQueue"])
+    keys = {entry_key(e) for e in queue}
     convs: dict[str, ConversationRecord] = {}
-    for entry in entries:
+    for item in entries:
+        if is_change(item):
+            if entry_key(item) not in keys:
+                keys.add(entry_key(item))
+                queue.append(item)
+            continue
+        entry = cast(QueuedMessage, item)
         lid = entry["local_id"]
         if lid in by_local:
             continue
@@ -441,7 +615,7 @@ def _on_send_message(state: ChatState, entry: QueuedMessage) -> tuple[ChatState,
 
 
 def _on_queue_loaded(
-    state: ChatState, entries: Sequence[QueuedMessage]
+    state: ChatState, entries: Sequence[QueueEntry]
 ) -> tuple[ChatState, tuple[str, ...]]:
     return _add_pending(state, entries), ()
 
@@ -491,7 +665,7 @@ def _on_message_received(
         # The ack of an own message: re-key it from local_id to the server id.
         del new_by_id[lid]
         keys.remove(lid)
-        queue = tuple(e for e in queue if e["local_id"] != lid)
+        queue = tuple(_rekeyed(e, lid, mid) for e in queue if entry_key(e) != lid)
         base_status = pending["status"]
         changed = (mid,)
     else:
@@ -510,6 +684,10 @@ def _on_message_received(
         "reply_to": str(m["reply_to"]) if m.get("reply_to") is not None else None,
         "attachments": tuple(m.get("attachments") or ()),
         "error": None,
+        "edited_at": m.get("edited_at"),
+        "deleted": bool(m.get("deleted")),
+        "reactions": _reactions(m.get("reactions")),
+        "mentions": tuple(str(u) for u in m.get("mentions") or ()),
     }
     if existing is not None:
         # Acked through a message already held (e.g. seen in sync before the echo).
@@ -522,6 +700,20 @@ def _on_message_received(
     new_by_id[mid] = record
     new_keys = tuple(keys)
     conv = {**conv, "last_seq": max(conv["last_seq"], seq)}
+    if (
+        existing is None
+        and pending is None
+        and self_id is not None
+        and sender != self_id
+        and not record["deleted"]
+        and seq > conv["read_seq"]
+        and seq > conv["unread_as_of"]
+    ):
+        conv = {
+            **conv,
+            "unread_count": conv["unread_count"] + 1,
+            "mention_count": conv["mention_count"] + (self_id in record["mentions"]),
+        }
     conv = _advance_synced(conv, new_keys, new_by_id)
     state = {
         **state,
@@ -533,6 +725,21 @@ def _on_message_received(
         "messageQueue": queue,
     }
     return _with_conversations(state, {cid: conv}), changed
+
+
+def _reactions(value: object) -> Mapping[str, tuple[str, ...]]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(e): tuple(str(u) for u in users) for e, users in value.items() if users}
+
+
+def _rekeyed(entry: QueueEntry, local_id: str, message_id: str) -> QueueEntry:
+    """A queued change to the own message ``local_id`` aims at its server id once acked."""
+    if is_change(entry):
+        change = cast(QueuedChange, entry)
+        if change["message_id"] == local_id:
+            return {**change, "message_id": message_id}
+    return entry
 
 
 def _set_status(
@@ -573,7 +780,7 @@ def _on_message_failed(
         return state, ()
     state = {
         **state,
-        "messageQueue": tuple(e for e in state["messageQueue"] if e["local_id"] != lid),
+        "messageQueue": tuple(e for e in state["messageQueue"] if entry_key(e) != lid),
     }
     return _set_status(state, key, MessageStatus.FAILED, payload.get("error") or {})
 
@@ -596,6 +803,8 @@ def _on_retry_message(
         entry["reply_to"] = rec["reply_to"]
     if rec["attachments"]:
         entry["attachments"] = [dict(a) for a in rec["attachments"]]
+    if rec["mentions"]:
+        entry["mentions"] = list(rec["mentions"])
     resent: MessageRecord = {**rec, "status": MessageStatus.SENDING, "error": None}
     return {
         **state,
@@ -631,6 +840,10 @@ def _on_receipt_received(
         }
     else:
         receipt = {"read_seq": old["read_seq"], "delivered_seq": max(old["delivered_seq"], upto)}
+    if kind == "read" and user == state["connection"]["userId"]:
+        moved = _read_moved(state, conv, upto)
+        if moved is not conv:
+            state, conv = _with_conversations(state, {cid: moved}), moved
     if receipt == old:
         return state, ()
     conv = {**conv, "receipts": {**conv["receipts"], user: receipt}}
@@ -731,6 +944,23 @@ def _on_conversation_updated(
     return state, ()
 
 
+def _on_conversations_loaded(
+    state: ChatState, conversations: Sequence[Mapping[str, Any]]
+) -> tuple[ChatState, tuple[str, ...]]:
+    changed: list[str] = []
+    for data in conversations:
+        if not isinstance(data, Mapping) or data.get("id") is None:
+            continue
+        state, moved = _on_conversation_updated(state, data)
+        changed.extend(moved)
+        cid = str(data["id"])
+        conv = state["conversations"]["byId"][cid]
+        new = _unread_snapshot(state, conv, data)
+        if new != conv:
+            state = _with_conversations(state, {cid: new})
+    return state, tuple(changed)
+
+
 def _on_sync_completed(
     state: ChatState, data: Mapping[str, Any]
 ) -> tuple[ChatState, tuple[str, ...]]:
@@ -757,6 +987,180 @@ def _on_history_skipped(
     return _with_conversations(state, {cid: conv}), ()
 
 
+# -- changes to messages: log entries sharing the conversation's seq -----------------
+def _tombstone(rec: MessageRecord) -> MessageRecord:
+    return {
+        **rec,
+        "deleted": True,
+        "content": "",
+        "attachments": (),
+        "reactions": {},
+        "mentions": (),
+    }
+
+
+def _apply_change(
+    state: ChatState, kind: str, data: Mapping[str, Any], conv: ConversationRecord
+) -> tuple[MessageRecord | None, ConversationRecord]:
+    """The message after the change (None: not held, or nothing to change) and the
+    conversation (its unread counts lose a deleted message)."""
+    msgs = state["messages"]
+    if kind == MESSAGE_UPDATED:
+        wire = data.get("message") or {}
+        mid = str(wire.get("id", data.get("message_id")))
+    else:
+        mid = str(data["message_id"])
+    key = _key_of(state, mid)
+    rec = msgs["byId"].get(key) if key is not None else None
+    if rec is None or rec["deleted"]:
+        return None, conv
+    new: MessageRecord
+    if kind == MESSAGE_UPDATED and not wire.get("deleted"):
+        new = {
+            **rec,
+            "content": str(wire.get("content", rec["content"])),
+            "edited_at": wire.get("edited_at", rec["edited_at"]),
+            "mentions": tuple(str(u) for u in wire.get("mentions", rec["mentions"]) or ()),
+        }
+    elif kind in (MESSAGE_UPDATED, MESSAGE_DELETED):
+        # An update replayed after the message's deletion shows it as it is now: deleted.
+        new = _tombstone(rec)
+        if kind == MESSAGE_UPDATED and wire.get("edited_at") is not None:
+            new = {**new, "edited_at": wire["edited_at"]}
+        me = state["connection"]["userId"]
+        seq, at = rec["seq"], int(data.get("seq") or 0)
+        counted = (
+            seq is not None
+            and rec["sender_id"] != me
+            and seq > conv["read_seq"]
+            and (seq > conv["unread_as_of"] or at > conv["unread_as_of"])
+        )
+        if counted:
+            mentioned = me is not None and me in rec["mentions"]
+            conv = {
+                **conv,
+                "unread_count": max(0, conv["unread_count"] - 1),
+                "mention_count": max(0, conv["mention_count"] - mentioned),
+            }
+    else:
+        emoji, user = str(data["emoji"]), str(data["user_id"])
+        users = rec["reactions"].get(emoji, ())
+        if kind == REACTION_ADDED:
+            if user in users:
+                return None, conv
+            reactions = {**rec["reactions"], emoji: (*users, user)}
+        else:
+            if user not in users:
+                return None, conv
+            reactions = dict(rec["reactions"])
+            rest = tuple(u for u in users if u != user)
+            if rest:
+                reactions[emoji] = rest
+            else:
+                del reactions[emoji]
+        new = {**rec, "reactions": reactions}
+    return new, conv
+
+
+def _on_change(
+    state: ChatState, kind: str, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    """One change entry. Applied in seq order: at ``synced_seq + 1`` at once (and the
+    cursor moves past it); a later one waits for the gap below it to be filled by
+    ``sync``, which replays it; an earlier one is a duplicate. The answer to the user's
+    own request (it carries its ``request_id``) describes the present state and is
+    applied at once, but does not move the cursor: a request that changed nothing is
+    answered with the seq of an older entry, so only ``sync`` confirms its place.
+    """
+    cid, seq = str(data["conversation_id"]), int(data["seq"])
+    rid = data.get("request_id")
+    queue = state["messageQueue"]
+    if rid is not None and any(entry_key(e) == str(rid) for e in queue):
+        state = {**state, "messageQueue": tuple(e for e in queue if entry_key(e) != str(rid))}
+    conv = state["conversations"]["byId"].get(cid) or _new_conversation(cid)
+    old_conv = conv
+    in_order = rid is None and seq == conv["synced_seq"] + 1
+    if rid is not None or in_order:
+        rec, conv = _apply_change(state, kind, data, conv)
+        if rec is not None:
+            msgs = state["messages"]
+            key = rec["id"] if rec["id"] is not None else str(rec["local_id"])
+            state = {**state, "messages": {**msgs, "byId": {**msgs["byId"], key: rec}}}
+    conv = {**conv, "last_seq": max(conv["last_seq"], seq)}
+    if in_order:
+        conv = {**conv, "synced_seq": seq}
+        conv = _advance_synced(
+            conv, state["messages"]["byConversation"].get(cid, ()), state["messages"]["byId"]
+        )
+    if conv != old_conv or cid not in state["conversations"]["byId"]:
+        state = _with_conversations(state, {cid: conv})
+    return state, ()
+
+
+def _on_message_updated(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    return _on_change(state, MESSAGE_UPDATED, data)
+
+
+def _on_message_deleted(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    return _on_change(state, MESSAGE_DELETED, data)
+
+
+def _on_reaction_added(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    return _on_change(state, REACTION_ADDED, data)
+
+
+def _on_reaction_removed(
+    state: ChatState, data: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    return _on_change(state, REACTION_REMOVED, data)
+
+
+def _on_change_queued(state: ChatState, change: QueuedChange) -> tuple[ChatState, tuple[str, ...]]:
+    return _add_pending(state, [change]), ()
+
+
+def _on_change_failed(
+    state: ChatState, payload: Mapping[str, Any]
+) -> tuple[ChatState, tuple[str, ...]]:
+    rid = str(payload["request_id"])
+    queue = state["messageQueue"]
+    kept = tuple(e for e in queue if entry_key(e) != rid)
+    if len(kept) == len(queue):
+        return state, ()
+    return {**state, "messageQueue": kept}, ()
+
+
+def _on_presence_updated(state: ChatState, payload: Any) -> tuple[ChatState, tuple[str, ...]]:
+    """Presence of users (not a log entry): an older ``last_seen`` never wins."""
+    items = payload if isinstance(payload, list | tuple) else [payload]
+    by_user = state["presence"]["byUserId"]
+    changed: dict[str, Presence] = {}
+    for item in items:
+        if not isinstance(item, Mapping) or item.get("user_id") is None:
+            continue
+        user = str(item["user_id"])
+        seen = item.get("last_seen")
+        held = changed.get(user) or by_user.get(user)
+        if held is not None and held["last_seen"] is not None:
+            if seen is None or str(seen) < held["last_seen"]:
+                continue
+        new: Presence = {
+            "status": str(item.get("status") or "offline"),
+            "last_seen": str(seen) if seen is not None else None,
+        }
+        if held != new:
+            changed[user] = new
+    if not changed:
+        return state, ()
+    return {**state, "presence": {"byUserId": {**by_user, **changed}}}, ()
+
+
 _Handler = Callable[[ChatState, Any], tuple[ChatState, tuple[str, ...]]]
 
 _HANDLERS: dict[str, _Handler] = {
@@ -773,5 +1177,13 @@ _HANDLERS: dict[str, _Handler] = {
     TYPING_RECEIVED: _on_typing_received,
     CONVERSATION_UPDATED: _on_conversation_updated,
     SYNC_COMPLETED: _on_sync_completed,
+    CONVERSATIONS_LOADED: _on_conversations_loaded,
     HISTORY_SKIPPED: _on_history_skipped,
+    MESSAGE_UPDATED: _on_message_updated,
+    MESSAGE_DELETED: _on_message_deleted,
+    REACTION_ADDED: _on_reaction_added,
+    REACTION_REMOVED: _on_reaction_removed,
+    CHANGE_QUEUED: _on_change_queued,
+    CHANGE_FAILED: _on_change_failed,
+    PRESENCE_UPDATED: _on_presence_updated,
 }
