@@ -113,6 +113,15 @@ class Settings:
     rest_rate_burst: float = _s(100.0, "REST token-bucket burst size per user")
     attachment_url_ttl: int = _s(86_400, "seconds a signed attachment URL stays valid")
     shutdown_timeout: float = _s(10.0, "seconds to drain on SIGTERM")
+    webhook_url: str | None = _s(
+        None, "http(s) URL the events of docs/webhooks.md are POSTed to (needs --webhook-secret)"
+    )
+    webhook_secret: str | None = _s(
+        None, "key of the Parley-Signature HMAC on webhook deliveries (needs --webhook-url)"
+    )
+    webhook_retry_base: float = _s(
+        1.0, "seconds before a failed webhook delivery is retried, doubling up to 10 minutes"
+    )
     log_level: str = _s("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = _s("text", "text, or json: one JSON object per line (never a token)")
 
@@ -324,6 +333,9 @@ def problems(settings: Settings) -> list[str]:
         out.append("the 'none' JWT algorithm is never accepted")
     if settings.jwt_public_key_file and not Path(settings.jwt_public_key_file).is_file():
         out.append(f"jwt_public_key_file {settings.jwt_public_key_file} does not exist")
+    webhooks = webhook_problem(settings)
+    if webhooks is not None:
+        out.append(webhooks)
     for f in fields(Settings):
         value = getattr(settings, f.name)
         if _type_of(f) in (int, float) and isinstance(value, int | float) and value < 0:
@@ -399,6 +411,20 @@ def ensure_secret(settings: Settings) -> Settings:
         with os.fdopen(fd, "w") as fh:
             fh.write(secret)
     return replace(settings, secret=secret)
+
+
+def webhook_problem(settings: Settings) -> str | None:
+    """Why the webhook settings cannot work, or None (both unset is fine)."""
+    url, secret = settings.webhook_url, settings.webhook_secret
+    if not url and not secret:
+        return None
+    if not url or not secret:
+        return "--webhook-url and --webhook-secret go together: set both, or neither"
+    if not url.startswith(("http://", "https://")):
+        return f"--webhook-url must be an http:// or https:// URL, not {url!r}"
+    if settings.webhook_retry_base <= 0:
+        return "--webhook-retry-base must be more than 0 seconds"
+    return None
 
 
 def parse_list(value: str | None) -> Sequence[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,6 +46,37 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=r,
         )
+        self.webhook_depth = Gauge(
+            "parley_webhook_outbox_events",
+            "Webhook events not delivered yet (the whole cluster's outbox)",
+            registry=r,
+        )
+        self.webhook_oldest: float | None = None  # created_at of the oldest pending event
+        Gauge(
+            "parley_webhook_oldest_event_age_seconds",
+            "Age of the oldest undelivered webhook event (0: none)",
+            registry=r,
+        ).set_function(
+            lambda: (
+                0.0 if self.webhook_oldest is None else max(0.0, time.time() - self.webhook_oldest)
+            )
+        )
+        self.webhook_failures = Counter(
+            "parley_webhook_delivery_failures",
+            "Webhook deliveries that failed (non-2xx, no answer in time, unreachable)",
+            registry=r,
+        )
+        self.webhook_dropped_total = Counter(
+            "parley_webhook_events_dropped",
+            "Webhook events given up on after retrying for the retry period",
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "parley_webhook_delivery_seconds",
+            "Webhook event created (its change committed) → delivered (2xx)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600, 3600),
+            registry=r,
+        )
 
     # The service's reporting interface (``parley.service.ServiceMetrics``).
     def error_sent(self, code: str) -> None:
@@ -59,6 +91,20 @@ class Metrics:
 
     def frames_delivered(self, n: int) -> None:
         self.deliveries += n
+
+    # The webhook worker's reporting interface (``parley.webhooks.WebhookMetrics``).
+    def webhook_delivered(self, seconds_since_created: float) -> None:
+        self.webhook_latency.observe(seconds_since_created)
+
+    def webhook_failed(self) -> None:
+        self.webhook_failures.inc()
+
+    def webhook_dropped(self) -> None:
+        self.webhook_dropped_total.inc()
+
+    def webhook_outbox(self, depth: int, oldest_created_at: float | None) -> None:
+        self.webhook_depth.set(depth)
+        self.webhook_oldest = oldest_created_at
 
 
 class _HotCounters(Collector):

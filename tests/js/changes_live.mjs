@@ -64,7 +64,17 @@ await until(b2, () => b2.state.connection.status === 'connected', 'bob again');
 const afterReload = counts(b2);
 await b2.loadConversations();
 const afterList = counts(b2);
-const out = { queued, failures, alice: view(a), bob: view(b), bobBefore, afterReload, afterList };
+// Presence (alice is online) and search, through the same client's REST calls.
+const presence = await b2.loadPresence([alice, 'nobody-here']);
+const found = await b2.search('hello', { conversationId: cid, limit: 5 });
+const gone = await b2.search('see', { conversationId: cid });
+const old = await b2.search('helo');
+const out = {
+  queued, failures, alice: view(a), bob: view(b), bobBefore, afterReload, afterList,
+  presence, presenceState: selectors.presence(b2.state, alice),
+  found: found.messages.map((m) => m.id), gone: gone.messages.map((m) => m.id),
+  old: old.messages.map((m) => m.id),
+};
 a.destroy();
 b2.destroy();
 console.log(JSON.stringify(out));

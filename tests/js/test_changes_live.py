@@ -1,7 +1,7 @@
 """The web SDK's edits, deletions, reactions, mentions and unread counts in Node against a
 real server: changes queued offline go in order (one aimed at a message not acked yet),
 each is stored once, both clients end in the server's state, and a read conversation's
-badge does not come back after a reload."""
+badge does not come back after a reload; presence and search through the same client."""
 
 from __future__ import annotations
 
@@ -61,3 +61,8 @@ async def test_web_sdk_changes_against_a_real_server(tmp_path: Path) -> None:
     read_seq, unread, mentions = out["afterReload"]
     assert read_seq >= 2 and (unread, mentions) == (0, 0)
     assert out["afterList"] == out["afterReload"]
+    assert [(p["user_id"], p["status"]) for p in out["presence"]] == [("alice", "online")]
+    assert out["presenceState"]["status"] == "online"
+    assert out["found"] == [truth[0]["id"]]  # the edited text is what is found
+    assert out["gone"] == []  # the deleted message's words are gone
+    assert out["old"] == []  # and the text before the edit

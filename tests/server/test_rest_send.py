@@ -267,3 +267,18 @@ async def test_rest_sends_are_rate_limited(tmp_path: Path, uid: Any) -> None:
             if status == 429:
                 assert body["error"]["code"] == "RATE_LIMITED"
         assert statuses[:2] == [201, 201] and 429 in statuses
+
+
+async def test_mentions_follow_the_send_rules(srv: ParleyServer, uid: Any) -> None:
+    a, b, eve = uid("ann"), uid("bob"), uid("eve")
+    conv = (await conversation(srv, a, b, title="t"))["id"]
+    status, sent = await send(
+        srv, conv, a, {"content": "@bob look", "local_id": "m-1", "mentions": [b]}
+    )
+    assert status == 201 and sent["mentions"] == [b]
+    status, err = await send(
+        srv, conv, a, {"content": "@eve look", "local_id": "m-2", "mentions": [eve]}
+    )
+    assert status == 400 and err["error"]["code"] == "INVALID_MESSAGE"
+    status, err = await send(srv, conv, a, {"content": "x", "local_id": "m-3", "mentions": "bob"})
+    assert status == 400 and err["error"]["code"] == "INVALID_MESSAGE"

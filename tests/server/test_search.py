@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from tests.server.test_ws import conversation
+from tests.server.test_ws import connect, conversation
 from tests.store.conftest import create_database, drop_database
 from tests.support.server import ParleyServer
 from tests.support.wsclient import api
@@ -229,3 +229,42 @@ def test_openapi_documents_search_and_rest_send() -> None:
     assert {"200", "201", "400", "403", "404", "413", "429"} <= set(send["responses"])
     params = {p["name"] for p in paths["/api/search"]["get"]["parameters"]}
     assert params == {"q", "conversation_id", "limit", "offset"}
+
+
+async def test_edits_are_reindexed_and_deletions_vanish(srv: ParleyServer, uid: Any) -> None:
+    """Through the real edit_message and delete_message actions."""
+    a, b = uid("ann"), uid("bob")
+    conv = (await conversation(srv, a, b))["id"]
+    edited, deleted, kept = await post(
+        srv, conv, a, "meet at noon", "meet in room seven", "meet tomorrow"
+    )
+    async with await connect(srv, a) as ws:
+        await ws.send(
+            {
+                "action": "edit_message",
+                "conversation_id": conv,
+                "message_id": edited["id"],
+                "content": "meet at midnight",
+                "request_id": "e1",
+            }
+        )
+        updated = await ws.expect(pred=lambda e: e.get("data", {}).get("request_id") == "e1")
+        assert updated["type"] == "message.updated", updated
+        await ws.send(
+            {
+                "action": "delete_message",
+                "conversation_id": conv,
+                "message_id": deleted["id"],
+                "request_id": "d1",
+            }
+        )
+        gone = await ws.expect(pred=lambda e: e.get("data", {}).get("request_id") == "d1")
+        assert gone["type"] == "message.deleted", gone
+    assert await contents(srv, b, "noon") == []
+    assert await contents(srv, b, "midnight") == ["meet at midnight"]
+    assert await contents(srv, b, "room seven") == []
+    assert await contents(srv, b, "meet") == ["meet at midnight", "meet tomorrow"]
+    status, body = await search(srv, b, q="midnight")
+    (hit,) = body["messages"]
+    assert hit["id"] == edited["id"] and hit["edited_at"] is not None
+    assert kept["id"] not in {m["id"] for m in body["messages"]}

@@ -346,3 +346,26 @@ async def test_sync_replays_messages_and_changes_in_seq_order(
     assert [replay[1]["data"]["seq"], replay[2]["data"]["seq"]] == [2, 3]
     (done,) = late.of("sync.complete")
     assert done["data"]["conversations"][conv] == {"last_seq": 3, "has_more": False}
+
+
+async def test_one_connections_changes_commit_in_the_order_it_sent_them(
+    service: ChatService, peer: Peer
+) -> None:
+    """Pipelined without waiting: a deletion, then reactions to the deleted message. The
+    reactions must meet the deletion already committed (refused), never land before it."""
+    conv, ann, (bob,) = await setup(service, peer, "bob")
+    m = await sent(service, ann, conv, "oops")
+    mid = m["id"]
+    service.handle(ann, p.DeleteMessage(conversation_id=conv, message_id=mid, request_id="d"))
+    for i in range(5):
+        service.handle(
+            ann,
+            p.AddReaction(conversation_id=conv, message_id=mid, emoji="👍", request_id=f"r{i}"),
+        )
+    deleted = await answer(ann, "message.deleted", "d")
+    for i in range(5):
+        refused = await answer(ann, "error", f"r{i}")
+        assert refused["error"]["code"] == ErrorCode.NOT_FOUND
+    (theirs,) = await bob.expect("message.deleted")
+    assert theirs["data"]["seq"] == deleted["data"]["seq"] == 2
+    assert not bob.of("reaction.added")

@@ -33,6 +33,7 @@ from parley.server.ws import WebSocketEndpoint, ws_frame
 from parley.service import ChatService, Limits
 from parley.store import open_store
 from parley.store.base import Store
+from parley.webhooks import RetryPolicy, WebhookWorker
 
 log = logging.getLogger("parley")
 
@@ -185,6 +186,7 @@ def build_app(
         framer=ws_frame,
         presence=presence,
     )
+    worker = _webhooks(settings, store, service, metrics)
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
     rest = Rest(settings, service, verifier)
@@ -214,6 +216,8 @@ def build_app(
         if settings.redis:
             await _require_redis(settings.redis)
         await service.start()
+        if worker is not None:
+            await worker.start()
         if settings.redis and not broker.healthy:
             raise StartupError(f"Redis unreachable at {mask_url(settings.redis)}")
 
@@ -222,6 +226,8 @@ def build_app(
 
     async def cleanup(app: web.Application) -> None:
         await service.drain()
+        if worker is not None:  # deliveries in flight finish; the rest waits in the outbox
+            await worker.close(grace=settings.shutdown_timeout / 2)
         await presence.close()
         await broker.close()
         await store.close()
@@ -230,6 +236,25 @@ def build_app(
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     return app
+
+
+def _webhooks(
+    settings: Settings, store: Store, service: ChatService, metrics: Metrics
+) -> WebhookWorker | None:
+    """The webhook worker, when webhooks are on: the service then writes its events into
+    the store's outbox (docs/webhooks.md); who is offline comes from its presence."""
+    if not settings.webhook_url or not settings.webhook_secret:
+        return None
+    worker = WebhookWorker(
+        store,
+        settings.webhook_url,
+        settings.webhook_secret,
+        service,
+        policy=RetryPolicy(base=settings.webhook_retry_base),
+        metrics=metrics,
+    )
+    service.webhooks = worker
+    return worker
 
 
 async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> int:

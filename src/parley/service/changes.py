@@ -24,12 +24,15 @@ from parley.service.hub import Peer
 from parley.service.messages import Messages
 from parley.store.base import (
     CONVERSATION_NOT_FOUND,
+    ChangeEmit,
     ForbiddenError,
     LimitError,
     LogEntry,
     NotFoundError,
+    OutboxEvent,
     StoreError,
 )
+from parley.webhooks import events as webhook_events
 
 log = logging.getLogger("parley.service")
 
@@ -41,9 +44,26 @@ class Changes(Messages):
 
     def handle(self, peer: Peer, cmd: p.Command) -> None:
         if isinstance(cmd, _CHANGES):
-            self._spawn(self._change_cmd(peer, cmd))
+            # One connection's changes commit in the order it sent them (a reaction
+            # pipelined after a deletion must not land before it): one runner per
+            # connection works through its queue.
+            queue = self._change_queues.get(peer)
+            if queue is not None:
+                queue.append(cmd)
+            else:
+                self._change_queues[peer] = [cmd]
+                self._spawn(self._run_changes(peer))
         else:
             super().handle(peer, cmd)
+
+    async def _run_changes(self, peer: Peer) -> None:
+        queue = self._change_queues[peer]
+        try:
+            while queue:
+                await self._change_cmd(peer, queue[0])
+                queue.pop(0)
+        finally:
+            del self._change_queues[peer]
 
     async def _change_cmd(self, peer: Peer, cmd: p.MessageChange) -> None:
         # An admin token's connection may delete any message (server.ws sets ``admin``).
@@ -93,10 +113,18 @@ class Changes(Messages):
             if isinstance(cmd, p.EditMessage):
                 rules.may_edit(msg, user_id, now, self.limits)
                 rules.check_content(cmd.content, bool(msg.attachments), self.limits)
-                return await self._store.edit_message(conv.id, msg.id, user_id, cmd.content, now)
+                entry, changed = await self._store.edit_message(
+                    conv.id, msg.id, user_id, cmd.content, now, self._change_emit()
+                )
+                self._changed(entry, changed)
+                return entry, changed
             if isinstance(cmd, p.DeleteMessage):
                 rules.may_delete(conv, msg, user_id, admin)
-                return await self._store.delete_message(conv.id, msg.id, user_id, now, admin=admin)
+                entry, changed = await self._store.delete_message(
+                    conv.id, msg.id, user_id, now, admin=admin, emit=self._change_emit()
+                )
+                self._changed(entry, changed)
+                return entry, changed
             if isinstance(cmd, p.AddReaction):
                 rules.may_react(msg)
                 return await self._store.add_reaction(
@@ -110,6 +138,26 @@ class Changes(Messages):
             return await self._store.remove_reaction(conv.id, msg.id, user_id, cmd.emoji, now)
         except StoreError as exc:
             raise _refusal(exc) from None
+
+    def _change_emit(self) -> ChangeEmit | None:
+        """The ``message.updated`` / ``message.deleted`` webhook event of an edit or a
+        deletion, written in its transaction when webhooks are on (docs/webhooks.md)."""
+        if self.webhooks is None:
+            return None
+        return self._change_event
+
+    def _change_event(self, entry: LogEntry) -> list[OutboxEvent]:
+        # Runs inside the store's transaction, possibly on its writer thread: pure.
+        cid, m = entry.conversation_id, entry.message
+        if entry.kind == "message.deleted":
+            at = m.deleted_at if m.deleted_at is not None else entry.at
+            return [webhook_events.message_deleted(cid, entry.seq, m.id, at, entry.at)]
+        wire = self.wire_message(m, "sent", with_local_id=True)
+        return [webhook_events.message_updated(cid, entry.seq, wire, entry.at)]
+
+    def _changed(self, entry: LogEntry, changed: bool) -> None:
+        if changed and self.webhooks is not None:
+            self.webhooks.notify(entry.conversation_id)
 
     async def publish_change(self, entry: LogEntry, request_id: str | None = None) -> None:
         """Fan a committed change out to the conversation's members, encoded once (the

@@ -18,7 +18,16 @@ from parley.codes import CloseCode, ErrorCode
 from parley.service import rules
 from parley.service.changes import Changes
 from parley.service.errors import ServiceError
-from parley.store.base import Conversation, ForbiddenError, LimitError, NotFoundError, StoreError
+from parley.store.base import (
+    Conversation,
+    ForbiddenError,
+    LimitError,
+    MembershipEmit,
+    NotFoundError,
+    OutboxEvent,
+    StoreError,
+)
+from parley.webhooks import events as webhook_events
 
 _HOUR = 3600.0
 
@@ -48,9 +57,15 @@ class ChatService(Changes):
         recent = await self._store.conversations_created_since(user_id, now - _HOUR)
         rules.check_creation_rate(recent, self.limits)
         conv, created = await self._store.create_conversation(
-            members, kind=kind, title=title, created_at=now, creator_id=user_id
+            members,
+            kind=kind,
+            title=title,
+            created_at=now,
+            creator_id=user_id,
+            emit=self._membership_emit(webhook_events.CONVERSATION_CREATED),
         )
         if created:
+            self._notify_webhooks(conv.id)
             self._publish_membership(conv, "conversation.created")
         return conv, created
 
@@ -116,9 +131,15 @@ class ChatService(Changes):
         rules.may_add(conv, user_id, admin)
         rules.check_member_cap(len(set(conv.member_ids) | set(ids)), self.limits)
         try:
-            conv = await self._store.add_members(conv.id, ids, max_members=self.limits.max_members)
+            conv = await self._store.add_members(
+                conv.id,
+                ids,
+                max_members=self.limits.max_members,
+                emit=self._membership_emit(webhook_events.MEMBER_ADDED),
+            )
         except StoreError as exc:
             raise _refusal(exc) from None
+        self._notify_webhooks(conv.id)
         self._publish_membership(conv, "conversation.updated")
         return conv
 
@@ -129,9 +150,12 @@ class ChatService(Changes):
         conv = await self._existing(conversation_id)
         rules.may_remove(conv, user_id, admin, member_id)
         try:
-            conv = await self._store.remove_member(conv.id, member_id)
+            conv = await self._store.remove_member(
+                conv.id, member_id, emit=self._membership_emit(webhook_events.MEMBER_REMOVED)
+            )
         except StoreError as exc:
             raise _refusal(exc) from None
+        self._notify_webhooks(conv.id)
         self._publish_membership(conv, "conversation.updated", also=[member_id])
         return conv
 
@@ -154,6 +178,23 @@ class ChatService(Changes):
         await self._store.set_user_active(user_id, active)
         if not active:
             self.close_user(user_id, CloseCode.ACCESS_DENIED, "user deactivated")
+
+    def _membership_emit(self, event_type: str) -> MembershipEmit | None:
+        """The outbox events of a membership change, when webhooks are on."""
+        if self.webhooks is None:
+            return None
+
+        def emit(conv: Conversation, user_ids: Sequence[str]) -> list[OutboxEvent]:
+            data, now = self.conversation_data(conv), self.clock()
+            if event_type == webhook_events.CONVERSATION_CREATED:
+                return [webhook_events.conversation_created(data, now)]
+            return [webhook_events.membership(event_type, data, user_ids, now)]
+
+        return emit
+
+    def _notify_webhooks(self, conversation_id: str) -> None:
+        if self.webhooks is not None:
+            self.webhooks.notify(conversation_id)
 
     def _publish_membership(
         self, conv: Conversation, event: str, also: Sequence[str] | None = None

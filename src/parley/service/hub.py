@@ -75,6 +75,17 @@ class NoMetrics:
         pass
 
 
+class EventSink(Protocol):
+    """Takes note that webhook events were committed (the delivery worker)."""
+
+    def notify(self, conversation_id: str) -> None:
+        """Events of ``conversation_id`` were committed."""
+
+    def message_committed(self, message_id: str, online_here: frozenset[str]) -> None:
+        """A message's commit landed while ``online_here`` (members connected to this
+        node) were online: who is offline is judged at that moment."""
+
+
 def _identity(payload: bytes) -> bytes:
     return payload
 
@@ -113,6 +124,9 @@ class Hub:
         self.node_id = secrets.token_hex(6)
         # What the broker awaits after an outage, before delivering again.
         self.resync = Resync(self, store)
+        # Set by the server before start when webhooks are configured (docs/webhooks.md):
+        # changes then write their events into the store's outbox and wake ``webhooks``.
+        self.webhooks: EventSink | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:

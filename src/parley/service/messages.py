@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -33,10 +33,12 @@ from parley.store.base import (
     NewAttachment,
     NewMessage,
     NotFoundError,
+    OutboxEvent,
     ReceiptKind,
     Store,
     StoreError,
 )
+from parley.webhooks import events as webhook_events
 
 log = logging.getLogger("parley.service")
 
@@ -68,6 +70,8 @@ class Messages(Hub):
         # Sends of a connection held behind one whose mentions are being checked (a
         # read), so that its sends still commit in the order they came.
         self._held: dict[Peer, list[p.SendMessage]] = {}
+        # changes (edits, deletions, reactions) waiting their turn, per connection
+        self._change_queues: dict[Peer, list[p.MessageChange]] = {}
 
     def _forget(self, peer: Peer) -> None:
         self._sync_locks.pop(peer, None)
@@ -178,7 +182,7 @@ class Messages(Hub):
         Callbacks the caller adds run after that fan-out.
         """
         new = self._new_message(sender_id, cmd, mentions)
-        pending = asyncio.ensure_future(self._store.append_message(new))
+        pending = asyncio.ensure_future(self._store_append(new))
         self._pending.add(pending)
         pending.add_done_callback(partial(self._committed, time.perf_counter()))
         return pending
@@ -189,6 +193,10 @@ class Messages(Hub):
             return
         record, created = done.result()
         if created:
+            if self.webhooks is not None:
+                here = frozenset(self.conv_users.get(record.conversation_id, ()))
+                self.webhooks.message_committed(record.id, here)
+                self.webhooks.notify(record.conversation_id)
             self._metrics.message_committed(time.perf_counter() - started)
             self.publish_message(record)
         else:
@@ -255,6 +263,17 @@ class Messages(Hub):
         cursors = await self._store.get_cursors(record.conversation_id)
         wire = self.wire_message(record, _status(record, cursors), with_local_id=True)
         peer.write(self.frame(p.encode_chat_message(wire)))
+
+    def _store_append(self, new: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
+        """Queue the append, with its ``message.created`` event when webhooks are on
+        (written in the same transaction: docs/webhooks.md)."""
+        emit = self._message_created if self.webhooks is not None else None
+        return self._store.append_message(new, emit)
+
+    def _message_created(self, record: MessageRecord) -> list[OutboxEvent]:
+        # Runs inside the store's transaction, possibly on its writer thread: pure.
+        wire = self.wire_message(record, "sent", with_local_id=True)
+        return [webhook_events.message_created(record.conversation_id, wire, record.sent_at)]
 
     def _new_message(
         self, user_id: str, cmd: p.SendMessage, mentions: Sequence[str] = ()

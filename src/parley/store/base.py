@@ -47,11 +47,19 @@ a check made before it could be stale by the time it commits):
    deleted) writes nothing and is answered with ``changed=False``. Who may make the
    change (the sender, an owner, an admin; the edit window) is decided above the store,
    on facts that never change once the message exists.
+6. Webhook events (the outbox, docs/webhooks.md): a change given an ``emit`` callback
+   writes the events it returns in the transaction of the change, so a change is never
+   committed without its events nor its events without it. ``emit`` is called inside
+   that transaction with the committed record (and, for membership, the users the change
+   concerns), never for a change that did nothing (a duplicate send, a direct
+   conversation returned); it must be pure, as it may run on the store's writer thread.
+   Events of one conversation are kept in commit order and leased head first: the next
+   event of a conversation is never handed out while an earlier one is undelivered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -282,6 +290,32 @@ class SearchQuery(msgspec.Struct, frozen=True):
     exclude: tuple[SearchTerm, ...] = ()
 
 
+class OutboxEvent(msgspec.Struct, frozen=True):
+    """A webhook event, written in the transaction of the change it describes."""
+
+    id: str  # "evt_…": receivers deduplicate by it
+    type: str  # message.created, member.added, …
+    conversation_id: str  # the events of one conversation are delivered in order
+    created_at: float  # unix seconds
+    data: bytes  # the event's ``data`` object, JSON
+    stamped: bool = True  # False: a field is filled in after the commit (``outbox_stamp``)
+
+
+class OutboxRow(msgspec.Struct, frozen=True):
+    """An undelivered event and its delivery state."""
+
+    position: int  # commit order; the outbox's own key
+    event: OutboxEvent
+    attempts: int  # failed deliveries so far
+    next_at: float  # unix seconds: not handed out before
+
+
+# Build the outbox events of a change inside its transaction (transaction rule 6).
+MessageEmit = Callable[[MessageRecord], Sequence[OutboxEvent]]
+MembershipEmit = Callable[[Conversation, Sequence[str]], Sequence[OutboxEvent]]
+ChangeEmit = Callable[["LogEntry"], Sequence[OutboxEvent]]
+
+
 class Store(Protocol):
     """Durable chat state. All methods are coroutines safe to call concurrently."""
 
@@ -317,12 +351,14 @@ class Store(Protocol):
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None = None,
     ) -> tuple[Conversation, bool]:
         """Create a conversation; ``(conversation, created)``.
 
         A group's first owner is ``creator_id``. For ``kind="direct"`` (exactly two
         distinct members) the pair's current direct conversation is returned with
-        ``created=False`` (transaction rule 2).
+        ``created=False`` (transaction rule 2). ``emit(conversation, member_ids)`` is
+        called only when it was created (transaction rule 6).
         """
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
@@ -337,22 +373,36 @@ class Store(Protocol):
         """``{conversation_id: last_seq}`` for every conversation the user belongs to."""
 
     async def add_members(
-        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+        self,
+        conversation_id: str,
+        user_ids: Sequence[str],
+        *,
+        max_members: int,
+        emit: MembershipEmit | None = None,
     ) -> Conversation:
         """Add members (already-members are ignored); re-added members get back their
         cursors. Raises ``NotFoundError``, ``ForbiddenError`` (a direct conversation)
-        or ``LimitError`` (more than ``max_members`` in all)."""
+        or ``LimitError`` (more than ``max_members`` in all). ``emit(conversation,
+        added)`` is called when at least one user was added (transaction rule 6)."""
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_member(
+        self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
+    ) -> Conversation:
         """Remove a member (transaction rules 2 and 4). Raises ``NotFoundError``
-        (conversation or membership)."""
+        (conversation or membership). ``emit(conversation, [user_id])`` runs in the
+        removal's transaction (transaction rule 6)."""
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
         """Change a group's title. Raises ``NotFoundError``."""
 
     # -- messages ------------------------------------------------------------
-    def append_message(self, message: NewMessage) -> Awaitable[tuple[MessageRecord, bool]]:
+    def append_message(
+        self, message: NewMessage, emit: MessageEmit | None = None
+    ) -> Awaitable[tuple[MessageRecord, bool]]:
         """Commit a message; ``(record, created)``, once the commit is durable.
+
+        ``emit(record)`` is called for a created message only, its events written in the
+        same transaction (transaction rule 6).
 
         May be a coroutine function, or a plain function that queues the write at once
         and returns a future (the SQLite backend: no task per message). Appends
@@ -442,7 +492,13 @@ class Store(Protocol):
         page has no gaps. ``limit < 1`` raises ``ValueError``."""
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         """Replace a message's content (transaction rule 5); ``(entry, changed)``. The
         webhook outbox of a ``message.updated`` belongs in this op's transaction.
@@ -452,7 +508,14 @@ class Store(Protocol):
         state with the seq of the message's last change, ``changed=False``."""
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         """Blank a message: content emptied, its attachments' rows and bytes and its
         reactions removed; the row stays as a tombstone (transaction rule 5). The
@@ -485,3 +548,36 @@ class Store(Protocol):
         """Store an uploaded attachment not yet linked to a message."""
 
     async def get_attachment(self, attachment_id: str) -> tuple[AttachmentRecord, bytes] | None: ...
+
+    # -- webhook outbox (transaction rule 6) ---------------------------------
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        """Lease events to the caller until ``now + lease``, for up to ``limit``
+        conversations: each conversation's oldest undelivered event (its head) when it
+        is due (``next_at <= now``) and not leased to anyone else, with up to ``run - 1``
+        of the events right behind it. Across nodes an event is leased to one caller at
+        a time (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` on the head); a lease of a caller
+        that vanished expires. Ordered by position (so each conversation's run is in
+        order)."""
+
+    async def outbox_delivered(self, positions: Sequence[int]) -> None:
+        """Remove events for good (delivered, or given up) and end their leases."""
+
+    async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
+        """Record a failed delivery: not handed out again before ``next_at``; ends the
+        lease."""
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        """End leases without a delivery (the rest of a run behind a failure)."""
+
+    async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
+        """Up to ``limit`` events written with ``stamped=False``, oldest first,
+        whatever their lease or order."""
+
+    async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
+        """Replace the ``data`` of events by position and mark them stamped (an event
+        already delivered is skipped)."""
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        """``(undelivered events, created_at of the oldest or None)``."""

@@ -54,6 +54,7 @@ from parley.store.base import (
     REPLY_NOT_FOUND,
     USER_DEACTIVATED,
     AttachmentRecord,
+    ChangeEmit,
     Conversation,
     ConversationKind,
     ConversationState,
@@ -64,9 +65,13 @@ from parley.store.base import (
     ForbiddenError,
     LimitError,
     LogEntry,
+    MembershipEmit,
+    MessageEmit,
     MessageRecord,
     NewMessage,
     NotFoundError,
+    OutboxEvent,
+    OutboxRow,
     ReceiptKind,
     SearchQuery,
     SearchTerm,
@@ -470,6 +475,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        4,
+        # The webhook outbox (docs/webhooks.md): events written in the transaction of
+        # their change, leased to one node at a time (``lease_until``).
+        """
+        CREATE TABLE webhook_outbox (
+            position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL UNIQUE,
+            type text NOT NULL,
+            conversation_id text NOT NULL,
+            created_at double precision NOT NULL,
+            data bytea NOT NULL,
+            stamped boolean NOT NULL,
+            attempts int NOT NULL DEFAULT 0,
+            next_at double precision NOT NULL,
+            lease_until double precision
+        );
+        CREATE INDEX webhook_outbox_by_conversation ON webhook_outbox (conversation_id, position);
+        CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE NOT stamped;
+        """,
+    ),
+    (
         5,
         # Full-text search over the current content: a generated tsvector column follows
         # every insert and every UPDATE of content (an edit re-indexes, a blanked
@@ -648,12 +674,58 @@ class _PendingChange:
         self.future = future
 
 
-class _Pending:
-    __slots__ = ("future", "message")
+_OUTBOX_COLUMNS = (
+    "position, event_id, type, conversation_id, created_at, data, stamped, attempts, next_at"
+)
 
-    def __init__(self, message: NewMessage, future: asyncio.Future[AppendResult]) -> None:
+
+def _outbox_row(r: Row) -> OutboxRow:
+    return OutboxRow(
+        position=int(r["position"]),
+        event=OutboxEvent(
+            id=r["event_id"],
+            type=r["type"],
+            conversation_id=r["conversation_id"],
+            created_at=float(r["created_at"]),
+            data=bytes(r["data"]),
+            stamped=bool(r["stamped"]),
+        ),
+        attempts=int(r["attempts"]),
+        next_at=float(r["next_at"]),
+    )
+
+
+async def _insert_events(conn: _Connection, events: Sequence[OutboxEvent]) -> None:
+    """Write webhook events inside the caller's transaction (transaction rule 6)."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO webhook_outbox
+               (event_id, type, conversation_id, created_at, data, stamped, next_at)
+           SELECT e, t, c, a, d, s, a FROM unnest($1::text[], $2::text[], $3::text[],
+                                                 $4::float8[], $5::bytea[], $6::bool[])
+               AS v(e, t, c, a, d, s)""",
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.conversation_id for e in events],
+        [e.created_at for e in events],
+        [e.data for e in events],
+        [e.stamped for e in events],
+    )
+
+
+class _Pending:
+    __slots__ = ("emit", "future", "message")
+
+    def __init__(
+        self,
+        message: NewMessage,
+        future: asyncio.Future[AppendResult],
+        emit: MessageEmit | None = None,
+    ) -> None:
         self.message = message
         self.future = future
+        self.emit = emit
 
 
 class PostgresStore:
@@ -800,6 +872,7 @@ class PostgresStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None = None,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         pair: tuple[str | None, str | None] = (None, None)
@@ -840,7 +913,10 @@ class PostgresStore:
                 created_at,
                 owners,
             )
-        return _conversation(row, members), True
+            conv = _conversation(row, members)
+            if emit is not None:
+                await _insert_events(conn, emit(conv, members))
+        return conv, True
 
     async def conversations_created_since(self, user_id: str, since: float) -> int:
         async with self._acquire() as conn:
@@ -926,7 +1002,12 @@ class PostgresStore:
         return str(kind)
 
     async def add_members(
-        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+        self,
+        conversation_id: str,
+        user_ids: Sequence[str],
+        *,
+        max_members: int,
+        emit: MembershipEmit | None = None,
     ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
@@ -955,10 +1036,14 @@ class PostgresStore:
                 time.time(),
             )
             conversation = await self._conversation(conn, cid)
-        assert conversation is not None
+            assert conversation is not None
+            if emit is not None and new:
+                await _insert_events(conn, emit(conversation, new))
         return conversation
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_member(
+        self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
@@ -988,7 +1073,9 @@ class PostgresStore:
                     time.time(),
                 )
             conversation = await self._conversation(conn, cid)
-        assert conversation is not None
+            assert conversation is not None
+            if emit is not None:
+                await _insert_events(conn, emit(conversation, [user_id]))
         return conversation
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
@@ -1003,11 +1090,13 @@ class PostgresStore:
         return conversation
 
     # -- messages ------------------------------------------------------------
-    async def append_message(self, message: NewMessage) -> AppendResult:
+    async def append_message(
+        self, message: NewMessage, emit: MessageEmit | None = None
+    ) -> AppendResult:
         if self._closing or not self._tasks:
             raise RuntimeError("PostgresStore is not running")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(message, future))
+        self._queue.put_nowait(_Pending(message, future, emit))
         # Shielded: a caller that stops waiting does not pull the message out of a batch.
         return await asyncio.shield(future)
 
@@ -1061,7 +1150,9 @@ class PostgresStore:
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 async with self._acquire() as conn:
-                    results = await self._append_batch(conn, [p.message for p in unique])
+                    results = await self._append_batch(
+                        conn, [p.message for p in unique], [p.emit for p in unique]
+                    )
                 break
             except _RETRYABLE:
                 if attempt == _BATCH_ATTEMPTS - 1:
@@ -1080,7 +1171,7 @@ class PostgresStore:
                 p.future.set_result((result[0], False))
 
     async def _append_batch(
-        self, conn: _Connection, msgs: list[NewMessage]
+        self, conn: _Connection, msgs: list[NewMessage], emits: Sequence[MessageEmit | None]
     ) -> list[AppendResult | StoreError]:
         """Commit the valid messages of ``msgs`` (distinct pairs) in one transaction."""
         results: list[AppendResult | StoreError | None] = [None] * len(msgs)
@@ -1159,8 +1250,13 @@ class PostgresStore:
             valid = [i for i in todo if results[i] is None]
             if valid:
                 targets = {i: cast(int, conv_ids[i]) for i in valid}
+                events: list[OutboxEvent] = []
                 for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
                     results[i] = (record, True)
+                    emit = emits[i]
+                    if emit is not None:
+                        events.extend(emit(record))
+                await _insert_events(conn, events)
         return [cast(AppendResult | StoreError, r) for r in results]
 
     async def _insert(
@@ -1682,12 +1778,27 @@ class PostgresStore:
         )
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> Change:
-        return await self._change(conversation_id, message_id, self._op_edit, user_id, content, at)
+        return await self._change(
+            conversation_id, message_id, self._op_edit, user_id, content, at, emit
+        )
 
     async def _op_edit(
-        self, cid: int, mid: int, user_id: str, content: str, at: float, conn: _Connection
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None,
+        conn: _Connection,
     ) -> Change:
         msg = await self._target(conn, cid, mid, user_id)
         if msg.deleted:
@@ -1701,15 +1812,34 @@ class PostgresStore:
         )
         seq = await self._log(conn, msg, "message.updated", user_id, at)
         now = edited(msg, content, at, seq)
-        return LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at), True
+        entry = LogEntry(msg.conversation_id, seq, "message.updated", now, user_id, at)
+        if emit is not None:
+            await _insert_events(conn, emit(entry))
+        return entry, True
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> Change:
-        return await self._change(conversation_id, message_id, self._op_delete, user_id, at, admin)
+        return await self._change(
+            conversation_id, message_id, self._op_delete, user_id, at, admin, emit
+        )
 
     async def _op_delete(
-        self, cid: int, mid: int, user_id: str, at: float, admin: bool, conn: _Connection
+        self,
+        cid: int,
+        mid: int,
+        user_id: str,
+        at: float,
+        admin: bool,
+        emit: ChangeEmit | None,
+        conn: _Connection,
     ) -> Change:
         msg = await self._target(conn, cid, mid, user_id, member=not admin)
         if msg.deleted:
@@ -1733,7 +1863,10 @@ class PostgresStore:
         await conn.execute("DELETE FROM reactions WHERE message_id = $1", mid)
         seq = await self._log(conn, msg, "message.deleted", user_id, at)
         now = tombstone(msg, at, seq)
-        return LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at), True
+        entry = LogEntry(msg.conversation_id, seq, "message.deleted", now, user_id, at)
+        if emit is not None:
+            await _insert_events(conn, emit(entry))
+        return entry, True
 
     async def add_reaction(
         self,
@@ -1835,3 +1968,102 @@ class PostgresStore:
         if row is None:
             return None
         return _attachment(row), bytes(row["data"])
+
+    # -- webhook outbox (transaction rule 6) ---------------------------------
+    @contextlib.asynccontextmanager
+    async def _bookkeeping(self) -> AsyncIterator[_Connection]:
+        """A transaction of delivery bookkeeping, committed without waiting for the WAL
+        flush: if PostgreSQL itself crashes and loses it, an event is sent again (or
+        its lease ends early), which at-least-once delivery allows. The events are
+        written durably, in the transaction of their change."""
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        # Only a conversation's head (its oldest undelivered event) decides: a head
+        # leased or locked by another node is skipped, and, being the head, it keeps the
+        # rest of its conversation waiting. The events behind a head taken here are
+        # leased with it.
+        async with self._bookkeeping() as conn:
+            rows = await conn.fetch(
+                f"""WITH heads AS (
+                        SELECT DISTINCT ON (conversation_id) position FROM webhook_outbox
+                        ORDER BY conversation_id, position
+                    ), due AS (
+                        SELECT o.position, o.conversation_id FROM webhook_outbox o
+                        JOIN heads h ON h.position = o.position
+                        WHERE o.next_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1)
+                        ORDER BY o.position LIMIT $3
+                        FOR UPDATE OF o SKIP LOCKED
+                    ), runs AS (
+                        SELECT r.position FROM due d CROSS JOIN LATERAL (
+                            SELECT x.position FROM webhook_outbox x
+                            WHERE x.conversation_id = d.conversation_id
+                              AND x.position >= d.position
+                            ORDER BY x.position LIMIT $4
+                        ) r
+                    )
+                    UPDATE webhook_outbox o SET lease_until = $1 + $2
+                    FROM runs WHERE o.position = runs.position
+                    RETURNING {", ".join("o." + c for c in _OUTBOX_COLUMNS.split(", "))}""",
+                now,
+                lease,
+                limit,
+                max(1, run),
+            )
+        return sorted((_outbox_row(r) for r in rows), key=lambda r: r.position)
+
+    async def outbox_delivered(self, positions: Sequence[int]) -> None:
+        async with self._bookkeeping() as conn:
+            await conn.execute(
+                "DELETE FROM webhook_outbox WHERE position = ANY($1::bigint[])", list(positions)
+            )
+
+    async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
+        async with self._bookkeeping() as conn:
+            await conn.execute(
+                """UPDATE webhook_outbox SET attempts = $2, next_at = $3, lease_until = NULL
+                   WHERE position = $1""",
+                position,
+                attempts,
+                next_at,
+            )
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        async with self._bookkeeping() as conn:
+            await conn.execute(
+                "UPDATE webhook_outbox SET lease_until = NULL WHERE position = ANY($1::bigint[])",
+                list(positions),
+            )
+
+    async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE NOT stamped
+                    ORDER BY position LIMIT $1""",
+                limit,
+            )
+        return [_outbox_row(r) for r in rows]
+
+    async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
+        if not stamps:
+            return
+        async with self._bookkeeping() as conn:
+            await conn.execute(
+                """UPDATE webhook_outbox o SET data = v.d, stamped = true
+                   FROM unnest($1::bigint[], $2::bytea[]) AS v(p, d) WHERE o.position = v.p""",
+                [position for position, _ in stamps],
+                [data for _, data in stamps],
+            )
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(created_at) AS t FROM webhook_outbox"
+            )
+        assert row is not None
+        oldest = row["t"]
+        return int(row["n"]), None if oldest is None else float(oldest)

@@ -45,6 +45,7 @@ from parley.store.base import (
     REPLY_NOT_FOUND,
     USER_DEACTIVATED,
     AttachmentRecord,
+    ChangeEmit,
     Conversation,
     ConversationKind,
     ConversationState,
@@ -55,9 +56,13 @@ from parley.store.base import (
     ForbiddenError,
     LimitError,
     LogEntry,
+    MembershipEmit,
+    MessageEmit,
     MessageRecord,
     NewMessage,
     NotFoundError,
+    OutboxEvent,
+    OutboxRow,
     ReceiptKind,
     SearchQuery,
     SearchTerm,
@@ -191,6 +196,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         seq INTEGER NOT NULL,
         PRIMARY KEY (message_id, emoji, user_id)
     ) WITHOUT ROWID;
+    """,
+    ),
+    # 5: the webhook outbox (docs/webhooks.md). Leases live in the store object: SQLite
+    # serves one node, so a restarted process owns every event again.
+    (
+        5,
+        """
+    CREATE TABLE webhook_outbox (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        data BLOB NOT NULL,
+        stamped INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL
+    );
+    CREATE INDEX webhook_outbox_by_conversation ON webhook_outbox (conversation_id, position);
+    CREATE INDEX webhook_outbox_unstamped ON webhook_outbox (position) WHERE stamped = 0;
     """,
     ),
     # 6: full-text search over the current content of every message (docs/protocol.md,
@@ -336,6 +361,9 @@ class SQLiteStore:
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._closed = False
+        # Webhook outbox leases; touched on the writer thread only. In
+        # memory: one SQLite file serves one node (transaction rule 6).
+        self._leases: dict[int, tuple[float, object]] = {}  # {position: (until, claim)}
         self.batches = 0  # committed write batches (for metrics)
         self.write_error: str | None = None  # why the last write batch failed, until one commits
         self.batched_ops = 0
@@ -422,6 +450,7 @@ class SQLiteStore:
             # not only unlinked (docs/protocol.md, "Edits, deletions and reactions").
             conn.execute("PRAGMA secure_delete=ON")
             _migrate(conn)
+            _erase_deleted_words(conn)
             if not self._uri:  # checkpoints run beside the writer, never inside a commit
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException as exc:  # report start-up failure to start()
@@ -583,11 +612,14 @@ class SQLiteStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None = None,
     ) -> tuple[Conversation, bool]:
         members = sorted(set(member_ids))
         if kind == "direct" and len(members) != 2:
             raise ValueError(DIRECT_IS_TWO)
-        return await self._submit(self._op_create, members, kind, title, created_at, creator_id)
+        return await self._submit(
+            self._op_create, members, kind, title, created_at, creator_id, emit
+        )
 
     def _op_create(
         self,
@@ -598,6 +630,7 @@ class SQLiteStore:
         title: str | None,
         created_at: float,
         creator_id: str,
+        emit: MembershipEmit | None,
     ) -> tuple[Conversation, bool]:
         direct_key = "\x00".join(members) if kind == "direct" else None
         if direct_key is not None:
@@ -620,10 +653,10 @@ class SQLiteStore:
             [(conv_id, m, created_at, created_at if m in owners else None) for m in members],
         )
         state.conv[conv_id] = _ConvState(0, set(members), kind)
-        return (
-            Conversation(str(conv_id), kind, title, members, created_at, 0, owners),
-            True,
-        )
+        conv = Conversation(str(conv_id), kind, title, members, created_at, 0, owners)
+        if emit is not None:
+            _insert_events(conn, emit(conv, members))
+        return conv, True
 
     async def conversations_created_since(self, user_id: str, since: float) -> int:
         row = await self._read(
@@ -720,13 +753,18 @@ class SQLiteStore:
         return {str(cid): seq for cid, seq in rows}
 
     async def add_members(
-        self, conversation_id: str, user_ids: Sequence[str], *, max_members: int
+        self,
+        conversation_id: str,
+        user_ids: Sequence[str],
+        *,
+        max_members: int,
+        emit: MembershipEmit | None = None,
     ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
         return await self._submit(
-            self._op_add_members, cid, sorted(set(user_ids)), max_members, time.time()
+            self._op_add_members, cid, sorted(set(user_ids)), max_members, time.time(), emit
         )
 
     def _op_add_members(
@@ -737,6 +775,7 @@ class SQLiteStore:
         user_ids: list[str],
         max_members: int,
         now: float,
+        emit: MembershipEmit | None,
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         new = [u for u in user_ids if u not in cs.members]
@@ -756,16 +795,27 @@ class SQLiteStore:
             [(cid, u, now) for u in new],
         )
         cs.members.update(new)
-        return self._conversation_from_cache(conn, cid, cs)
+        conv = self._conversation_from_cache(conn, cid, cs)
+        if emit is not None and new:
+            _insert_events(conn, emit(conv, new))
+        return conv
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> Conversation:
+    async def remove_member(
+        self, conversation_id: str, user_id: str, *, emit: MembershipEmit | None = None
+    ) -> Conversation:
         cid = row_id(conversation_id)
         if cid is None:
             raise NotFoundError(CONVERSATION_NOT_FOUND)
-        return await self._submit(self._op_remove_member, cid, user_id, time.time())
+        return await self._submit(self._op_remove_member, cid, user_id, time.time(), emit)
 
     def _op_remove_member(
-        self, conn: sqlite3.Connection, state: _WriterState, cid: int, user_id: str, now: float
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        cid: int,
+        user_id: str,
+        now: float,
+        emit: MembershipEmit | None,
     ) -> Conversation:
         cs = self._conv_state(conn, state, cid)
         if user_id not in cs.members:
@@ -797,7 +847,10 @@ class SQLiteStore:
                     " ORDER BY joined_at, user_id LIMIT 1)",
                     (now, cid, cid),
                 )
-        return self._conversation_from_cache(conn, cid, cs)
+        conv = self._conversation_from_cache(conn, cid, cs)
+        if emit is not None:
+            _insert_events(conn, emit(conv, [user_id]))
+        return conv
 
     async def set_title(self, conversation_id: str, title: str | None) -> Conversation:
         cid = row_id(conversation_id)
@@ -824,13 +877,19 @@ class SQLiteStore:
         )
 
     # ------------------------------------------------------------------ messages
-    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[MessageRecord, bool]]:
+    def append_message(
+        self, message: NewMessage, emit: MessageEmit | None = None
+    ) -> asyncio.Future[tuple[MessageRecord, bool]]:
         # Queued synchronously: the caller's order is the commit order, and no task is
         # made per message.
-        return self._submit(self._op_append, message, source=message.sender_id)
+        return self._submit(self._op_append, message, emit, source=message.sender_id)
 
     def _op_append(
-        self, conn: sqlite3.Connection, state: _WriterState, m: NewMessage
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        m: NewMessage,
+        emit: MessageEmit | None = None,
     ) -> tuple[MessageRecord, bool]:
         cid = row_id(m.conversation_id)
         if cid is None:
@@ -932,6 +991,8 @@ class SQLiteStore:
             mentions=list(m.mentions),
             changed_seq=seq,
         )
+        if emit is not None:
+            _insert_events(conn, emit(record))
         return record, True
 
     async def get_messages(
@@ -1160,17 +1221,30 @@ class SQLiteStore:
         return self._submit(*args[:1], cid, mid, *args[1:], source=source)
 
     async def edit_message(
-        self, conversation_id: str, message_id: str, user_id: str, content: str, at: float
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        content: str,
+        at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         return await self._change(
-            conversation_id, message_id, self._op_edit, user_id, content, at, source=user_id
+            conversation_id, message_id, self._op_edit, user_id, content, at, emit, source=user_id
         )
 
     async def delete_message(
-        self, conversation_id: str, message_id: str, user_id: str, at: float, *, admin: bool
+        self,
+        conversation_id: str,
+        message_id: str,
+        user_id: str,
+        at: float,
+        *,
+        admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         return await self._change(
-            conversation_id, message_id, self._op_delete, user_id, at, admin, source=user_id
+            conversation_id, message_id, self._op_delete, user_id, at, admin, emit, source=user_id
         )
 
     async def add_reaction(
@@ -1254,6 +1328,7 @@ class SQLiteStore:
         user_id: str,
         content: str,
         at: float,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         cs, msg = self._target(conn, state, cid, mid, user_id)
         if msg.deleted:
@@ -1267,7 +1342,10 @@ class SQLiteStore:
         )
         seq = self._log(conn, cs, cid, mid, "message.updated", user_id, at)
         now = edited(msg, content, at, seq)
-        return LogEntry(str(cid), seq, "message.updated", now, user_id, at), True
+        entry = LogEntry(str(cid), seq, "message.updated", now, user_id, at)
+        if emit is not None:
+            _insert_events(conn, emit(entry))
+        return entry, True
 
     def _op_delete(
         self,
@@ -1278,6 +1356,7 @@ class SQLiteStore:
         user_id: str,
         at: float,
         admin: bool,
+        emit: ChangeEmit | None = None,
     ) -> tuple[LogEntry, bool]:
         cs, msg = self._target(conn, state, cid, mid, user_id, member=not admin)
         if msg.deleted:
@@ -1294,7 +1373,10 @@ class SQLiteStore:
         conn.execute("DELETE FROM reactions WHERE message_id = ?", (mid,))
         seq = self._log(conn, cs, cid, mid, "message.deleted", user_id, at)
         now = tombstone(msg, at, seq)
-        return LogEntry(str(cid), seq, "message.deleted", now, user_id, at), True
+        entry = LogEntry(str(cid), seq, "message.deleted", now, user_id, at)
+        if emit is not None:
+            _insert_events(conn, emit(entry))
+        return entry, True
 
     def _op_react(
         self,
@@ -1366,8 +1448,143 @@ class SQLiteStore:
             return None
         return AttachmentRecord(*row[:7]), bytes(row[7])
 
+    # ------------------------------------------------------------------ webhook outbox
+    # Claims, deliveries and retries run on the writer thread, which alone touches the
+    # leases: each sees every earlier write, so a delivered head is never handed out again.
+    async def outbox_claim(
+        self, *, now: float, lease: float, limit: int, run: int = 1
+    ) -> list[OutboxRow]:
+        return await self._submit(self._op_outbox_claim, now, lease, limit, run, object())
+
+    def _op_outbox_claim(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        now: float,
+        lease: float,
+        limit: int,
+        run: int,
+        token: object,
+    ) -> list[OutboxRow]:
+        # ``token``: a batch run again (poison isolation) hands out the same rows.
+        leases = self._leases
+        for position in [p for p, (until, _) in leases.items() if until <= now]:
+            del leases[position]
+        # A leased head still blocks its conversation, so read past as many as are leased.
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE position IN"
+            " (SELECT min(position) FROM webhook_outbox GROUP BY conversation_id)"
+            " AND next_at <= ? ORDER BY position LIMIT ?",
+            (now, limit + len(leases)),
+        ).fetchall()
+        heads = [r for r in rows if r[0] not in leases or leases[r[0]][1] is token][:limit]
+        out: list[OutboxRow] = []
+        for head in heads:
+            out.append(_outbox_row(head))
+            if run > 1:
+                behind = conn.execute(
+                    f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox"
+                    " WHERE conversation_id = ? AND position > ? ORDER BY position LIMIT ?",
+                    (head[3], head[0], run - 1),
+                ).fetchall()
+                out.extend(_outbox_row(r) for r in behind)
+        for row in out:
+            leases[row.position] = (now + lease, token)
+        out.sort(key=lambda r: r.position)
+        return out
+
+    async def outbox_delivered(self, positions: Sequence[int]) -> None:
+        await self._submit(self._op_outbox_delete, list(positions))
+
+    def _op_outbox_delete(
+        self, conn: sqlite3.Connection, state: _WriterState, positions: list[int]
+    ) -> None:
+        conn.executemany("DELETE FROM webhook_outbox WHERE position = ?", [(p,) for p in positions])
+        for position in positions:
+            self._leases.pop(position, None)
+
+    async def outbox_retry(self, position: int, *, attempts: int, next_at: float) -> None:
+        await self._submit(self._op_outbox_retry, position, attempts, next_at)
+
+    def _op_outbox_retry(
+        self,
+        conn: sqlite3.Connection,
+        state: _WriterState,
+        position: int,
+        attempts: int,
+        next_at: float,
+    ) -> None:
+        conn.execute(
+            "UPDATE webhook_outbox SET attempts = ?, next_at = ? WHERE position = ?",
+            (attempts, next_at, position),
+        )
+        self._leases.pop(position, None)
+
+    async def outbox_release(self, positions: Sequence[int]) -> None:
+        await self._submit(self._op_outbox_release, list(positions))
+
+    def _op_outbox_release(
+        self, conn: sqlite3.Connection, state: _WriterState, positions: list[int]
+    ) -> None:
+        for position in positions:
+            self._leases.pop(position, None)
+
+    async def outbox_unstamped(self, limit: int) -> list[OutboxRow]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE stamped = 0"
+                " ORDER BY position LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_outbox_row(r) for r in rows]
+
+    async def outbox_stamp(self, stamps: Sequence[tuple[int, bytes]]) -> None:
+        if stamps:
+            await self._submit(_op_outbox_stamp, list(stamps))
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        row = await self._read(
+            lambda c: c.execute("SELECT count(*), min(created_at) FROM webhook_outbox").fetchone()
+        )
+        return int(row[0]), row[1]
+
 
 # ---------------------------------------------------------------------- module helpers
+_OUTBOX_COLUMNS = (
+    "position, event_id, type, conversation_id, created_at, data, stamped, attempts, next_at"
+)
+
+
+def _outbox_row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        position=r[0],
+        event=OutboxEvent(r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6])),
+        attempts=r[7],
+        next_at=r[8],
+    )
+
+
+def _insert_events(conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
+    conn.executemany(
+        "INSERT INTO webhook_outbox (event_id, type, conversation_id, created_at, data,"
+        " stamped, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (e.id, e.type, e.conversation_id, e.created_at, e.data, int(e.stamped), e.created_at)
+            for e in events
+        ],
+    )
+
+
+def _op_outbox_stamp(
+    conn: sqlite3.Connection, state: _WriterState, stamps: list[tuple[int, bytes]]
+) -> None:
+    conn.executemany(
+        "UPDATE webhook_outbox SET data = ?, stamped = 1 WHERE position = ?",
+        [(data, position) for position, data in stamps],
+    )
+
+
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, exc in results:
         if future.done():
@@ -1444,6 +1661,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _erase_deleted_words(conn: sqlite3.Connection) -> None:
+    """Make a deletion's words leave the file, as its content does (secure_delete).
+
+    An FTS5 ``delete`` only records a tombstone: the words stay in older index segments
+    until they are merged. SQLite 3.44+ removes them at once (FTS5 ``secure-delete``);
+    with an older SQLite the update trigger also rewrites the index (``optimize``) when
+    a message is blanked, which costs time proportional to the index (about a second
+    per 100,000 messages here): correct, but slow, so prefer a newer SQLite."""
+    erase = ""
+    if sqlite3.sqlite_version_info >= (3, 44, 0):
+        conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)")
+    else:
+        erase = (
+            " INSERT INTO messages_fts (messages_fts) SELECT 'optimize'"
+            " WHERE new.content = '' AND old.content <> '';"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DROP TRIGGER IF EXISTS messages_fts_update")
+    conn.execute(
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN"
+        " INSERT INTO messages_fts (messages_fts, rowid, content)"
+        " VALUES ('delete', old.id, old.content);"
+        " INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);"
+        f"{erase} END"
+    )
+    conn.execute("COMMIT")
 
 
 def fts5_match(query: SearchQuery) -> str:
