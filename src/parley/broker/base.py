@@ -4,7 +4,12 @@ Guarantees of every ``Broker`` (checked by ``tests/broker/test_contract.py``):
 
 * At-most-once: an envelope may be lost (e.g. while Redis is away) but is never
   delivered twice. History plus ``seq``-gap ``sync`` is how clients recover.
-* Order: envelopes from one publisher arrive in the order published.
+* No silent loss: an envelope ``publish`` accepts while ``healthy`` is lost only if the
+  connection it was queued for fails; ``healthy`` then turns False, the loss is counted,
+  and the other nodes are told to catch up (a ``resync`` envelope, below). A renewed
+  subscription alone costs no envelope.
+* Order: envelopes from one publisher arrive in the order published (envelopes of
+  different publishers may interleave either way).
 * ``publish`` never blocks and never awaits the network. The publishing node's own
   handler may receive its envelopes too; the service delivers its own envelopes
   locally at once (so a node cut off from Redis still serves its own clients) and
@@ -15,6 +20,8 @@ Guarantees of every ``Broker`` (checked by ``tests/broker/test_contract.py``):
   The service then re-reads from the store what those envelopes would have told it
   (memberships, deactivations). A ``resync`` that raises is tried again on the next
   connection; until one succeeds the broker is not ``healthy``.
+* ``close`` returns within a bounded time whatever the network does (a server that
+  stopped answering included).
 """
 
 from __future__ import annotations

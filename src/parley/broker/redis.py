@@ -26,6 +26,21 @@ so envelopes published from then on wait in the connection and are delivered aft
 in order. ``healthy`` turns True only once it has returned; if it raises, the
 subscriber reconnects and tries again.
 
+When the subscriber loses Redis, the publisher's connection (idle, perhaps) may be gone
+too without it knowing yet, and an envelope written to a dead connection is lost. So the
+publisher checks its connection with a ``PING`` before it writes anything more, and
+``healthy`` stays False until that check has answered; envelopes queued meanwhile wait
+for it and go out on that connection if it answered, so a publisher whose connection
+is fine never drops what it was given because the subscriber reconnected.
+
+Shutdown is bounded: ``close`` waits at most ``flush_timeout`` for queued envelopes and
+then ``close_timeout`` for the tasks to stop. Connections are closed by tasks of their
+own, each bounded too, so a task never waits on a close that a stopped Redis would never
+acknowledge. redis-py (on Python 3.11, where ``asyncio.wait_for`` can lose a
+cancellation that arrives as the awaited write completes) may swallow a
+``CancelledError``; each task therefore checks after every Redis call whether it has
+been cancelled (``Task.cancelling``) and stops if so.
+
 A node may lose Redis alone (a network partition) while the others stay connected:
 they never notice, yet the envelopes it published meanwhile are lost. So a publisher
 whose connection was lost, or that dropped an envelope, first publishes a ``resync``
@@ -41,7 +56,8 @@ import contextlib
 import logging
 import random
 import secrets
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -55,8 +71,21 @@ from parley.broker.base import Envelope, Handler, Resync
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the connection is gone or unusable": reconnect.
+# Errors that mean "the connection is gone or unusable": reconnect. (``TimeoutError``,
+# raised by the ``asyncio.timeout`` around each command, is an ``OSError``.)
 _CONNECTION_ERRORS = (RedisError, OSError, EOFError)
+
+_T = TypeVar("_T")
+
+
+def _raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if the current task was cancelled, even when the
+    cancellation was swallowed on the way (redis-py awaits ``asyncio.wait_for`` in its
+    writes, which on Python 3.11 returns normally if the write completed just as the
+    task was cancelled)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _redacted(url: str) -> str:
@@ -125,6 +154,7 @@ class RedisBroker:
         backoff_max: float = 2.0,
         start_timeout: float = 5.0,
         flush_timeout: float = 1.0,
+        close_timeout: float = 2.0,
     ) -> None:
         self.url = url
         self._shown_url = _redacted(url)
@@ -141,6 +171,7 @@ class RedisBroker:
         self._backoff_max = backoff_max
         self._start_timeout = start_timeout
         self._flush_timeout = flush_timeout
+        self._close_timeout = close_timeout
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(_WireEnvelope)
         self._handler: Handler | None = None
@@ -149,12 +180,16 @@ class RedisBroker:
         self._wakeup = asyncio.Event()  # set when the buffer gets an envelope
         self._flushed = asyncio.Event()  # set when the publisher has emptied the buffer
         self._tasks: list[asyncio.Task[None]] = []
+        self._closers: set[asyncio.Task[None]] = set()  # connections being closed
         self._publisher_up = False  # set while the publisher's connection answers
         self._subscriber_up = False  # set from the SUBSCRIBE confirmation until a failure
         self._health_changed = asyncio.Event()
         self._closing = False
         self._subscribed_once = False  # this connection got its SUBSCRIBE confirmed
-        self._publisher_stale = False  # set when the publisher must reconnect
+        # Bumped each time the subscriber loses Redis; the publisher's connection is
+        # known good up to ``_checked_losses`` (it answered a PING after that loss).
+        self._subscriber_losses = 0
+        self._checked_losses = 0
         self._announce = False  # publish a "resync" envelope first when connected again
         self._node = secrets.token_hex(6)  # the "origin" of this broker's "resync" envelopes
 
@@ -182,16 +217,25 @@ class RedisBroker:
             )
 
     async def close(self) -> None:
-        """Give queued envelopes a moment (``flush_timeout``) to go out, then stop."""
+        """Give queued envelopes a moment (``flush_timeout``) to go out, then stop the
+        tasks and close the connections (within ``close_timeout``, whatever Redis does)."""
         if self._buffer and self._publisher_up:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._flush_timeout):
                     await self._flushed.wait()
         self._closing = True
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
+            for task in pending:  # only if a cancellation was lost; it stops at its next step
+                log.warning("Redis broker task %s did not stop in time", task.get_name())
+        closers = set(self._closers)
+        if closers:
+            await asyncio.wait(closers, timeout=max(0.0, deadline - loop.time()))
         self._handler = None
         self._set_up(publisher=False, subscriber=False)
 
@@ -206,9 +250,19 @@ class RedisBroker:
 
     @property
     def healthy(self) -> bool:
-        return self._publisher_up and self._subscriber_up
+        return (
+            self._publisher_up
+            and self._subscriber_up
+            and self._checked_losses == self._subscriber_losses
+        )
 
     # -- beyond the protocol -------------------------------------------------------
+    @property
+    def node_id(self) -> str:
+        """This broker's id on the bus: the ``origin`` of its ``resync`` envelopes, and
+        part of its connections' names (``parley-<id>-pub`` / ``-sub`` in CLIENT LIST)."""
+        return self._node
+
     async def wait_healthy(self) -> None:
         """Return once ``healthy`` is True (wrap in ``asyncio.timeout`` to bound it)."""
         while not self.healthy:
@@ -216,22 +270,61 @@ class RedisBroker:
             await self._health_changed.wait()
 
     # -- internals ---------------------------------------------------------------
-    def _client(self, socket_timeout: float | None) -> Redis:
+    def _client(self, role: str) -> Redis:
         return Redis.from_url(
             self.url,
+            client_name=f"parley-{self._node}-{role}",  # as shown by CLIENT LIST
             # No retries inside redis-py: a retried pipeline could publish twice.
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=2.0,
-            socket_timeout=socket_timeout,
+            # No socket_timeout: redis-py would bound writes with ``asyncio.wait_for``,
+            # which can swallow a cancellation; each command is bounded by
+            # ``_command`` instead.
+            socket_timeout=None,
             socket_keepalive=True,
         )
 
-    def _set_up(self, *, publisher: bool | None = None, subscriber: bool | None = None) -> None:
+    async def _command(self, call: Awaitable[_T]) -> _T:
+        """Await one Redis call, for at most ``ping_interval``; raise ``CancelledError``
+        if the task was cancelled meanwhile, even if redis-py swallowed it."""
+        try:
+            async with asyncio.timeout(self._ping_interval):
+                return await call
+        finally:
+            _raise_if_cancelled()
+
+    def _discard(self, client: Redis, pubsub: PubSub | None = None) -> None:
+        """Close a connection in a task of its own, bounded by ``close_timeout``: the
+        caller (perhaps being cancelled) never waits on it, and a close a stopped Redis
+        never acknowledges cannot hold up shutdown."""
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(self._close_timeout):
+                    if pubsub is not None:
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+            except (*_CONNECTION_ERRORS, asyncio.CancelledError) as exc:
+                log.debug("closing a Redis connection: %r", exc)
+
+        task = asyncio.create_task(close(), name="parley-redis-close")
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    def _set_up(
+        self,
+        *,
+        publisher: bool | None = None,
+        subscriber: bool | None = None,
+        checked_losses: int | None = None,
+    ) -> None:
         was = self.healthy
         if publisher is not None:
             self._publisher_up = publisher
         if subscriber is not None:
             self._subscriber_up = subscriber
+        if checked_losses is not None:
+            self._checked_losses = checked_losses
         if self.healthy != was:
             if self.healthy:
                 log.info("Redis broker connected to %s", self._shown_url)
@@ -247,15 +340,17 @@ class RedisBroker:
 
     async def _run_publisher(self) -> None:
         attempt = 0
-        while True:
-            client = self._client(socket_timeout=self._ping_interval)
-            self._publisher_stale = False
+        while not self._closing:
+            client = self._client("pub")
+            # Any loss the subscriber saw before this connection is covered by it.
+            losses = self._subscriber_losses
             try:
-                await client.ping()
+                await self._command(client.ping())
                 attempt = 0
-                self._set_up(publisher=True)
+                self._set_up(publisher=True, checked_losses=losses)
                 await self._drain(client)
             except _CONNECTION_ERRORS as exc:
+                _raise_if_cancelled()
                 log.debug("Redis publisher: %r", exc)
             finally:
                 if self._publisher_up:
@@ -265,7 +360,7 @@ class RedisBroker:
                 self.dropped += len(self._buffer)
                 self._buffer.clear()
                 self._flushed.set()
-                await client.aclose()
+                self._discard(client)
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
 
@@ -273,11 +368,16 @@ class RedisBroker:
         """Send buffered envelopes as pipelines until the connection fails."""
         if self._announce:
             resync = Envelope(kind="resync", origin=self._node)
-            await client.publish(self.channel, self._encoder.encode(resync))
+            await self._command(client.publish(self.channel, self._encoder.encode(resync)))
             self._announce = False
         while True:
-            if self._publisher_stale:
-                raise ConnectionError("the subscriber lost Redis; reconnecting too")
+            if self._checked_losses != self._subscriber_losses:
+                # The subscriber lost Redis: check this connection before writing to
+                # it (a write to a dead one would be lost); what is queued waits.
+                losses = self._subscriber_losses
+                await self._command(client.ping())
+                self._set_up(checked_losses=losses)
+                continue
             if not self._buffer:
                 self._flushed.set()
                 self._wakeup.clear()
@@ -285,14 +385,14 @@ class RedisBroker:
                     async with asyncio.timeout(self._ping_interval):
                         await self._wakeup.wait()
                 except TimeoutError:
-                    await client.ping()  # an idle connection is checked now and then
-                    continue
+                    await self._command(client.ping())  # an idle connection is checked now and then
+                continue
             batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self._batch_max))]
             pipe = client.pipeline(transaction=False)
             for data in batch:
                 pipe.publish(self.channel, data)
             try:
-                await pipe.execute()
+                await self._command(pipe.execute())
             except BaseException:
                 self.dropped += len(batch)
                 raise
@@ -300,23 +400,24 @@ class RedisBroker:
 
     async def _run_subscriber(self) -> None:
         attempt = 0
-        while True:
-            client = self._client(socket_timeout=None)
+        while not self._closing:
+            client = self._client("sub")
             pubsub = client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await self._command(pubsub.subscribe(self.channel))
                 await self._listen(pubsub)
             except _CONNECTION_ERRORS as exc:
+                _raise_if_cancelled()
                 log.debug("Redis subscriber: %r", exc)
             finally:
-                if self._subscriber_up:
-                    # An idle publishing connection would only find out at its next
-                    # write, losing that write; make it reconnect now as well.
-                    self._publisher_stale = True
-                    self._wakeup.set()
+                lost = self._subscriber_up
                 self._set_up(subscriber=False)
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await client.aclose()
+                if lost:
+                    # The publisher's connection may be gone too without it knowing
+                    # yet: it checks before its next write (``healthy`` waits for it).
+                    self._subscriber_losses += 1
+                    self._wakeup.set()
+                self._discard(client, pubsub)
             if self._subscribed_once:
                 attempt, self._subscribed_once = 0, False
             await asyncio.sleep(self._backoff(attempt))
@@ -329,13 +430,14 @@ class RedisBroker:
         ping_sent = False
         while True:
             message = await pubsub.get_message(timeout=min(1.0, self._ping_interval))
+            _raise_if_cancelled()
             now = loop.time()
             if message is None:
                 idle = now - last_heard
                 if idle > 2 * self._ping_interval:
                     raise ConnectionError("Redis did not answer PING")
                 if idle > self._ping_interval and not ping_sent:
-                    await pubsub.ping()
+                    await self._command(pubsub.ping())
                     ping_sent = True
                 continue
             last_heard, ping_sent = now, False
