@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 
 from tests.server.test_ws import connect, conversation
-from tests.store.conftest import create_database, drop_database
-from tests.support.server import ParleyServer
+from tests.support.server import ParleyServer, server_on
 from tests.support.wsclient import api
 
 
@@ -23,13 +22,8 @@ def srv(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ParleyServer]:
     data: Path = tmp_path_factory.mktemp("search")
-    database = create_database() if request.param == "postgres" else None
-    try:
-        with ParleyServer(data, database=database, extra_args=["--rate-limit", "0"]) as server:
-            yield server
-    finally:
-        if database is not None:
-            drop_database(database)
+    with server_on(request.param, data, ["--rate-limit", "0"]) as server:
+        yield server
 
 
 async def post(srv: ParleyServer, conv: str, user: str, *contents: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ The process is a real OS process; ``kill()`` sends SIGKILL, ``terminate()`` SIGT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -147,3 +149,18 @@ class ParleyServer:
 
     def token(self, user_id: str, ttl: float = 3600.0, **kw: object) -> str:
         return mint_token(self.secret, user_id, ttl=ttl, **kw)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def server_on(backend: str, data: Path, extra_args: list[str]) -> Iterator[ParleyServer]:
+    """A server on ``backend`` (``"sqlite"`` in ``data``, or ``"postgres"`` on a fresh
+    database, dropped afterwards)."""
+    from tests.store.conftest import create_database, drop_database
+
+    database = create_database() if backend == "postgres" else None
+    try:
+        with ParleyServer(data, database=database, extra_args=extra_args) as server:
+            yield server
+    finally:
+        if database is not None:
+            drop_database(database)
