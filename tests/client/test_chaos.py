@@ -279,7 +279,8 @@ async def _run(
         truth[cid] = await history(srv, next(iter(members)), cid)
         last[cid] = await last_seq(srv, next(iter(members)), cid)
     assert live.stdin is not None
-    live.stdin.write(json.dumps({c: len(truth[c]) for c in dave_convs.split(",")}).encode())
+    # The targets are log seqs (messages and changes share them), not message counts.
+    live.stdin.write(json.dumps({c: last[c] for c in dave_convs.split(",")}).encode())
     live.stdin.close()
     dave = await read_json(live, 90)
     assert await asyncio.wait_for(live.wait(), 30) == 0
