@@ -90,7 +90,9 @@ class Settings:
     )
     handshake_timeout: float = _s(10.0, "seconds allowed for the HTTP upgrade")
     ping_interval: float = _s(
-        30.0, "seconds between server pings; no pong within half of it closes (0: off)"
+        30.0,
+        "seconds between server pings; a connection silent for a whole interval after a"
+        " ping is dropped (0: off)",
     )
     typing_timeout: float = _s(8.0, "seconds after which typing expires without refresh")
     sync_page: int = _s(100, "log entries (messages and changes) per conversation per sync reply")

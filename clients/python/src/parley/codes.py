@@ -21,7 +21,9 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # graceful shutdown; clients reconnect
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (unmasked, reserved bits, bad opcode)
     ABNORMAL = 1006  # never sent: what a client sees when a connection drops without a close
+    INVALID_DATA = 1007  # a text frame that is not UTF-8
     POLICY_VIOLATION = 1008  # sustained abuse after rate limiting
     MESSAGE_TOO_BIG = 1009  # frame over the frame limit
     INTERNAL_ERROR = 1011
