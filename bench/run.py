@@ -55,6 +55,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -362,6 +363,9 @@ class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.plan = Plan.make(args.quick)
+        if getattr(args, "rooms", ""):
+            rooms = tuple(int(r) for r in args.rooms.split(",") if r)
+            self.plan = dataclasses.replace(self.plan, fanout_rooms=rooms)
         self.tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
         self.runner = Runner(args.client_cpu, self.tmp)
         self.results: dict[str, Any] = {}
@@ -1062,6 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="systems, comma-separated")
     p.add_argument("--quick", action="store_true", help="smoke-sized workloads (minutes)")
+    p.add_argument("--rooms", default="", help="fan-out room sizes, comma-separated (2,10,100)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
