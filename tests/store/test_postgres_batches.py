@@ -255,5 +255,27 @@ async def test_a_batch_costs_four_round_trips(
         )
         assert all(created for _, created in results)
         assert round_trips == ["BEGIN;", "SELECT", "WITH", "COMMIT"], " ".join(round_trips)
+
+        # Everything at once: replies, an upload (locked first: one more), an inline
+        # attachment, events, a refusal.
+        att = f"att_{uid('up')}"
+        await store.put_attachment(meta(att, a), b"\x89PNG")
+        root = results[0][0]
+        inline = NewAttachment(meta(f"att_{uid('in')}", b), b"GIF8")
+        mixed = [
+            (new(convs[0], b, "r1", reply_to=root.id), emit),
+            (new(convs[0], a, "u1", attachments=[NewAttachment(meta(att, a), None)]), emit),
+            (new(convs[1], b, "i1", attachments=[inline]), emit),
+            (new(convs[2], uid("stranger"), "s1"), emit),
+            (new(convs[2], a, "p1"), None),
+        ]
+        round_trips.clear()
+        done = await asyncio.gather(
+            *(store.append_message(m, e) for m, e in mixed), return_exceptions=True
+        )
+        assert [type(r).__name__ for r in done] == ["tuple"] * 3 + ["ForbiddenError", "tuple"]
+        assert round_trips == ["BEGIN;", "SELECT", "SELECT", "WITH", "COMMIT"], " ".join(
+            round_trips
+        )
     finally:
         await store.close()
