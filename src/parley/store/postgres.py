@@ -19,14 +19,15 @@ How the guarantees hold when several nodes write the same conversation:
   keeps the order of its appends (a sender's messages take seqs in the order sent) and
   the writers of one node never wait on each other's row locks. A batch is four round
   trips on the writer's own connection, whatever its size (one more when it links
-  uploads): ``BEGIN`` with the row locks, one read of everything its checks need, one
-  write of everything (``last_seq``, messages, attachments, webhook events),
-  ``COMMIT`` (see ``_append_batch``). Each
-  message is validated on its own, inside that transaction after the row locks are
-  taken (membership, ``reply_to``, uploads not linked yet: ``parley.store.base``, "The
-  transaction rule"), so one refused message never fails its neighbours; and when the
-  transaction itself fails, each message is committed again on its own, so only a
-  message the database cannot take fails (poison isolation).
+  uploads): ``BEGIN`` with the row locks, one read of everything its checks need (a
+  statement of its own after the locks, so that it sees what they waited for), one
+  write of everything (``last_seq``, messages, attachments, webhook events), ``COMMIT``
+  (see ``_append_batch``). Each message is validated on its own, inside that
+  transaction after the row locks are taken (membership, ``reply_to``, uploads not
+  linked yet: ``parley.store.base``, "The transaction rule"), so one refused message
+  never fails its neighbours; and when the transaction itself fails, each message is
+  committed again on its own, so only a message the database cannot take fails (poison
+  isolation).
 * Membership changes take the same conversation row lock first, so an append and a
   removal of its sender are serialised.
 * Changes to messages (edits, deletions, reactions) are log entries: they take the
