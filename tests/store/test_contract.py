@@ -536,6 +536,32 @@ async def test_concurrent_appends_to_many_conversations(store: Store, uid: Uid) 
         assert [m.seq for m in msgs] == list(range(1, 41))
 
 
+async def test_one_senders_appends_keep_their_order(store: Store, uid: Uid) -> None:
+    """Appends one sender submits in order to one conversation take seqs in that order,
+    however the store spreads them over its writers and batches: submitted a few at a
+    time, so that batches form while others are in flight."""
+    a, b = uid("alice"), uid("bob")
+    convs = [await group(store, a, b) for _ in range(2)]
+    for round_ in range(10):
+        sent: list[asyncio.Future[tuple[MessageRecord, bool]]] = []
+        for i in range(300):
+            sender = a if i % 4 else b
+            m = msg(convs[i % 2], sender, f"o{round_}-{i}")
+            sent.append(asyncio.ensure_future(store.append_message(m)))
+            if i % 3 == 2:
+                await asyncio.sleep(0)
+        results = await asyncio.gather(*sent)
+        for conv in convs:
+            for sender in (a, b):
+                seqs = [
+                    r.seq for r, _ in results if r.conversation_id == conv and r.sender_id == sender
+                ]
+                assert seqs == sorted(seqs), (round_, conv, sender)
+        for conv in convs:
+            history, _ = await store.get_messages(conv, after_seq=150 * round_, limit=200)
+            assert [m.seq for m in history] == list(range(150 * round_ + 1, 150 * round_ + 151))
+
+
 async def test_many_nodes_append_to_one_conversation(pg_url: str, uid: Uid) -> None:
     """Four PostgresStore instances (four nodes) write one conversation at once."""
     senders = [uid("alice"), uid("bob"), uid("carol"), uid("dave")]

@@ -405,8 +405,10 @@ class Store(Protocol):
         same transaction (transaction rule 6).
 
         May be a coroutine function, or a plain function that queues the write at once
-        and returns a future (the SQLite backend: no task per message). Appends
-        submitted in order by one caller commit in that order.
+        and returns a future (both backends: no task per message). Appends submitted in
+        order by one caller to one conversation commit in that order, so a sender's
+        messages take seqs in the order sent (SQLite also keeps the order across
+        conversations; PostgreSQL commits different conversations side by side).
 
         Raises ``NotFoundError`` (unknown conversation, ``reply_to`` not a message of
         this conversation, unknown attachment id) or ``ForbiddenError`` (sender not a

@@ -3,22 +3,31 @@
 How the guarantees hold when several nodes write the same conversation:
 
 * ``seq``: a message batch takes the row lock of each conversation it writes (in
-  ascending id order, so two batches never deadlock), bumps ``last_seq`` by the number
-  of its messages and inserts them, all in one transaction. The next writer of that
-  conversation waits on the lock until this transaction commits, so ``seq`` has no gaps
-  and commit order is ``seq`` order. ``UNIQUE (conversation_id, seq)`` backs it up.
-* Idempotency: ``UNIQUE (sender_id, local_id)``. A pair already stored is answered from
-  the table before any lock is taken; a pair another node inserts between that check and
-  our insert makes the insert fail, the transaction (and its ``seq`` bump) roll back and
-  the batch is tried again, when the check finds it.
-* Group commit: ``append_message`` queues the message; writer tasks each take whatever
-  is queued (up to ``batch_max``) and commit it in one transaction, so a burst costs one
-  WAL flush instead of one per message. Each message is validated on its own, inside
-  that transaction after the conversations' row locks are taken (membership, ``reply_to``,
-  uploads not linked yet: ``parley.store.base``, "The transaction rule"), so one refused
-  message never fails its neighbours; and when the transaction itself fails, each
-  message is committed again on its own, so only a message the database cannot take
-  fails (poison isolation).
+  ascending id order, so two batches never deadlock), reads each conversation's
+  ``last_seq`` under that lock, numbers its messages from there and writes them and the
+  new ``last_seq``, all in one transaction. The next writer of that conversation waits
+  on the lock until this transaction commits, so ``seq`` has no gaps and commit order
+  is ``seq`` order. ``UNIQUE (conversation_id, seq)`` backs it up.
+* Idempotency: ``UNIQUE (sender_id, local_id)``. A pair already stored is answered
+  from the table, read in the batch's transaction; a pair another node inserts after
+  that read makes the insert fail, the transaction roll back and the batch is tried
+  again, when the read finds it.
+* Group commit: ``append_message`` queues the message at once (no task per message) on
+  the writer of its conversation (conversation id modulo ``writers``); each writer takes
+  whatever is queued for it (up to ``batch_max``) and commits it in one transaction, so a
+  burst costs one WAL flush instead of one per message. One writer per conversation
+  keeps the order of its appends (a sender's messages take seqs in the order sent) and
+  the writers of one node never wait on each other's row locks. A batch is four round
+  trips on the writer's own connection, whatever its size (one more when it links
+  uploads): ``BEGIN`` with the row locks, one read of everything its checks need (a
+  statement of its own after the locks, so that it sees what they waited for), one
+  write of everything (``last_seq``, messages, attachments, webhook events), ``COMMIT``
+  (see ``_append_batch``). Each message is validated on its own, inside that
+  transaction after the row locks are taken (membership, ``reply_to``, uploads not
+  linked yet: ``parley.store.base``, "The transaction rule"), so one refused message
+  never fails its neighbours; and when the transaction itself fails, each message is
+  committed again on its own, so only a message the database cannot take fails (poison
+  isolation).
 * Membership changes take the same conversation row lock first, so an append and a
   removal of its sender are serialised.
 * Changes to messages (edits, deletions, reactions) are log entries: they take the
@@ -507,6 +516,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX messages_search ON messages USING gin (search);
         """,
     ),
+    (
+        6,
+        # The search index takes each message's words as it is inserted. With GIN's
+        # pending list (``fastupdate``, the default) inserts are cheaper until the list
+        # is full (4 MB); then the insert that finds it full merges all of it into the
+        # index inside its own transaction: on the test machine a batch of sends stalled
+        # 100-200 ms there, holding its conversations' row locks, every few seconds at
+        # 15,000 messages/s (autovacuum, which also empties the list, cannot keep up at
+        # that rate). Off, each insert costs a little more, evenly.
+        """
+        ALTER INDEX messages_search SET (fastupdate = off);
+        SELECT gin_clean_pending_list('messages_search'::regclass);
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
@@ -553,6 +576,8 @@ class _Connection(Protocol):
     async def fetchval(self, query: str, *args: object) -> Any: ...
     async def execute(self, query: str, *args: object) -> str: ...
     def transaction(self) -> contextlib.AbstractAsyncContextManager[object]: ...
+    def is_closed(self) -> bool: ...
+    def is_in_transaction(self) -> bool: ...
 
 
 def _attachment(row: Row) -> AttachmentRecord:
@@ -728,11 +753,158 @@ class _Pending:
         self.emit = emit
 
 
+class _Lane:
+    """One message writer: the queue of the conversations given to it (id modulo the
+    number of writers) and the connection it keeps between batches (no pool round trip
+    to reset it after each one)."""
+
+    __slots__ = ("conn", "queue")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.conn: Any = None  # asyncpg.Connection while held
+
+
+def _settle(future: asyncio.Future[AppendResult], result: AppendResult | BaseException) -> None:
+    """Answer an append, unless its caller already gave up on it (cancelled)."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+# -- the statements of a batch of appends (``PostgresStore._append_batch``) ------------
+# The read and the write are built from parts: only the parts a batch needs (replies,
+# uploads, inline attachments, events), each variant a prepared statement of its own.
+# Lookups by key go through ``LATERAL (… OFFSET 0)``: a nested loop of index lookups
+# whatever the table's statistics, so a plan cached while ``messages`` was small (or
+# never analysed) cannot turn into a scan of the whole table as it grows.
+
+
+def _lock_sql(conversation_ids: Sequence[int]) -> str:
+    """``BEGIN`` and the row locks of the batch's conversations, ascending, in one round
+    trip: a simple query, so the ids (integers, never text) are written into it."""
+    if not conversation_ids:
+        return "BEGIN"
+    ids = ",".join(str(int(c)) for c in conversation_ids)
+    return (
+        f"BEGIN; SELECT FROM conversations WHERE id = ANY('{{{ids}}}'::bigint[])"
+        " ORDER BY id FOR NO KEY UPDATE"
+    )
+
+
+_LOCK_UPLOADS = f"""SELECT {_ATTACHMENT_COLUMNS} FROM attachments
+                    WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"""
+
+
+@functools.cache
+def _read_sql(replies: bool, uploads: bool) -> str:
+    """The read of a batch, after its locks (a statement of its own, so its snapshot
+    sees every commit the locks waited for): one row of parallel arrays, one group per
+    part. $1 the locked conversations; $2, $3 the (conversation, sender) pairs; $4, $5
+    the (sender, local_id) pairs; $6 the messages id sequence, $7 how many ids to take
+    from it; then $8 the reply_to ids, then the upload ids."""
+    parts = [
+        """(SELECT array_agg(c.id) AS conv_ids, array_agg(c.last_seq) AS conv_seqs
+            FROM conversations c WHERE c.id = ANY($1::bigint[])) k""",
+        # membership and the active flag: a user deactivated on another node (whose
+        # broker could not tell this one) is refused here all the same
+        """(SELECT array_agg(q.c) AS member_convs, array_agg(q.u) AS member_users,
+                   array_agg(x.active) AS member_active
+            FROM unnest($2::bigint[], $3::text[]) AS q(c, u)
+            CROSS JOIN LATERAL (
+                SELECT coalesce(u.active, true) AS active
+                FROM members m LEFT JOIN users u ON u.id = m.user_id
+                WHERE m.conversation_id = q.c AND m.user_id = q.u OFFSET 0) x) mb""",
+        """(SELECT array_agg(x.id) AS existing
+            FROM unnest($4::text[], $5::text[]) AS q(u, l)
+            CROSS JOIN LATERAL (
+                SELECT id FROM messages WHERE sender_id = q.u AND local_id = q.l
+                OFFSET 0) x) e""",
+        """(SELECT array_agg(nextval($6::oid::regclass)) AS new_ids
+            FROM generate_series(1, $7::int)) n""",
+    ]
+    n = 7
+    if replies:
+        n += 1
+        parts.append(
+            f"""(SELECT array_agg(x.id) AS reply_ids, array_agg(x.conversation_id) AS reply_convs
+                FROM unnest(${n}::bigint[]) AS q(id)
+                CROSS JOIN LATERAL (
+                    SELECT id, conversation_id FROM messages WHERE id = q.id OFFSET 0) x) r"""
+        )
+    if uploads:
+        n += 1
+        parts.append(
+            f"""(SELECT array_agg(DISTINCT ma.attachment_id) AS linked
+                FROM message_attachments ma WHERE ma.attachment_id = ANY(${n}::text[])) l"""
+        )
+    return "SELECT * FROM " + ",\n".join(parts)
+
+
+@functools.cache
+def _write_sql(inline: bool, links: bool, events: bool) -> str:
+    """The write of a batch, one statement: the conversations' new ``last_seq``, the
+    messages (their ids and seqs given), then the parts the batch needs: inline
+    attachments, attachment links, webhook events."""
+    ctes = [
+        """bump AS (
+            UPDATE conversations c
+            SET last_seq = v.s, last_activity = GREATEST(c.last_activity, v.t)
+            FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, s, t)
+            WHERE c.id = v.id)""",
+        """ins AS (
+            INSERT INTO messages
+                (id, conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,
+                 mentions)
+            OVERRIDING SYSTEM VALUE
+            SELECT v.i, v.c, v.s, v.u, v.l, v.t, v.a, v.r,
+                   CASE WHEN v.m IS NULL THEN NULL
+                        ELSE ARRAY(SELECT json_array_elements_text(v.m::json)) END
+            FROM unnest($4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
+                        $9::text[], $10::float8[], $11::bigint[], $12::text[])
+                 AS v(i, c, s, u, l, t, a, r, m))""",
+    ]
+    n = 12
+
+    def params(*types: str) -> str:
+        nonlocal n
+        first, n = n + 1, n + len(types)
+        return ", ".join(f"${first + k}::{t}[]" for k, t in enumerate(types))
+
+    if inline:
+        arrays = params("text", "text", "text", "bigint", "text", "text", "float8", "bytea")
+        ctes.append(
+            f"""inline AS (
+                INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data)
+                SELECT * FROM unnest({arrays}))"""
+        )
+    if links:
+        arrays = params("bigint", "int", "text")
+        ctes.append(
+            f"""links AS (
+                INSERT INTO message_attachments (message_id, position, attachment_id)
+                SELECT * FROM unnest({arrays}))"""
+        )
+    if events:
+        arrays = params("text", "text", "text", "float8", "bytea", "bool")
+        ctes.append(
+            f"""events AS (
+                INSERT INTO webhook_outbox
+                    (event_id, type, conversation_id, created_at, data, stamped, next_at)
+                SELECT e, t, c, a, d, s, a FROM unnest({arrays}) AS v(e, t, c, a, d, s))"""
+        )
+    return "WITH " + ",\n".join(ctes) + "\nSELECT 1"
+
+
 class PostgresStore:
     """``Store`` on PostgreSQL. Safe to run on many nodes against one database.
 
     ``batch_max`` bounds the messages committed per transaction and ``writers`` the
-    transactions in flight at once; ``batch_max=1`` turns group commit off.
+    message transactions in flight at once (each writer keeps one of the pool's
+    ``pool_size`` connections); ``batch_max=1`` turns group commit off.
     """
 
     def __init__(
@@ -743,15 +915,17 @@ class PostgresStore:
         writers: int = 2,
         batch_max: int = 256,
     ) -> None:
+        if not 1 <= writers < pool_size:
+            raise ValueError("writers must be at least 1 and fewer than pool_size")
         self._url = url
         self._pool_size = pool_size
-        self._writers = writers
         self._batch_max = batch_max
         self._pool: Any = None  # asyncpg.Pool, set by start()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._lanes = [_Lane() for _ in range(writers)]
         self._changes: asyncio.Queue[_PendingChange] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._message_ids = 0  # oid of the sequence of messages.id, set by start()
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -761,25 +935,33 @@ class PostgresStore:
         try:
             async with self._acquire() as conn:
                 await self._migrate(conn)
+                self._message_ids = int(
+                    await conn.fetchval(
+                        "SELECT pg_get_serial_sequence('messages', 'id')::regclass::oid"
+                    )
+                )
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
         self._tasks = [
-            asyncio.create_task(self._writer(), name=f"parley-pg-writer-{i}")
-            for i in range(self._writers)
+            asyncio.create_task(self._writer(lane), name=f"parley-pg-writer-{i}")
+            for i, lane in enumerate(self._lanes)
         ]
         self._tasks.append(asyncio.create_task(self._change_writer(), name="parley-pg-changes"))
 
     async def close(self) -> None:
         self._closing = True
         if self._tasks:
-            await self._queue.join()
+            for lane in self._lanes:
+                await lane.queue.join()
             await self._changes.join()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
+        for lane in self._lanes:
+            await self._drop_connection(lane)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -1090,51 +1272,68 @@ class PostgresStore:
         return conversation
 
     # -- messages ------------------------------------------------------------
-    async def append_message(
+    def append_message(
         self, message: NewMessage, emit: MessageEmit | None = None
-    ) -> AppendResult:
-        if self._closing or not self._tasks:
-            raise RuntimeError("PostgresStore is not running")
+    ) -> asyncio.Future[AppendResult]:
+        # Queued synchronously, on the writer of the conversation: the caller's order
+        # is the commit order (per conversation), and no task is made per message. A
+        # caller that stops waiting does not pull the message out of its batch.
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(message, future, emit))
-        # Shielded: a caller that stops waiting does not pull the message out of a batch.
-        return await asyncio.shield(future)
+        if self._closing or not self._tasks:
+            future.set_exception(RuntimeError("PostgresStore is not running"))
+            return future
+        cid = row_id(message.conversation_id) or 0
+        self._lanes[cid % len(self._lanes)].queue.put_nowait(_Pending(message, future, emit))
+        return future
 
-    async def _writer(self) -> None:
+    async def _writer(self, lane: _Lane) -> None:
+        queue = lane.queue
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [await queue.get()]
+            while len(batch) < self._batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
             try:
                 try:
-                    await self._commit_batch(batch)
+                    await self._commit_batch(lane, batch)
                 except Exception as exc:
                     if len(batch) == 1:
                         raise
                     # Poison isolation: one message the database cannot take must not
-                    # fail its neighbours; each is committed again on its own.
+                    # fail its neighbours; each is committed again on its own, in order.
                     log.warning(
                         "message batch of %d failed (%r); retrying one by one", len(batch), exc
                     )
                     for p in batch:
-                        if p.future.done():
-                            continue
                         try:
-                            await self._commit_batch([p])
+                            await self._commit_batch(lane, [p])
                         except Exception as one:
                             log.warning("message failed: %r", one)
-                            p.future.set_exception(one)
+                            _settle(p.future, one)
             except Exception as exc:  # the database failed
                 log.warning("message batch of %d failed: %r", len(batch), exc)
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    _settle(p.future, exc)
             finally:
                 for _ in batch:
-                    self._queue.task_done()
+                    queue.task_done()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def _connection(self, lane: _Lane) -> _Connection:
+        """The lane's own connection, taken from the pool when it has none."""
+        if lane.conn is None:
+            if self._pool is None:
+                raise RuntimeError("PostgresStore is not started")
+            lane.conn = await self._pool.acquire()
+        return cast(_Connection, lane.conn)
+
+    async def _drop_connection(self, lane: _Lane) -> None:
+        """Give the lane's connection back to the pool (which resets it, or discards it
+        when it is broken); the next batch takes another."""
+        conn, lane.conn = lane.conn, None
+        if conn is not None and self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+    async def _commit_batch(self, lane: _Lane, batch: list[_Pending]) -> None:
         # One (sender_id, local_id) twice in the batch: the later copies get the result
         # of the first, marked not created.
         firsts: dict[tuple[str, str], _Pending] = {}
@@ -1148,193 +1347,225 @@ class PostgresStore:
         unique = list(firsts.values())
         results: list[AppendResult | StoreError] = []
         for attempt in range(_BATCH_ATTEMPTS):
+            conn = await self._connection(lane)
             try:
-                async with self._acquire() as conn:
-                    results = await self._append_batch(
-                        conn, [p.message for p in unique], [p.emit for p in unique]
-                    )
+                results = await self._append_batch(
+                    conn, [p.message for p in unique], [p.emit for p in unique]
+                )
                 break
             except _RETRYABLE:
                 if attempt == _BATCH_ATTEMPTS - 1:
                     raise
+            finally:
+                if conn.is_closed() or conn.is_in_transaction():  # not rolled back
+                    await self._drop_connection(lane)
         for p, result in zip(unique, results, strict=True):
-            if isinstance(result, StoreError):
-                p.future.set_exception(result)
-            else:
-                p.future.set_result(result)
+            _settle(p.future, result)
         position = {id(p): n for n, p in enumerate(unique)}
         for p, first in copies:
             result = results[position[id(first)]]
             if isinstance(result, StoreError):
-                p.future.set_exception(type(result)(*result.args))
+                _settle(p.future, type(result)(*result.args))
             else:
-                p.future.set_result((result[0], False))
+                _settle(p.future, (result[0], False))
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _transaction(conn: _Connection, lock_ids: Sequence[int]) -> AsyncIterator[None]:
+        """A transaction begun together with the row locks of ``lock_ids`` (one round
+        trip), committed on success, rolled back on any failure."""
+        try:
+            await conn.execute(_lock_sql(lock_ids))
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection: dropped after
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
 
     async def _append_batch(
         self, conn: _Connection, msgs: list[NewMessage], emits: Sequence[MessageEmit | None]
     ) -> list[AppendResult | StoreError]:
-        """Commit the valid messages of ``msgs`` (distinct pairs) in one transaction."""
+        """Commit the valid messages of ``msgs`` (distinct pairs) in one transaction.
+
+        Four round trips whatever the batch holds: ``BEGIN`` with the conversations' row
+        locks; one read of everything the checks need (``_read_sql``: the pairs already
+        stored, membership and active flags, ``last_seq``, ``reply_to`` targets, uploads
+        already linked, and the new messages' ids); then, the checks made here in Python
+        (``_refusal``) and the records built, one write (``_write_sql``); ``COMMIT``.
+        A batch with uploads locks them first (one more round trip), so their single use
+        is read after the lock; a batch with repeats reads their records (two or three
+        more)."""
         results: list[AppendResult | StoreError | None] = [None] * len(msgs)
-
-        # 1. Pairs already stored (retries, replays): answer with the original.
-        rows = await conn.fetch(
-            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
-                WHERE (sender_id, local_id) IN
-                      (SELECT * FROM unnest($1::text[], $2::text[]))""",
-            [m.sender_id for m in msgs],
-            [m.local_id for m in msgs],
-        )
-        existing = {(r.sender_id, r.local_id): r for r in await _messages(conn, rows)}
-        for i, m in enumerate(msgs):
-            record = existing.get((m.sender_id, m.local_id))
-            if record is not None:
-                results[i] = (record, False)
-
-        # 2. Under the conversations' row locks (transaction rule 1), validate each
-        # remaining message on its own, then allocate seqs, insert, commit.
-        todo = [i for i, r in enumerate(results) if r is None]
-        if not todo:
-            return [cast(AppendResult | StoreError, r) for r in results]
-        conv_ids = {i: row_id(msgs[i].conversation_id) for i in todo}
-        async with conn.transaction():
-            known = {
-                int(r["id"])
-                for r in await conn.fetch(
-                    "SELECT id FROM conversations WHERE id = ANY($1::bigint[])"
-                    " ORDER BY id FOR NO KEY UPDATE",
-                    sorted({c for c in conv_ids.values() if c is not None}),
-                )
+        cids = [row_id(m.conversation_id) for m in msgs]
+        lock_ids = sorted({c for c in cids if c is not None})
+        pairs = sorted({(c, m.sender_id) for c, m in zip(cids, msgs, strict=True) if c is not None})
+        reply_ids = sorted({r for m in msgs if (r := row_id(m.reply_to)) is not None})
+        ref_ids = sorted({a.meta.id for m in msgs for a in m.attachments if a.data is None})
+        async with self._transaction(conn, lock_ids):
+            uploads: dict[str, AttachmentRecord] = {}
+            if ref_ids:
+                uploads = {
+                    r["id"]: _attachment(r) for r in await conn.fetch(_LOCK_UPLOADS, ref_ids)
+                }
+            args: list[object] = [
+                lock_ids,
+                [c for c, _ in pairs],
+                [u for _, u in pairs],
+                [m.sender_id for m in msgs],
+                [m.local_id for m in msgs],
+                self._message_ids,
+                len(msgs),
+            ]
+            if reply_ids:
+                args.append(reply_ids)
+            if ref_ids:
+                args.append(ref_ids)
+            row = await conn.fetchrow(_read_sql(bool(reply_ids), bool(ref_ids)), *args)
+            assert row is not None
+            last_seq = dict(zip(row["conv_ids"] or (), row["conv_seqs"] or (), strict=True))
+            member_users = row["member_users"] or ()
+            membership = set(zip(row["member_convs"] or (), member_users, strict=True))
+            inactive = {
+                u
+                for u, active in zip(member_users, row["member_active"] or (), strict=True)
+                if not active
             }
-            # Membership and the active flag in one query: a user deactivated on another
-            # node (whose broker could not tell this one) is refused here all the same.
-            rows = await conn.fetch(
-                """SELECT m.conversation_id, m.user_id, coalesce(u.active, true) AS active
-                   FROM members m LEFT JOIN users u ON u.id = m.user_id
-                   WHERE m.conversation_id = ANY($1::bigint[]) AND m.user_id = ANY($2::text[])""",
-                list(known),
-                list({msgs[i].sender_id for i in todo}),
-            )
-            membership = {(int(r["conversation_id"]), r["user_id"]) for r in rows}
-            inactive = {r["user_id"] for r in rows if not r["active"]}
-            reply_ids = [rid for i in todo if (rid := row_id(msgs[i].reply_to)) is not None]
             reply_conv: dict[int, int] = {}
             if reply_ids:
-                reply_conv = {
-                    int(r["id"]): int(r["conversation_id"])
-                    for r in await conn.fetch(
-                        "SELECT id, conversation_id FROM messages WHERE id = ANY($1::bigint[])",
-                        reply_ids,
-                    )
-                }
-            ref_ids = sorted(
-                {a.meta.id for i in todo for a in msgs[i].attachments if a.data is None}
-            )
-            uploads: dict[str, AttachmentRecord] = {}
-            linked: set[str] = set()
-            if ref_ids:
-                for r in await conn.fetch(
-                    f"""SELECT {_ATTACHMENT_COLUMNS},
-                               EXISTS (SELECT 1 FROM message_attachments ma
-                                       WHERE ma.attachment_id = a.id) AS linked
-                        FROM attachments a WHERE id = ANY($1::text[])
-                        ORDER BY id FOR UPDATE""",
-                    ref_ids,
-                ):
-                    uploads[r["id"]] = _attachment(r)
-                    if r["linked"]:
-                        linked.add(r["id"])
-            for i in todo:
-                results[i] = self._refusal(
-                    msgs[i], conv_ids[i], known, membership, inactive, reply_conv, uploads, linked
+                reply_conv = dict(
+                    zip(row["reply_ids"] or (), row["reply_convs"] or (), strict=True)
                 )
-            valid = [i for i in todo if results[i] is None]
+            linked: set[str] = set(row["linked"] or ()) if ref_ids else set()
+            new_ids: list[int] = list(row["new_ids"] or ())
+
+            # Pairs already stored (retries, replays): answered with the original.
+            if row["existing"]:
+                found = await conn.fetch(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::bigint[])",
+                    list(row["existing"]),
+                )
+                existing = {(r.sender_id, r.local_id): r for r in await _messages(conn, found)}
+                for i, m in enumerate(msgs):
+                    record = existing.get((m.sender_id, m.local_id))
+                    if record is not None:
+                        results[i] = (record, False)
+
+            # Each remaining message checked on its own (transaction rule 1).
+            known = set(last_seq)
+            valid: list[int] = []
+            for i, m in enumerate(msgs):
+                if results[i] is None:
+                    results[i] = refusal = self._refusal(
+                        m, cids[i], known, membership, inactive, reply_conv, uploads, linked
+                    )
+                    if refusal is None:
+                        valid.append(i)
             if valid:
-                targets = {i: cast(int, conv_ids[i]) for i in valid}
+                records = self._number(msgs, valid, cids, last_seq, new_ids, uploads)
                 events: list[OutboxEvent] = []
-                for i, record in (await self._insert(conn, msgs, targets, uploads)).items():
+                for i, record in zip(valid, records, strict=True):
                     results[i] = (record, True)
                     emit = emits[i]
                     if emit is not None:
                         events.extend(emit(record))
-                await _insert_events(conn, events)
+                await self._write(conn, msgs, valid, records, last_seq, events)
         return [cast(AppendResult | StoreError, r) for r in results]
 
-    async def _insert(
-        self,
-        conn: _Connection,
+    @staticmethod
+    def _number(
         msgs: list[NewMessage],
-        targets: dict[int, int],
+        valid: list[int],
+        cids: list[int | None],
+        last_seq: dict[int, int],
+        new_ids: list[int],
         uploads: dict[str, AttachmentRecord],
-    ) -> dict[int, MessageRecord]:
-        """Insert ``msgs[i]`` into conversation ``targets[i]`` for each ``i``, inside the
-        caller's transaction, which holds the conversations' row locks; the records by
-        ``i``."""
-        valid = list(targets)
-        counts: dict[int, int] = {}
-        activity: dict[int, float] = {}
-        for i, cid in targets.items():
-            counts[cid] = counts.get(cid, 0) + 1
-            activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
-        order = sorted(counts)
-        bumped = await conn.fetch(
-            """UPDATE conversations c
-               SET last_seq = c.last_seq + v.n,
-                   last_activity = GREATEST(c.last_activity, v.t)
-               FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS v(id, n, t)
-               WHERE c.id = v.id
-               RETURNING c.id, c.last_seq""",
-            order,
-            [counts[c] for c in order],
-            [activity[c] for c in order],
-        )
-        next_seq = {int(r["id"]): int(r["last_seq"]) - counts[int(r["id"])] + 1 for r in bumped}
-        seqs: dict[int, int] = {}
-        for i, cid in targets.items():
-            seqs[i] = next_seq[cid]
-            next_seq[cid] += 1
-        replies = {i: row_id(msgs[i].reply_to) for i in valid}
-        inserted = await conn.fetch(
-            """INSERT INTO messages
-                   (conversation_id, seq, sender_id, local_id, content, sent_at, reply_to,
-                    mentions)
-               SELECT v.c, v.s, v.u, v.l, v.t, v.a, v.r,
-                      CASE WHEN v.m IS NULL THEN NULL
-                           ELSE ARRAY(SELECT json_array_elements_text(v.m::json)) END
-               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                           $5::text[], $6::float8[], $7::bigint[], $8::text[])
-                    AS v(c, s, u, l, t, a, r, m)
-               RETURNING id, sender_id, local_id""",
-            [targets[i] for i in valid],
-            [seqs[i] for i in valid],
-            [msgs[i].sender_id for i in valid],
-            [msgs[i].local_id for i in valid],
-            [msgs[i].content for i in valid],
-            [msgs[i].sent_at for i in valid],
-            [replies[i] for i in valid],
-            [json.dumps(list(msgs[i].mentions)) if msgs[i].mentions else None for i in valid],
-        )
-        new_id = {(r["sender_id"], r["local_id"]): int(r["id"]) for r in inserted}
-        await self._link_attachments(conn, msgs, valid, new_id, uploads)
-        records: dict[int, MessageRecord] = {}
-        for i in valid:
-            m = msgs[i]
-            reply = replies[i]
-            records[i] = MessageRecord(
-                id=str(new_id[(m.sender_id, m.local_id)]),
-                conversation_id=str(targets[i]),
-                seq=seqs[i],
-                sender_id=m.sender_id,
-                local_id=m.local_id,
-                content=m.content,
-                sent_at=m.sent_at,
-                reply_to=None if reply is None else str(reply),
-                attachments=[
-                    a.meta if a.data is not None else uploads[a.meta.id] for a in m.attachments
-                ],
-                mentions=list(m.mentions),
-                changed_seq=seqs[i],
+    ) -> list[MessageRecord]:
+        """The records of the valid messages, numbered under the row locks: each
+        conversation's next seqs in batch order (so ``last_seq`` is advanced, in
+        place), each message the next of the ids read with the batch."""
+        records: list[MessageRecord] = []
+        for k, i in enumerate(valid):
+            m, cid = msgs[i], cast(int, cids[i])
+            seq = last_seq[cid] = last_seq[cid] + 1
+            reply = row_id(m.reply_to)
+            records.append(
+                MessageRecord(
+                    id=str(new_ids[k]),
+                    conversation_id=str(cid),
+                    seq=seq,
+                    sender_id=m.sender_id,
+                    local_id=m.local_id,
+                    content=m.content,
+                    sent_at=m.sent_at,
+                    reply_to=None if reply is None else str(reply),
+                    attachments=[
+                        a.meta if a.data is not None else uploads[a.meta.id] for a in m.attachments
+                    ],
+                    mentions=list(m.mentions),
+                    changed_seq=seq,
+                )
             )
         return records
+
+    @staticmethod
+    async def _write(
+        conn: _Connection,
+        msgs: list[NewMessage],
+        valid: list[int],
+        records: list[MessageRecord],
+        last_seq: dict[int, int],
+        events: Sequence[OutboxEvent],
+    ) -> None:
+        """Write the batch in one statement (``_write_sql``), inside its transaction."""
+        activity: dict[int, float] = {}
+        for i, r in zip(valid, records, strict=True):
+            cid = int(r.conversation_id)
+            activity[cid] = max(activity.get(cid, 0.0), msgs[i].sent_at)
+        bumped = sorted(activity)
+        args: list[object] = [
+            bumped,
+            [last_seq[c] for c in bumped],
+            [activity[c] for c in bumped],
+            [int(r.id) for r in records],
+            [int(r.conversation_id) for r in records],
+            [r.seq for r in records],
+            [r.sender_id for r in records],
+            [r.local_id for r in records],
+            [r.content for r in records],
+            [r.sent_at for r in records],
+            [None if r.reply_to is None else int(r.reply_to) for r in records],
+            [json.dumps(r.mentions) if r.mentions else None for r in records],
+        ]
+        inline = [a for i in valid for a in msgs[i].attachments if a.data is not None]
+        if inline:
+            args += [
+                [a.meta.id for a in inline],
+                [a.meta.type for a in inline],
+                [a.meta.filename for a in inline],
+                [a.meta.size for a in inline],
+                [a.meta.content_type for a in inline],
+                [a.meta.uploader_id for a in inline],
+                [a.meta.created_at for a in inline],
+                [a.data for a in inline],
+            ]
+        links = [
+            (int(r.id), pos, a.meta.id)
+            for i, r in zip(valid, records, strict=True)
+            for pos, a in enumerate(msgs[i].attachments)
+        ]
+        if links:
+            args += [[x[0] for x in links], [x[1] for x in links], [x[2] for x in links]]
+        if events:
+            args += [
+                [e.id for e in events],
+                [e.type for e in events],
+                [e.conversation_id for e in events],
+                [e.created_at for e in events],
+                [e.data for e in events],
+                [e.stamped for e in events],
+            ]
+        await conn.execute(_write_sql(bool(inline), bool(links), bool(events)), *args)
 
     @staticmethod
     def _refusal(
@@ -1371,43 +1602,6 @@ class PostgresStore:
             claimed.add(a.meta.id)
         linked.update(claimed)
         return None
-
-    @staticmethod
-    async def _link_attachments(
-        conn: _Connection,
-        msgs: list[NewMessage],
-        valid: list[int],
-        new_id: dict[tuple[str, str], int],
-        uploads: dict[str, AttachmentRecord],
-    ) -> None:
-        inline = [a for i in valid for a in msgs[i].attachments if a.data is not None]
-        if inline:
-            await conn.execute(
-                f"""INSERT INTO attachments ({_ATTACHMENT_COLUMNS}, data)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
-                                         $5::text[], $6::text[], $7::float8[], $8::bytea[])""",
-                [a.meta.id for a in inline],
-                [a.meta.type for a in inline],
-                [a.meta.filename for a in inline],
-                [a.meta.size for a in inline],
-                [a.meta.content_type for a in inline],
-                [a.meta.uploader_id for a in inline],
-                [a.meta.created_at for a in inline],
-                [a.data for a in inline],
-            )
-        links = [
-            (new_id[(msgs[i].sender_id, msgs[i].local_id)], pos, a.meta.id)
-            for i in valid
-            for pos, a in enumerate(msgs[i].attachments)
-        ]
-        if links:
-            await conn.execute(
-                """INSERT INTO message_attachments (message_id, position, attachment_id)
-                   SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])""",
-                [link[0] for link in links],
-                [link[1] for link in links],
-                [link[2] for link in links],
-            )
 
     async def get_messages(
         self,
