@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -55,7 +56,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
