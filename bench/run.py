@@ -124,6 +124,7 @@ class Server:
                 *("--database", database, "--secret", SECRET, "--data-dir", str(self.workdir)),
                 *("--sqlite-synchronous", self.sqlite_synchronous, "--rate-limit", "0"),
                 *("--max-connections-per-user", "1000", "--log-level", "WARNING"),
+                *("--max-members", "100000"),  # capacity rooms grow past the 10,000 default
             ], ROOT
         if self.system == "raw":
             return [PY, str(PEERS / "raw_aiohttp.py"), "--port", str(self.port)], ROOT
