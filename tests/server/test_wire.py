@@ -270,3 +270,35 @@ async def test_bad_handshakes_get_400(tmp_path: Any) -> None:
 
             answer = await asyncio.to_thread(exchange)
             assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+
+
+async def test_a_ping_flood_that_reads_no_pongs_is_evicted(tmp_path: Any) -> None:
+    """Pongs count against the outbound buffer like any frame: a client that pings and
+    never reads is closed as a slow consumer, and the server stays up."""
+    args = ["--max-buffer-bytes", str(64 * 1024), "--rate-limit", "0"]
+    with ParleyServer(tmp_path, extra_args=args) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(upgrade_request(srv.port, srv.token("mallory")))
+        ping = frame(0x9, b"p" * 125)
+
+        def flood() -> None:
+            try:
+                for _ in range(200):
+                    sock.sendall(ping * 400)  # 200 × 400 pings, about 10 MB of pongs owed
+            except OSError:
+                pass  # the server aborted the socket: what this test waits for
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(flood), 60)
+            async with asyncio.timeout(30):
+                while True:
+                    status, metrics = await api("GET", f"{srv.http_url}/metrics")
+                    if 'parley_connections_closed_by_server_total{code="1013"} 1.0' in metrics:
+                        break
+                    await asyncio.sleep(0.2)  # polling the server's own counter
+        finally:
+            sock.close()
+        status, _ = await api("GET", f"{srv.http_url}/healthz")
+        assert status == 200

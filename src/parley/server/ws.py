@@ -539,8 +539,14 @@ class WsPeer(asyncio.Protocol):
             self._fail(CloseCode.PROTOCOL_ERROR, "control frames must be final and short")
             return
         if opcode == _PING:
-            if not self.close_sent and not self.transport.is_closing():
-                self.transport.write(control_frame(_PONG, payload))
+            transport = self.transport
+            if self.close_sent or transport.is_closing():
+                return
+            if transport.get_write_buffer_size() > self.max_buffer:
+                # Pings from a client that never reads its pongs: a slow consumer.
+                self.close_soon(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbound buffer full")
+                return
+            transport.write(control_frame(_PONG, payload))
         elif opcode == _PONG:
             self.ping_out = False
         else:
