@@ -76,22 +76,26 @@ def fresh_url() -> Iterator[str]:
     drop_database(url)
 
 
-async def test_postgres_database_before_search_is_indexed_on_upgrade(fresh_url: str) -> None:
-    conn = await asyncpg.connect(fresh_url)
+async def _old_postgres(url: str, *, below: int) -> int:
+    """A PostgreSQL database at the schema before migration ``below``, holding
+    ``OLD_MESSAGES`` in one conversation; the conversation's id."""
+    conn = await asyncpg.connect(url)
     try:
         await conn.execute(
             "CREATE TABLE schema_migrations (version int PRIMARY KEY,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for version, script in sorted(PG_MIGRATIONS):
-            if version >= PG_SEARCH:
+            if version >= below:
                 continue
             await conn.execute(script)
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        conv = await conn.fetchval(
-            "INSERT INTO conversations (kind, title, created_at, last_activity, last_seq)"
-            " VALUES ('group', 't', 1, 1, $1) RETURNING id",
-            len(OLD_MESSAGES),
+        conv = int(
+            await conn.fetchval(
+                "INSERT INTO conversations (kind, title, created_at, last_activity, last_seq)"
+                " VALUES ('group', 't', 1, 1, $1) RETURNING id",
+                len(OLD_MESSAGES),
+            )
         )
         await conn.execute(
             "INSERT INTO members (conversation_id, user_id) VALUES ($1, 'ann')", conv
@@ -107,6 +111,11 @@ async def test_postgres_database_before_search_is_indexed_on_upgrade(fresh_url: 
             )
     finally:
         await conn.close()
+    return conv
+
+
+async def test_postgres_database_before_search_is_indexed_on_upgrade(fresh_url: str) -> None:
+    conv = await _old_postgres(fresh_url, below=PG_SEARCH)
     await _check_upgraded(fresh_url, str(conv))
     conn = await asyncpg.connect(fresh_url)
     try:
@@ -119,36 +128,7 @@ async def test_postgres_database_before_search_is_indexed_on_upgrade(fresh_url: 
 async def test_postgres_search_index_loses_its_pending_list_on_upgrade(fresh_url: str) -> None:
     """Migration 6: messages indexed through GIN's pending list before it are still
     found after it, and new ones go straight into the index (``fastupdate`` off)."""
-    conn = await asyncpg.connect(fresh_url)
-    try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version int PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for version, script in sorted(PG_MIGRATIONS):
-            if version > PG_SEARCH:
-                continue
-            await conn.execute(script)
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        conv = await conn.fetchval(
-            "INSERT INTO conversations (kind, title, created_at, last_activity, last_seq)"
-            " VALUES ('group', 't', 1, 1, $1) RETURNING id",
-            len(OLD_MESSAGES),
-        )
-        await conn.execute(
-            "INSERT INTO members (conversation_id, user_id) VALUES ($1, 'ann')", conv
-        )
-        for seq, content in enumerate(OLD_MESSAGES, start=1):
-            await conn.execute(
-                "INSERT INTO messages (conversation_id, seq, sender_id, local_id, content,"
-                " sent_at) VALUES ($1, $2, 'ann', $3, $4, 1)",
-                conv,
-                seq,
-                f"old-{seq}",
-                content,
-            )
-    finally:
-        await conn.close()
+    conv = await _old_postgres(fresh_url, below=PG_SEARCH + 1)
     await _check_upgraded(fresh_url, str(conv))
     conn = await asyncpg.connect(fresh_url)
     try:
