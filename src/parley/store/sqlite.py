@@ -23,6 +23,7 @@ membership changes (``parley.store.base``, "The transaction rule").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import queue
@@ -254,6 +255,28 @@ MIGRATIONS: list[tuple[int, str]] = [
     DROP TRIGGER IF EXISTS messages_fts_insert;
     """,
     ),
+    # 8: the writer indexes new messages in larger groups, up to a second after their
+    # commit (``_index_new``): an FTS5 insert of 1,000 rows costs a third per row of one
+    # of 20. ``search_indexed.upto`` is the highest message id in the index, so a start
+    # after a crash indexes what the last run left out, and the triggers leave rows above
+    # it alone (the update trigger is made at every start: ``_erase_deleted_words``).
+    # Every row is indexed at this point (migration 7 indexed in the insert's transaction).
+    (
+        8,
+        """
+    CREATE TABLE search_indexed (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        upto INTEGER NOT NULL
+    );
+    INSERT INTO search_indexed (id, upto) SELECT 1, coalesce(max(id), 0) FROM messages;
+    DROP TRIGGER IF EXISTS messages_fts_delete;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+    WHEN old.id <= (SELECT upto FROM search_indexed WHERE id = 1) BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END;
+    """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
@@ -287,6 +310,8 @@ _MENTIONED = (
     " AND EXISTS (SELECT 1 FROM json_each(u.mentions) j WHERE j.value = m.user_id))"
 )
 _CACHE_LIMIT = 20_000
+_INDEX_ROWS = 2_000  # new messages indexed at once, at most …
+_INDEX_DELAY = 1.0  # … and at least once a second (a search indexes at once)
 _BATCH_MAX = 1024
 _STOP = object()
 _SIBLING_WINDOW = 0.01  # seconds: two senders this close together → others are active
@@ -331,13 +356,20 @@ class _Siblings:
 @dataclass(slots=True)
 class _WriterState:
     conv: dict[int, _ConvState] = field(default_factory=dict)
-    unindexed: list[int] = field(default_factory=list)  # this transaction's new message ids
+    # ids of committed (or this transaction's) messages not yet in the search index, in
+    # insert order, and when the first of them was added (monotonic seconds)
+    unindexed: list[int] = field(default_factory=list)
+    unindexed_since: float = 0.0
+    # user id -> deactivated? The writer is the only one that changes it
+    # (_op_set_user_active), as it is for ``conv``; dropped with ``conv`` on a rollback.
+    deactivated: dict[str, bool] = field(default_factory=dict)
 
 
 def _index_new(conn: sqlite3.Connection, state: _WriterState) -> None:
-    """Add the messages inserted in this transaction to the search index, in one
-    statement. Runs before the commit, and before anything that re-indexes a message
-    (the update trigger's FTS5 ``delete`` needs the row to be indexed already)."""
+    """Add the messages not yet in the search index to it, in one statement, and move
+    ``search_indexed.upto``. Runs inside the writer's transaction: when the index is due
+    (``_index_due``), before a search (``_op_flush_index``), and before anything that
+    re-indexes a message (the update trigger's FTS5 ``delete`` needs the row indexed)."""
     ids = state.unindexed
     if not ids:
         return
@@ -355,6 +387,50 @@ def _index_new(conn: sqlite3.Connection, state: _WriterState) -> None:
             " WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(ids),),
         )
+    conn.execute("UPDATE search_indexed SET upto = max(upto, ?) WHERE id = 1", (high,))
+
+
+def _index_due(state: _WriterState, now: float, delay: float) -> float | None:
+    """Seconds until the pending messages must be indexed (0: now); None: none pending."""
+    if not state.unindexed:
+        return None
+    if len(state.unindexed) >= _INDEX_ROWS:
+        return 0.0
+    return max(0.0, state.unindexed_since + delay - now)
+
+
+def _op_flush_index(conn: sqlite3.Connection, state: _WriterState) -> None:
+    """Index everything committed so far (a search reads its own writes)."""
+    _index_new(conn, state)
+
+
+def _index_pending(conn: sqlite3.Connection, state: _WriterState) -> None:
+    """Index the pending messages in a transaction of their own. On failure they stay
+    pending (the next batch or start-up indexes them)."""
+    unindexed = state.unindexed.copy()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        _index_new(conn, state)
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        state.unindexed, state.unindexed_since = unindexed, time.monotonic()
+
+
+def _index_leftovers(conn: sqlite3.Connection) -> None:
+    """At start-up: index the messages that a crash left out of the index."""
+    (upto,) = conn.execute("SELECT upto FROM search_indexed WHERE id = 1").fetchone()
+    (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+    if top > upto:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO messages_fts (rowid, content)"
+            " SELECT id, content FROM messages WHERE id > ?",
+            (upto,),
+        )
+        conn.execute("UPDATE search_indexed SET upto = ? WHERE id = 1", (top,))
+        conn.execute("COMMIT")
 
 
 def _connect(path: str, uri: bool, synchronous: str) -> sqlite3.Connection:
@@ -385,6 +461,7 @@ class SQLiteStore:
         self.synchronous = synchronous
         self.commit_delay = max(0.0, commit_delay)
         self.sibling_window = _SIBLING_WINDOW
+        self.index_delay = _INDEX_DELAY  # seconds a new message may wait for the index
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -485,6 +562,7 @@ class SQLiteStore:
             conn.execute("PRAGMA secure_delete=ON")
             _migrate(conn)
             _erase_deleted_words(conn)
+            _index_leftovers(conn)
             if not self._uri:  # checkpoints run beside the writer, never inside a commit
                 conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException as exc:  # report start-up failure to start()
@@ -496,7 +574,12 @@ class SQLiteStore:
         delay = self.commit_delay
         siblings = _Siblings(self.sibling_window)
         while not stopping:
-            item = self._queue.get()
+            due = _index_due(state, time.monotonic(), self.index_delay)
+            try:
+                item = self._queue.get() if due is None else self._queue.get(timeout=due)
+            except queue.Empty:  # idle, and the pending messages are due for the index
+                _index_pending(conn, state)
+                continue
             batch: list[_Op] = []
             if item is _STOP:
                 stopping = True
@@ -520,6 +603,7 @@ class SQLiteStore:
             if batch:
                 results = self._run_batch(conn, state, batch)
                 loop.call_soon_threadsafe(_resolve, results)
+        _index_pending(conn, state)  # what is pending goes into the index before exit
         conn.close()
 
     def _checkpoint_main(self) -> None:
@@ -548,9 +632,9 @@ class SQLiteStore:
         while todo:
             results: list[tuple[_Op, Any, BaseException | None]] = []
             poison: tuple[_Op, Exception] | None = None
+            unindexed, since = state.unindexed.copy(), state.unindexed_since
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                state.unindexed = []
                 for op in todo:
                     try:
                         results.append((op, op.fn(conn, state, *op.args), None))
@@ -561,14 +645,19 @@ class SQLiteStore:
                     except Exception as exc:
                         poison = (op, exc)
                         raise
-                _index_new(conn, state)
+                if not unindexed and state.unindexed:
+                    state.unindexed_since = time.monotonic()
+                if _index_due(state, time.monotonic(), self.index_delay) == 0.0:
+                    _index_new(conn, state)
                 conn.execute("COMMIT")
             except Exception as exc:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                state.unindexed, state.unindexed_since = unindexed, since
                 state.conv.clear()
+                state.deactivated.clear()
                 if poison is None:  # a storage failure: nothing of the batch is kept
                     failure = RuntimeError(f"storage failure: {exc}")
                     self.write_error = str(failure)
@@ -936,7 +1025,7 @@ class SQLiteStore:
             if existing is not None:
                 return existing, False
             raise ForbiddenError(NOT_MEMBER)
-        if _deactivated(conn, m.sender_id):
+        if _deactivated(conn, state, m.sender_id):
             existing = _find_by_local_id(conn, m.sender_id, m.local_id)
             if existing is not None:
                 return existing, False
@@ -1102,6 +1191,7 @@ class SQLiteStore:
             rows = c.execute(sql, args).fetchall()
             return _messages(c, rows[:limit]), len(rows) > limit
 
+        await self._submit(_op_flush_index)  # what was committed before is found
         return await self._read(read)
 
     # ------------------------------------------------------------------ receipts
@@ -1642,12 +1732,21 @@ def _op_set_user_active(
         " ON CONFLICT (id) DO UPDATE SET active = excluded.active",
         (user_id, 1 if active else 0),
     )
+    state.deactivated[user_id] = not active
 
 
-def _deactivated(conn: sqlite3.Connection, user_id: str) -> bool:
-    """Whether ``user_id`` is deactivated (one primary-key lookup, in the writer)."""
+def _deactivated(conn: sqlite3.Connection, state: _WriterState, user_id: str) -> bool:
+    """Whether ``user_id`` is deactivated: one primary-key lookup in the writer, then
+    remembered until the writer itself changes it."""
+    known = state.deactivated.get(user_id)
+    if known is not None:
+        return known
     row = conn.execute("SELECT active FROM users WHERE id = ?", (user_id,)).fetchone()
-    return row is not None and not row[0]
+    deactivated = row is not None and not row[0]
+    if len(state.deactivated) >= _CACHE_LIMIT:
+        state.deactivated.clear()
+    state.deactivated[user_id] = deactivated
+    return deactivated
 
 
 def _op_put_attachment(
@@ -1702,6 +1801,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
+# A row not in the index yet (its id above ``search_indexed.upto``) is indexed later with
+# its content of that time: a change before then must not touch the index (an FTS5
+# ``delete`` of a row that is not there corrupts it).
+_INDEXED = "WHEN old.id <= (SELECT upto FROM search_indexed WHERE id = 1)"
+
+
 def _erase_deleted_words(conn: sqlite3.Connection) -> None:
     """Make a deletion's words leave the file, as its content does (secure_delete).
 
@@ -1721,7 +1826,8 @@ def _erase_deleted_words(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("DROP TRIGGER IF EXISTS messages_fts_update")
     conn.execute(
-        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN"
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages"
+        f" {_INDEXED} BEGIN"
         " INSERT INTO messages_fts (messages_fts, rowid, content)"
         " VALUES ('delete', old.id, old.content);"
         " INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);"
