@@ -63,13 +63,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pg_baseline  # bench/pg_baseline.py, beside this script
+import profiles  # bench/profiles.py
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / "peers"
 PY = sys.executable
 SECRET = "bench-secret-" + "x" * 32
 SYSTEMS = ("parley", "raw", "socketio", "channels", "socketio-node", "ws-node")
-WORKLOADS = ("fanout", "capacity", "acks", "memory", "connect", "pgbench", "multinode")
+WORKLOADS = ("fanout", "capacity", "bigroom", "acks", "memory", "connect", "pgbench", "multinode")
 NODE_PEERS = PEERS / "node"
 # each system's `parley bench` dialect: the Node.js peers speak the Python peers' protocols
 PROTOCOL = {"socketio-node": "socketio", "ws-node": "raw"}
@@ -241,6 +242,22 @@ def node_versions() -> dict[str, str]:
     return versions
 
 
+_PROBE = (
+    "import time\nt = time.process_time()\nx = 0\n"
+    "for i in range(2_000_000): x += i & 7\n"
+    "print((time.process_time() - t) / 2e-3)"
+)
+
+
+def cpu_probe(cpu: int) -> float:
+    """ns per iteration of a fixed Python loop on core ``cpu``: how fast the machine is
+    right now (a virtual machine's speed can change during a run)."""
+    out = subprocess.run(
+        ["taskset", "-c", str(cpu), PY, "-c", _PROBE], capture_output=True, text=True, check=True
+    )
+    return round(float(out.stdout), 1)
+
+
 def machine_busy(seconds: float = 3.0) -> float:
     """Share of all CPUs busy over ``seconds`` (other sessions' load skews every number)."""
 
@@ -346,6 +363,9 @@ class Plan:
     step_factor: float
     capacity_step: int
     capacity_max: int
+    bigroom_start: int
+    bigroom_step: int
+    bigroom_max: int
     idle_connections: int
     ack_senders: tuple[int, ...]
     fanout_start: float = 2000.0  # delivered msgs/s of a fan-out series' first step
@@ -354,9 +374,23 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 3, 1, 200, (2, 10, 100), 2.0, 500, 1500, 1000, (1, 50))
+            return cls(True, 3, 1, 200, (2, 10, 100), 2.0, 500, 1500, 500, 500, 1000, 1000, (1, 50))
         return cls(
-            False, 10, 3, 1000, (2, 10, 100), 1.4, 1000, 15000, 10000, (1, 50), 5000.0, 500.0
+            False,
+            10,
+            3,
+            1000,
+            (2, 10, 100),
+            1.4,
+            1000,
+            15000,
+            10000,
+            2500,
+            30000,
+            10000,
+            (1, 50),
+            5000.0,
+            500.0,
         )
 
 
@@ -371,12 +405,16 @@ class Suite:
         self.runner = Runner(args.client_cpu, self.tmp)
         self.results: dict[str, Any] = {}
         self.busy: list[float] = []  # machine load before each series
+        self.speed: list[float] = []  # ns per loop of cpu_probe() before each series
+        self.profile_dir = Path(args.out) / "profiles"
+        self.profiling = bool(getattr(args, "profile", False)) and profiles.py_spy() is not None
 
     def server(self, system: str, **kw: Any) -> Server:
         busy = machine_busy(2.0)
         self.busy.append(busy)
         if busy > 0.05:
             log(f"  warning: the machine is {100 * busy:.0f}% busy before this series")
+        self.speed.append(cpu_probe(self.args.server_cpu))
         workdir = self.tmp / f"{system}-{secrets.token_hex(3)}"
         return Server(system, self.args.server_cpu, workdir, **kw)
 
@@ -422,6 +460,47 @@ class Suite:
             rate *= self.plan.step_factor
         return steps
 
+    def profile(self, server: Server, args: list[str], name: str, what: str) -> None:
+        """One more step of ``args`` with py-spy sampling the server during the measured
+        window; the collapsed stacks go to ``profiles/NAME.txt``, the summary into the
+        results (bench/profiles.py)."""
+        if not self.profiling or server.proc is None or server.proc.poll() is not None:
+            return
+        pid, out = server.proc.pid, self.profile_dir / f"{name}.txt"
+        out.unlink(missing_ok=True)
+        spies: list[subprocess.Popen[bytes]] = []
+        timers: list[threading.Timer] = []
+
+        def spy() -> None:
+            spies.append(profiles.record(pid, self.plan.duration - 1, out, self.args.client_cpu))
+
+        def on_line(line: str) -> None:
+            if "connections established" in line and not timers:
+                timers.append(threading.Timer(self.plan.warmup + 0.5, spy))
+                timers[0].start()
+
+        log(f"  profiling {name}: {what}")
+        result = self.runner.bench(server, *args, *self.timing(), on_line=on_line)
+        for timer in timers:
+            timer.join()
+        for proc in spies:
+            proc.wait(timeout=60)
+        if not out.exists():
+            log(f"  profile {name}: py-spy wrote nothing")
+            return
+        summary = profiles.summarize(out)
+        self.results.setdefault("profiles", {})[name] = {
+            "what": what,
+            "file": f"profiles/{out.name}",
+            "step": _summary(result),
+            "server_cpu": result.get("server_cpu"),
+            "markdown": summary.markdown(),
+        }
+
+    def best_rate(self, steps: list[dict[str, Any]]) -> float | None:
+        passed = [s for s in steps if s.get("pass")]
+        return max(s["rate"] for s in passed) if passed else None
+
     # -- (1) fan-out ------------------------------------------------------------------
     def fanout(self, systems: list[str]) -> None:
         plan = self.plan
@@ -446,26 +525,53 @@ class Suite:
                     ]
                     start = max(20.0, plan.fanout_start / max(1, room - 1))
                     steps = self.rising(server, args, start, passes, f"{system}/{room}")
+                    rate = self.best_rate(steps)
+                    if system == "parley" and room == 10 and rate is not None:
+                        what = f"fan-out, rooms of {room}, at its best passing rate"
+                        rate_args = ["--rate", f"{rate:.1f}"]
+                        self.profile(server, [*args, *rate_args], f"fanout-{room}", what)
                 out.setdefault(str(room), {})[system] = steps
         self.results["fanout"] = out
 
     # -- (2) capacity -----------------------------------------------------------------
     def capacity(self, systems: list[str]) -> None:
         plan = self.plan
+        self.results["capacity"] = self.one_room(
+            "capacity", systems, plan.capacity_step, plan.capacity_step, plan.capacity_max, 4, 8
+        )
+
+    def bigroom(self, systems: list[str]) -> None:
+        """The capacity workload at one broadcast a second: at 8 a second the generator's
+        own core, not the server, ends every series near 15,000 clients."""
+        plan = self.plan
+        self.results["bigroom"] = self.one_room(
+            "bigroom", systems, plan.bigroom_start, plan.bigroom_step, plan.bigroom_max, 1, 1
+        )
+
+    def one_room(
+        self,
+        name: str,
+        systems: list[str],
+        start: int,
+        step: int,
+        maximum: int,
+        senders: int,
+        rate: float,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for system in systems:
-            log(f"capacity: {system}")
+            log(f"{name}: {system}")
             steps: list[dict[str, Any]] = []
             with self.server(system) as server:
-                clients = plan.capacity_step
-                while clients <= plan.capacity_max:
-                    result = self.runner.bench(
-                        server,
+                clients = start
+                while clients <= maximum:
+                    args = [
                         *("--connections", str(clients), "--room-size", str(clients)),
-                        *("--senders", "4", "--rate", "8", "--source-ips", SOURCE_IPS),
+                        *("--senders", str(senders), "--rate", str(rate)),
+                        *("--source-ips", SOURCE_IPS),
                         *("--connect-concurrency", "100", "--drain", "10"),
-                        *self.timing(),
-                    )
+                    ]
+                    result = self.runner.bench(server, *args, *self.timing())
                     result["clients"] = clients
                     ok = "failed" not in result and (
                         result["broadcast_latency_ms"]["p95"] <= 500
@@ -476,10 +582,13 @@ class Suite:
                     steps.append(result)
                     log(f"  {clients:6d} clients {'ok  ' if ok else 'FAIL'} {_summary(result)}")
                     if not ok:
+                        if system == "parley" and "failed" not in result:
+                            what = f"{name}: one room of {clients:,} (the first failing step)"
+                            self.profile(server, args, name, what)
                         break
-                    clients += plan.capacity_step
+                    clients += step
             out[system] = steps
-        self.results["capacity"] = out
+        return out
 
     # -- (3) durable acks -------------------------------------------------------------
     def acks(self, ceiling: bool) -> None:
@@ -514,6 +623,13 @@ class Suite:
                         steps = self.rising(
                             server, args, self.plan.ack_start, passes, f"{name}/{senders}"
                         )
+                        rate = self.best_rate(steps)
+                        if system == "parley" and senders == 50 and rate is not None:
+                            tag = name.lower().replace(" ", "-")
+                            what = f"durable acks, {name}, {senders} senders, best passing rate"
+                            self.profile(
+                                server, [*args, "--rate", f"{rate:.1f}"], f"acks-{tag}", what
+                            )
                     out.setdefault(name, {})[str(senders)] = steps
         finally:
             if pg is not None:
@@ -711,7 +827,13 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
     env = environment()
     (out / "results.json").write_text(
         json.dumps(
-            {"environment": env, "command": command, "machine_busy": suite.busy, "results": res},
+            {
+                "environment": env,
+                "command": command,
+                "machine_busy": suite.busy,
+                "machine_speed_ns": suite.speed,
+                "results": res,
+            },
             indent=1,
         )
         + "\n"
@@ -758,6 +880,34 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
                 else f"| {system} | — | | |"
             )
         lines += ["", *capacity_ratios(res["capacity"]), ""]
+    if "bigroom" in res:
+        lines += [
+            "## One big room: most clients with p95 broadcast ≤ 500 ms, 1 broadcast/s",
+            "",
+            "The capacity workload with one broadcaster sending 1 msg/s (+2,500 clients a",
+            "step from 10,000), so that the generator's core is not what ends the series.",
+            "",
+        ]
+        lines += ["| system | clients | p95 broadcast ms | generator CPU | server CPU |"]
+        lines += ["|---|---|---|---|---|"]
+        for system, steps in res["bigroom"].items():
+            b = best(steps, "clients")
+            lines.append(
+                f"| {system} | {b['clients']:,} | {b['broadcast_latency_ms']['p95']:.0f} | "
+                f"{100 * b['generator_cpu']:.0f}% | {100 * (b.get('server_cpu') or 0):.0f}% |"
+                if b
+                else f"| {system} | — | | | |"
+            )
+        tops = {system: best(steps, "clients") for system, steps in res["bigroom"].items()}
+        top = tops.get("parley")
+        if top is not None:
+            verdict = "meets" if top["clients"] >= BIGROOM_TARGET else "misses"
+            lines += [
+                "",
+                f"Parley: {top['clients']:,} clients in one room ({verdict} the "
+                f"{BIGROOM_TARGET:,} target).",
+            ]
+        lines.append("")
     if "acks" in res:
         lines += ["## Durable acks: highest acked msgs/s with p99 ack ≤ 50 ms", ""]
         lines += [
@@ -802,7 +952,29 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
             gen = f"{100 * con['generator_cpu']:.0f}%" if con and "generator_cpu" in con else ""
             lines.append(f"| {system} | {kib} | {rate} | {gen} |")
         lines.append("")
+    if "profiles" in res:
+        lines += [
+            "## Profiles: where Parley's CPU goes",
+            "",
+            "py-spy sampled the Parley server at 100 Hz through the measured window of one",
+            "more step of each workload below (the collapsed stacks are in `profiles/`;",
+            "`python bench/profiles.py profiles/NAME.txt` summarises one). Shares are of",
+            "the samples of running threads: where the server's one core went.",
+            "",
+        ]
+        for name, prof in res["profiles"].items():
+            lines += [f"### {name}: {prof['what']}", "", f"Step: {prof['step']}.", ""]
+            lines += [*prof["markdown"], ""]
     busiest = max(suite.busy, default=0.0)
+    if suite.speed:
+        lo, hi = min(suite.speed), max(suite.speed)
+        lines += [
+            f"Machine speed before each series (`cpu_probe`, ns per loop on the server's core;"
+            f" lower is faster): {lo:.0f} to {hi:.0f}"
+            + (" — **the machine's speed changed during the run**" if hi > 1.15 * lo else "")
+            + ".",
+            "",
+        ]
     lines += [
         "## Notes",
         "",
@@ -824,6 +996,7 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
 
 
 PG_ACK_TARGET = 15000  # durable acks/s on PostgreSQL, 50 senders, p99 ≤ 50 ms
+BIGROOM_TARGET = 20000  # clients in one room at p95 broadcast ≤ 500 ms
 
 
 def pgbench_notes(pgbench: dict[str, Any], parley_pg: dict[str, Any]) -> list[str]:
@@ -1078,6 +1251,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
         help="admin URL; a fresh database is created and dropped",
     )
+    p.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the py-spy profiles of Parley (taken when py-spy is installed)",
+    )
     args = p.parse_args(argv)
     only = [w for w in args.only.split(",") if w]
     systems = [s for s in args.systems.split(",") if s]
@@ -1100,6 +1279,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.fanout(systems)
         if "capacity" in only:
             suite.capacity(systems)
+        if "bigroom" in only:
+            suite.bigroom(systems)
         if "acks" in only and "parley" in systems:
             suite.acks(ceiling="raw" in systems)
         elif "pgbench" in only:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -468,3 +469,72 @@ def test_multinode_cpu_clock_counts_a_process_cpu(monkeypatch: pytest.MonkeyPatc
     while time.process_time() < spin_until:
         pass
     assert multinode.cpu_seconds(os.getpid()) - before >= 0.05
+
+
+def test_profile_summary_by_thread_component_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profiles = load_script("profiles", monkeypatch)
+    loop = "_run_module_as_main (<frozen runpy>:198);Runner.run (asyncio/runners.py:118)"
+    writer = (
+        "Thread._bootstrap (threading.py:1002);"
+        "SQLiteStore._writer_main (parley/store/sqlite.py:521)"
+    )
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        f"{loop} 50\n"
+        f"{loop};WsPeer.data_received (/x/site-packages/parley/server/ws.py:428) 20\n"
+        f"{writer};SQLiteStore._op_append (/x/src/parley/store/sqlite.py:970) 30\n"
+        "not a stack line\n"
+    )
+    summary = profiles.summarize(raw)
+    assert summary.total == 100
+    assert dict(summary.threads) == {"event loop thread": 70, "SQLite writer thread": 30}
+    assert summary.components["event loop and socket I/O (uvloop, C)"] == 50
+    assert summary.components["WebSocket frames (parse, unmask, write)"] == 20
+    assert summary.components["store (SQLite writer / PostgreSQL client)"] == 30
+    text = "\n".join(summary.markdown())
+    assert "| SQLite writer thread | 30.0% |" in text
+    (append,) = [line for line in text.splitlines() if "_op_append (parley/store" in line]
+    assert append.startswith("| `SQLiteStore._op_append (parley/store/sqlite.py:970)` | ")
+    assert append.endswith(" | 30.0% |")
+
+
+def test_report_bigroom_and_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load_script("run", monkeypatch)
+
+    def room(clients: int, ok: bool) -> dict[str, Any]:
+        return {
+            "pass": ok,
+            "clients": clients,
+            "broadcast_latency_ms": {"p95": 120.0},
+            "generator_cpu": 0.2,
+            "server_cpu": 0.5,
+        }
+
+    suite = types.SimpleNamespace(
+        results={
+            "bigroom": {"parley": [room(20000, True), room(22500, False)]},
+            "profiles": {
+                "fanout-10": {
+                    "what": "fan-out",
+                    "step": "sent 1/s",
+                    "markdown": [
+                        "| thread | share |",
+                        "|---|---|",
+                        "| event loop thread | 60.0% |",
+                    ],
+                }
+            },
+        },
+        busy=[0.0],
+        speed=[100.0, 130.0],
+        args=types.SimpleNamespace(server_cpu=0, client_cpu=1),
+        plan=types.SimpleNamespace(quick=False),
+    )
+    run.write_report(suite, tmp_path, "python bench/run.py")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| parley | 20,000 | 120 | 20% | 50% |" in text
+    assert "Parley: 20,000 clients in one room (meets the 20,000 target)." in text
+    assert "### fanout-10: fan-out" in text and "| event loop thread | 60.0% |" in text
+    assert "the machine's speed changed during the run" in text

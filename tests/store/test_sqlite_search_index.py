@@ -1,6 +1,7 @@
-"""SQLite indexes new messages for search once per write batch (migration 7), not with
-a trigger per row. A change in the same batch as the message it changes, and a batch
-rerun after a poison message, must leave the index exactly in step with the rows."""
+"""SQLite indexes new messages for search in groups, by the writer (migrations 7 and 8),
+not with a trigger per row. A change in the same batch as the message it changes, a batch
+rerun after a poison message, a search before the writer indexed, a crash before it
+indexed and a close must all leave the index exactly in step with the rows."""
 
 from __future__ import annotations
 
