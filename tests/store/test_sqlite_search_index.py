@@ -6,11 +6,12 @@ indexed and a close must all leave the index exactly in step with the rows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from parley.store.base import NewMessage
@@ -153,50 +154,49 @@ async def wait_until(check: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def opened(path: Path, index_delay: float | None = None) -> AsyncIterator[SQLiteStore]:
+    """A started store on ``path``; closed on the way out, and then its index checked."""
+    store = SQLiteStore(str(path))
+    if index_delay is not None:
+        store.index_delay = index_delay
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+    integrity_check(path)
+
+
 async def test_a_search_finds_every_committed_message_before_the_writer_indexes_it(
     tmp_path: Path,
 ) -> None:
     """Migration 8: the writer indexes new messages in groups, up to ``index_delay``
     after they commit; a search indexes what is pending first (read-your-writes)."""
     path = tmp_path / "parley.db"
-    store = SQLiteStore(str(path))
-    store.index_delay = 3600.0
-    await store.start()
-    try:
+    async with opened(path, index_delay=3600.0) as store:
         conv = await group(store, "alice", "bob")
         first, second = await post(store, conv, "alice", "lazy walrus", "eager walrus")
         assert indexed_ids(path, "walrus") == []  # committed, not indexed yet
         assert sorted(await find(store, "bob", "walrus")) == ["eager walrus", "lazy walrus"]
         assert indexed_ids(path, "walrus") == [int(first.id), int(second.id)]
-    finally:
-        await store.close()
-    integrity_check(path)
 
 
 async def test_an_idle_writer_indexes_new_messages_after_the_delay(tmp_path: Path) -> None:
     path = tmp_path / "parley.db"
-    store = SQLiteStore(str(path))
-    store.index_delay = 0.2
-    await store.start()
-    try:
+    async with opened(path, index_delay=0.2) as store:
         conv = await group(store, "alice", "bob")
         (first,) = await post(store, conv, "alice", "idle heron")
         await wait_until(lambda: indexed_ids(path, "heron") == [int(first.id)])
-    finally:
-        await store.close()
-    integrity_check(path)
 
 
 async def test_closing_the_store_indexes_what_is_pending(tmp_path: Path) -> None:
     path = tmp_path / "parley.db"
-    store = SQLiteStore(str(path))
-    store.index_delay = 3600.0
-    await store.start()
-    conv = await group(store, "alice", "bob")
-    (first,) = await post(store, conv, "alice", "closing crane")
-    await store.close()
+    async with opened(path, index_delay=3600.0) as store:
+        conv = await group(store, "alice", "bob")
+        (first,) = await post(store, conv, "alice", "closing crane")
+        assert indexed_ids(path, "crane") == []
     assert indexed_ids(path, "crane") == [int(first.id)]
-    integrity_check(path)
 
 
 _CRASH = """
@@ -226,37 +226,25 @@ async def test_messages_a_crash_left_out_of_the_index_are_indexed_at_the_next_st
     crashed = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASH, str(path))
     assert await asyncio.wait_for(crashed.wait(), 60) == 0
     assert indexed_ids(path, "crash") == []  # the 20 acked messages are not in the index
-    store = SQLiteStore(str(path))
-    await store.start()
-    try:
+    async with opened(path) as store:
         # the start indexed them, before any search could
         assert len(indexed_ids(path, "crash")) == 20
         found = await find(store, "bob", "crash", limit=50)
         assert sorted(found) == sorted(f"crash {i}" for i in range(20))
-    finally:
-        await store.close()
-    integrity_check(path)
 
 
 async def test_a_database_before_migration_8_keeps_its_index(tmp_path: Path) -> None:
     path = tmp_path / "parley.db"
-    store = SQLiteStore(str(path))
-    await store.start()
-    conv = await group(store, "alice", "bob")
-    await post(store, conv, "alice", "older otter")
-    await store.close()
+    async with opened(path) as store:
+        conv = await group(store, "alice", "bob")
+        await post(store, conv, "alice", "older otter")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DELETE FROM schema_migrations WHERE version = 8")
     conn.execute("DROP TABLE search_indexed")
     conn.close()
-    store = SQLiteStore(str(path))
-    await store.start()
-    try:
+    async with opened(path) as store:
         (newer,) = await post(store, conv, "alice", "newer otter")
         assert sorted(await find(store, "bob", "otter")) == ["newer otter", "older otter"]
         edit = await store.edit_message(conv, newer.id, "alice", "renamed beaver", time.time())
         assert edit[1]
         assert await find(store, "bob", "otter") == ["older otter"]
-    finally:
-        await store.close()
-    integrity_check(path)
