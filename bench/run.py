@@ -559,6 +559,13 @@ class Suite:
         rate: float,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        # One socket per client in the generator and in the server: a process that may
+        # open fewer files than a step needs would fail it at setup, not on latency.
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if maximum + 500 > files:
+            maximum = files - 500
+            self.results.setdefault("limits", {})["open_files"] = files
+            log(f"  {name}: at most {maximum:,} clients (a process may open {files:,} files)")
         for system in systems:
             log(f"{name}: {system}")
             steps: list[dict[str, Any]] = []
@@ -586,6 +593,9 @@ class Suite:
                             what = f"{name}: one room of {clients:,} (the first failing step)"
                             self.profile(server, args, name, what)
                         break
+                    if clients < maximum < clients + step:
+                        clients = maximum  # a last step at the limit
+                        continue
                     clients += step
             out[system] = steps
         return out
@@ -899,6 +909,14 @@ def write_report(suite: Suite, out: Path, command: str) -> None:
                 else f"| {system} | — | | | |"
             )
         tops = {system: best(steps, "clients") for system, steps in res["bigroom"].items()}
+        files = res.get("limits", {}).get("open_files")
+        if files is not None:
+            lines += [
+                "",
+                f"This machine lets a process open at most {files:,} files (a hard limit that",
+                "only a privileged process can raise), one per connection in the generator and",
+                f"in the server alike: the series stop at {files - 500:,} clients.",
+            ]
         top = tops.get("parley")
         if top is not None:
             verdict = "meets" if top["clients"] >= BIGROOM_TARGET else "misses"
