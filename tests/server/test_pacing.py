@@ -188,7 +188,9 @@ async def test_bystander_acks_flow_while_a_flooder_is_paced(tmp_path: Path) -> N
                 await alice.send(send(conv["id"], f"a{i}"))
                 await alice.expect("chat_message", is_ack(f"a{i}"), timeout=30)
                 latencies.append(time.perf_counter() - started)
-            assert flooder.returncode is None, "the flooder stopped early"
+            if flooder.returncode is not None:
+                stopped = (await flooder.stdout.read()).decode()
+                raise AssertionError(f"the flooder stopped early: {stopped}")
             flooder.terminate()
             out = json.loads(await flooder.stdout.read())
             assert not alice.seen("error")

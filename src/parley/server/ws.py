@@ -664,7 +664,9 @@ class WsPeer(asyncio.Protocol):
         if self.dead or self.close_sent:
             return
         transport = self.transport
-        if self.ping_out and not self.seen:
+        # A connection whose reading is held (its paced actions fill their queue) is not
+        # silent: what it sent, its pong too, waits in the socket until it is read.
+        if self.ping_out and not self.seen and not self.held:
             log.debug("no pong from %s: dropped", self.client_id)
             self.dead = True
             self.read_done = True
