@@ -106,6 +106,28 @@ async def test_heartbeat_answered_before_paced_actions(tmp_path: Path) -> None:
             await ws.close()
 
 
+async def test_a_connection_held_back_by_pacing_is_not_taken_for_silent(tmp_path: Path) -> None:
+    """While the server holds back reading a connection (its paced actions fill their
+    queue), the client's pongs wait unread in the socket: the heartbeat sweep must not
+    drop it as silent. Each hold here lasts about a second, several ping intervals."""
+    args = [
+        *("--rate-limit", "10", "--rate-burst", "1", "--rate-max-delay", "30"),
+        *("--rate-queue-bytes", "3000", "--ping-interval", "0.25"),
+    ]
+    with ParleyServer(tmp_path, extra_args=args) as srv:
+        conv = await conversation(srv, "alice", "bob")
+        ws = await connect(srv, "alice")
+        try:
+            await pipeline(ws, [send(conv["id"], f"p{i}", "x" * 200) for i in range(40)])
+            for i in range(40):
+                await ws.expect("chat_message", is_ack(f"p{i}"), timeout=30)
+            assert not ws.seen("error")
+            await ws.send({"action": "heartbeat"})
+            await ws.expect("heartbeat_ack", timeout=10)
+        finally:
+            await ws.close()
+
+
 async def test_refused_past_max_delay_then_1008_after_owed_acks(tmp_path: Path) -> None:
     args = [
         "--rate-limit",
@@ -218,9 +240,16 @@ import asyncio, json, signal, sys
 import aiohttp
 
 async def main(url, conv):
-    stats = {"sent": 0, "acked": 0, "refused": 0, "close": None}
+    # As fast as the server answers, far past the limit, with at most 500 actions
+    # unanswered: a flooder that reads its answers (one that does not is evicted as a
+    # slow consumer, 1013, once they fill its outbound buffer).
+    stats = {"sent": 0, "acked": 0, "refused": 0, "answered": 0, "close": None}
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    answered = asyncio.Event()
+    def end():
+        stop.set()
+        answered.set()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, end)
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url, max_msg_size=0) as ws:
             async def read():
@@ -234,10 +263,18 @@ async def main(url, conv):
                         if not told:
                             told = True
                             print("refused", flush=True)
+                    else:
+                        continue
+                    stats["answered"] += 1
+                    answered.set()
                 stats["close"] = ws.close_code
-                stop.set()
+                end()
             reader = asyncio.ensure_future(read())
             while not stop.is_set():
+                if stats["sent"] - stats["answered"] >= 500:
+                    answered.clear()
+                    await answered.wait()
+                    continue
                 frame = {"action": "send_message", "conversation_id": conv,
                          "content": "flood", "local_id": "m%d" % stats["sent"]}
                 await ws.send_str(json.dumps(frame))
