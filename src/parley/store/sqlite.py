@@ -407,7 +407,7 @@ def _op_flush_index(conn: sqlite3.Connection, state: _WriterState) -> None:
 def _index_pending(conn: sqlite3.Connection, state: _WriterState) -> None:
     """Index the pending messages in a transaction of their own. On failure they stay
     pending (the next batch or start-up indexes them)."""
-    unindexed = state.unindexed.copy()
+    unindexed, kept = state.unindexed, len(state.unindexed)
     try:
         conn.execute("BEGIN IMMEDIATE")
         _index_new(conn, state)
@@ -415,6 +415,7 @@ def _index_pending(conn: sqlite3.Connection, state: _WriterState) -> None:
     except sqlite3.Error:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+        del unindexed[kept:]  # ``_index_new`` replaces the list, never empties it
         state.unindexed, state.unindexed_since = unindexed, time.monotonic()
 
 
@@ -632,7 +633,9 @@ class SQLiteStore:
         while todo:
             results: list[tuple[_Op, Any, BaseException | None]] = []
             poison: tuple[_Op, Exception] | None = None
-            unindexed, since = state.unindexed.copy(), state.unindexed_since
+            # A rollback keeps what was pending before it: the batch only appends to
+            # this list, and ``_index_new`` replaces it rather than emptying it.
+            unindexed, kept, since = state.unindexed, len(state.unindexed), state.unindexed_since
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for op in todo:
@@ -645,7 +648,7 @@ class SQLiteStore:
                     except Exception as exc:
                         poison = (op, exc)
                         raise
-                if not unindexed and state.unindexed:
+                if not kept and state.unindexed:
                     state.unindexed_since = time.monotonic()
                 if _index_due(state, time.monotonic(), self.index_delay) == 0.0:
                     _index_new(conn, state)
@@ -655,6 +658,7 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                del unindexed[kept:]
                 state.unindexed, state.unindexed_since = unindexed, since
                 state.conv.clear()
                 state.deactivated.clear()
