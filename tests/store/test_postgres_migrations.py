@@ -135,3 +135,41 @@ async def test_version_2_database_gains_the_log_of_changes(fresh_url: str) -> No
         assert summary.last_message is not None and summary.last_message.id == record.id
     finally:
         await store.close()
+
+
+# Foreign keys whose referencing column is no index's first column, on purpose: a
+# message is never removed (a deletion leaves a tombstone), so these keys never look
+# up the referencing rows; a new entry here needs such a reason.
+UNINDEXED_ON_PURPOSE = {
+    ("messages", "reply_to"),
+    ("log_entries", "message_id"),
+}
+
+
+async def test_every_lookup_by_a_foreign_key_is_indexed(pg_url: str) -> None:
+    """A foreign key's referencing columns lead some index: the key's own check on a
+    delete, and Parley's reads by that column, never scan the whole table."""
+    store = open_store(pg_url)
+    await store.start()
+    await store.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            """SELECT c.conrelid::regclass::text AS tab,
+                      array_agg(a.attname::text ORDER BY x.n) AS cols
+               FROM pg_constraint c
+               CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY x(attnum, n)
+               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = x.attnum
+               WHERE c.contype = 'f' AND NOT EXISTS (
+                   SELECT 1 FROM pg_index i
+                   WHERE i.indrelid = c.conrelid
+                     AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+                     AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)
+               GROUP BY c.conrelid, c.conname"""
+        )
+        # the query sees a key that has no index (the catalogue is read, not assumed)
+        assert any(tuple(r["cols"]) == ("reply_to",) for r in rows)
+    finally:
+        await conn.close()
+    unindexed = {(r["tab"], c) for r in rows for c in r["cols"]}
+    assert unindexed == UNINDEXED_ON_PURPOSE

@@ -530,6 +530,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         SELECT gin_clean_pending_list('messages_search'::regclass);
         """,
     ),
+    (
+        7,
+        # Which uploads are already linked to a message: read by every batch that sends
+        # an uploaded attachment, and checked by the foreign key when a deletion drops a
+        # message's attachments. Without an index both scanned all of message_attachments.
+        """
+        CREATE INDEX message_attachments_by_attachment ON message_attachments (attachment_id);
+        """,
+    ),
 ]
 
 _MESSAGE_COLUMNS = (
