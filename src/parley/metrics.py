@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -38,6 +38,8 @@ class Metrics:
         self.messages = 0
         self.duplicates = 0
         self.deliveries = 0
+        # REST requests the node limited alone, Redis not answering (set by the app)
+        self.rest_limit_local: Callable[[], int] = lambda: 0
         r.register(_HotCounters(self))
         self.errors = Counter("parley_errors", "Error events sent", ["code"], registry=r)
         self.ack_latency = Histogram(
@@ -123,4 +125,9 @@ class _HotCounters(Collector):
         )
         yield CounterMetricFamily(
             "parley_deliveries", "Frames written to connections by fan-out", value=m.deliveries
+        )
+        yield CounterMetricFamily(
+            "parley_rest_limit_local_decisions",
+            "REST requests rate-limited by this node alone because Redis did not answer",
+            value=m.rest_limit_local(),
         )

@@ -25,6 +25,7 @@ from parley.auth import TokenVerifier
 from parley.broker import open_broker
 from parley.broker.base import Broker
 from parley.config import Settings, StartupError, mask_url, parse_list
+from parley.limiter import open_limiter
 from parley.metrics import Metrics
 from parley.presence import Presence, open_presence
 from parley.server.health import Health
@@ -189,7 +190,11 @@ def build_app(
     worker = _webhooks(settings, store, service, metrics)
     verifier = make_verifier(settings)
     endpoint = WebSocketEndpoint(settings, service, verifier, metrics)
-    rest = Rest(settings, service, verifier)
+    limiter = open_limiter(
+        settings.redis, rate=settings.rest_rate_limit, burst=settings.rest_rate_burst
+    )
+    metrics.rest_limit_local = lambda: int(getattr(limiter, "fallbacks", 0))
+    rest = Rest(settings, service, verifier, limiter)
     health = Health(settings, service, verifier, metrics)
 
     app = web.Application(
@@ -229,6 +234,7 @@ def build_app(
         if worker is not None:  # deliveries in flight finish; the rest waits in the outbox
             await worker.close(grace=settings.shutdown_timeout / 2)
         await presence.close()
+        await limiter.close()
         await broker.close()
         await store.close()
 

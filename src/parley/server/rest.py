@@ -21,6 +21,8 @@ from parley import protocol as p
 from parley.auth import AuthError, Identity, TokenVerifier
 from parley.codes import ErrorCode
 from parley.config import Settings
+from parley.limiter import Limiter
+from parley.limiter.memory import MemoryLimiter
 from parley.service import ChatService, ServiceError
 from parley.service.rules import strict_int
 
@@ -36,7 +38,6 @@ STATUS = {
 }
 MAX_SEQ = 2**62
 _DEMO_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
-_BUCKETS_MAX = 100_000  # users tracked by the REST rate limit before idle ones are dropped
 MAX_JSON_BODY = 1024 * 1024  # bytes of a JSON request body
 _SEARCH_PARAMS = frozenset({"q", "conversation_id", "limit", "offset"})
 
@@ -72,52 +73,18 @@ class DemoLogin(msgspec.Struct):
     name: str
 
 
-class _Bucket:
-    __slots__ = ("at", "tokens")
-
-    def __init__(self, tokens: float, at: float) -> None:
-        self.tokens = tokens
-        self.at = at
-
-
-class RestRateLimit:
-    """A token bucket per user: ``rate`` requests per second, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self.buckets: dict[str, _Bucket] = {}
-
-    def retry_after(self, user_id: str, now: float) -> float:
-        """0 when the request may go ahead (and is counted), else seconds to wait."""
-        if self.rate <= 0:
-            return 0.0
-        b = self.buckets.get(user_id)
-        if b is None:
-            if len(self.buckets) >= _BUCKETS_MAX:
-                self._prune(now)
-            b = self.buckets[user_id] = _Bucket(self.burst, now)
-        b.tokens = min(self.burst, b.tokens + (now - b.at) * self.rate)
-        b.at = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
-            return 0.0
-        return (1.0 - b.tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        full = self.burst / self.rate
-        for user in [u for u, b in self.buckets.items() if now - b.at >= full]:
-            del self.buckets[user]
-        if len(self.buckets) >= _BUCKETS_MAX:
-            self.buckets.clear()
-
-
 class Rest:
-    def __init__(self, settings: Settings, service: ChatService, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: ChatService,
+        verifier: TokenVerifier,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
         self.verifier = verifier
-        self.limiter = RestRateLimit(settings.rest_rate_limit, settings.rest_rate_burst)
+        self.limiter = limiter or MemoryLimiter(settings.rest_rate_limit, settings.rest_rate_burst)
         self.demo_users: dict[str, None] = {}
 
     def routes(self) -> list[web.RouteDef]:
@@ -146,8 +113,9 @@ class Rest:
         return routes
 
     # ------------------------------------------------------------------ helpers
-    def identity(self, request: web.Request) -> Identity:
-        """The caller's verified token, counted against its REST rate limit."""
+    async def identity(self, request: web.Request) -> Identity:
+        """The caller's verified token, counted against its REST rate limit (one
+        bucket per user for the whole deployment when the nodes share a Redis)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -156,7 +124,7 @@ class Rest:
             me = self.verifier.verify(token.strip())
         except AuthError as exc:
             raise _error(401, "UNAUTHORIZED", str(exc)) from None
-        wait = self.limiter.retry_after(me.user_id, time.monotonic())
+        wait = await self.limiter.retry_after(me.user_id, time.time())
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             raise ApiError(
@@ -191,7 +159,7 @@ class Rest:
 
     # ------------------------------------------------------------------ conversations
     async def create_conversation(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         body = await self.body(request, CreateConversation)
         conv, _created = await self.service.create_conversation(
             me.user_id, body.member_ids, body.title
@@ -199,16 +167,16 @@ class Rest:
         return json_body(self.service.conversation_data(conv), status=201)
 
     async def list_conversations(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         return json_body({"conversations": await self.service.list_conversations(me.user_id)})
 
     async def get_conversation(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         conv = await self.service.member_conversation(me.user_id, request.match_info["id"])
         return json_body(self.service.conversation_data(conv))
 
     async def update_conversation(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         body = await self.body(request, UpdateConversation)
         conv = await self.service.set_title(
             me.user_id, request.match_info["id"], body.title, admin=me.admin
@@ -216,7 +184,7 @@ class Rest:
         return json_body(self.service.conversation_data(conv))
 
     async def add_members(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         body = await self.body(request, AddMembers)
         conv = await self.service.add_members(
             me.user_id, request.match_info["id"], body.member_ids, admin=me.admin
@@ -224,14 +192,14 @@ class Rest:
         return json_body(self.service.conversation_data(conv))
 
     async def remove_member(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         conv = await self.service.remove_member(
             me.user_id, request.match_info["id"], request.match_info["user_id"], admin=me.admin
         )
         return json_body(self.service.conversation_data(conv))
 
     async def messages(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         q = request.query
         before = strict_int(q.get("before_seq"), "before_seq", low=0, high=MAX_SEQ)
         after = strict_int(q.get("after_seq"), "after_seq", low=0, high=MAX_SEQ)
@@ -246,14 +214,14 @@ class Rest:
         return json_body({"messages": wire, "has_more": more})
 
     async def presence(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         users = await self.service.presence_of(me.user_id, request.query.get("user_ids"))
         return json_body({"presence": users})
 
     async def send_message(self, request: web.Request) -> web.Response:
         """``send_message`` over REST: the body is the action's fields (the conversation
         is the path's); an admin token may add ``sender_id``. 201 new, 200 repeat."""
-        me = self.identity(request)
+        me = await self.identity(request)
         raw = await self.raw_json(request)
         try:
             fields = msgspec.json.decode(raw)
@@ -278,7 +246,7 @@ class Rest:
         return json_body(wire, status=201 if created else 200)
 
     async def search(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         q = request.query
         unknown = sorted(set(q) - _SEARCH_PARAMS)
         if unknown:
@@ -308,7 +276,7 @@ class Rest:
 
     # ------------------------------------------------------------------ attachments
     async def upload(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         await self.service.authorize(me.user_id)
         # Only the transport's part here: stop reading a body that is too large.
         limit = self.settings.max_attachment_bytes
@@ -365,7 +333,7 @@ class Rest:
 
     # ------------------------------------------------------------------ admin
     async def _admin(self, request: web.Request) -> str:
-        me = self.identity(request)
+        me = await self.identity(request)
         if not me.admin:
             raise _error(403, ErrorCode.FORBIDDEN, "admin token required")
         await self.service.authorize(me.user_id)
@@ -403,7 +371,7 @@ class Rest:
         return json_body({"token": token, "user_id": name})
 
     async def demo_list(self, request: web.Request) -> web.Response:
-        me = self.identity(request)
+        me = await self.identity(request)
         await self.service.authorize(me.user_id)
         return json_body({"users": list(self.demo_users)})
 
