@@ -60,6 +60,16 @@ async def test_a_burst_then_one_request_per_interval(make_limiter: LimiterFactor
     assert waits[:3] == [0.0, 0.0, 0.0] and waits[3] == 0.5
 
 
+async def test_a_clock_that_goes_back_leaves_the_bucket_empty_not_in_debt(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(1.0, 2.0)
+    assert [await limiter.retry_after("ann", T0) for _ in range(2)] == [0.0, 0.0]
+    # an hour back (a clock stepped back, or a node whose clock is behind)
+    assert await limiter.retry_after("ann", T0 - 3600) == 1.0
+    assert await limiter.retry_after("ann", T0 - 3599) == 0.0
+
+
 async def test_rate_zero_is_off(make_limiter: LimiterFactory) -> None:
     limiter = make_limiter(0.0, 1.0)
     assert {await limiter.retry_after("ann", T0) for _ in range(50)} == {0.0}

@@ -22,15 +22,19 @@ SLACK = 1e-6
 
 def gcra(tat: float, now: float, interval: float, burst: float) -> tuple[float, float]:
     """``(tat, wait)`` after one request at ``now``: ``wait`` 0.0 and ``tat`` moved on
-    when it may go ahead, else the seconds to wait and ``tat`` unchanged.
+    when it may go ahead, else the seconds to wait and ``tat`` unchanged (only brought
+    back to at most the burst ahead of ``now``).
 
     ``interval`` is ``1 / rate``; a ``tat`` never stored is ``now`` (a full bucket).
+    So the wait is never more than ``interval``, whatever the clocks did.
     """
-    start = max(tat, now)
+    # A bucket is never emptier than empty: a ``tat`` further ahead than the burst
+    # means a clock that went back (or a node whose clock is behind), not a debt.
+    start = max(min(tat, now + burst * interval), now)
     moved = start + interval
     wait = moved - now - burst * interval
     if wait > SLACK:
-        return tat, wait
+        return start, wait  # ``tat`` itself, unless it was past the burst
     return moved, 0.0
 
 

@@ -39,10 +39,14 @@ local slack = tonumber(ARGV[4])
 local stored = redis.call('GET', KEYS[1])
 local tat = now
 if stored then tat = tonumber(stored) end
-local start = math.max(tat, now)
+local start = math.max(math.min(tat, now + burst * interval), now)
 local moved = start + interval
 local wait = moved - now - burst * interval
 if wait > slack then
+    if stored and start ~= tat then
+        local back = math.ceil((start - now) * 1000) + 1000
+        redis.call('SET', KEYS[1], string.format('%.17g', start), 'PX', string.format('%d', back))
+    end
     return string.format('%.17g', wait)
 end
 local ttl = math.ceil((moved - now) * 1000) + 1000
