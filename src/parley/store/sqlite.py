@@ -363,6 +363,9 @@ class _WriterState:
     # user id -> deactivated? The writer is the only one that changes it
     # (_op_set_user_active), as it is for ``conv``; dropped with ``conv`` on a rollback.
     deactivated: dict[str, bool] = field(default_factory=dict)
+    # this transaction blanked indexed words that only an FTS5 ``optimize`` takes out of
+    # the file (SQLite older than 3.44: ``_erase_deleted_words``)
+    erase_words: bool = False
 
 
 def _index_new(conn: sqlite3.Connection, state: _WriterState) -> None:
@@ -477,6 +480,7 @@ class SQLiteStore:
         # memory: one SQLite file serves one node (transaction rule 6).
         self._leases: dict[int, tuple[float, object]] = {}  # {position: (until, claim)}
         self.batches = 0  # committed write batches (for metrics)
+        self.index_rewrites = 0  # FTS5 optimize runs for deletions (SQLite < 3.44)
         self.write_error: str | None = None  # why the last write batch failed, until one commits
         self.batched_ops = 0
 
@@ -652,6 +656,10 @@ class SQLiteStore:
                     state.unindexed_since = time.monotonic()
                 if _index_due(state, time.monotonic(), self.index_delay) == 0.0:
                     _index_new(conn, state)
+                if state.erase_words:
+                    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+                    state.erase_words = False
+                    self.index_rewrites += 1
                 conn.execute("COMMIT")
             except Exception as exc:
                 try:
@@ -662,6 +670,7 @@ class SQLiteStore:
                 state.unindexed, state.unindexed_since = unindexed, since
                 state.conv.clear()
                 state.deactivated.clear()
+                state.erase_words = False
                 if poison is None:  # a storage failure: nothing of the batch is kept
                     failure = RuntimeError(f"storage failure: {exc}")
                     self.write_error = str(failure)
@@ -1502,6 +1511,8 @@ class SQLiteStore:
             " mentions = NULL WHERE id = ?",
             (at, mid),
         )
+        if msg.content and not _SECURE_DELETE:
+            state.erase_words = True
         conn.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
         conn.execute("DELETE FROM reactions WHERE message_id = ?", (mid,))
         seq = self._log(conn, cs, cid, mid, "message.deleted", user_id, at)
@@ -1811,22 +1822,23 @@ def _migrate(conn: sqlite3.Connection) -> None:
 _INDEXED = "WHEN old.id <= (SELECT upto FROM search_indexed WHERE id = 1)"
 
 
+# FTS5 ``secure-delete`` (SQLite 3.44+) takes a deleted row's words out of the index
+# file with the row's ``delete``; before 3.44 only a rewrite of the index (``optimize``)
+# does, and the writer runs one at the end of each batch that deleted a message.
+_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 44, 0)
+
+
 def _erase_deleted_words(conn: sqlite3.Connection) -> None:
     """Make a deletion's words leave the file, as its content does (secure_delete).
 
     An FTS5 ``delete`` only records a tombstone: the words stay in older index segments
-    until they are merged. SQLite 3.44+ removes them at once (FTS5 ``secure-delete``);
-    with an older SQLite the update trigger also rewrites the index (``optimize``) when
-    a message is blanked, which costs time proportional to the index (about a second
-    per 100,000 messages here): correct, but slow, so prefer a newer SQLite."""
-    erase = ""
-    if sqlite3.sqlite_version_info >= (3, 44, 0):
+    until they are merged. SQLite 3.44+ removes them at once (FTS5 ``secure-delete``).
+    With an older SQLite, ``_run_batch`` rewrites the index (``optimize``) before the
+    commit of a batch that deleted a message: once however many it deleted, at a cost
+    proportional to the index (about a second per 100,000 messages here), so prefer a
+    newer SQLite. The update trigger is made here at every start."""
+    if _SECURE_DELETE:
         conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)")
-    else:
-        erase = (
-            " INSERT INTO messages_fts (messages_fts) SELECT 'optimize'"
-            " WHERE new.content = '' AND old.content <> '';"
-        )
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("DROP TRIGGER IF EXISTS messages_fts_update")
     conn.execute(
@@ -1835,7 +1847,7 @@ def _erase_deleted_words(conn: sqlite3.Connection) -> None:
         " INSERT INTO messages_fts (messages_fts, rowid, content)"
         " VALUES ('delete', old.id, old.content);"
         " INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);"
-        f"{erase} END"
+        " END"
     )
     conn.execute("COMMIT")
 
