@@ -68,6 +68,9 @@ async def test_events_are_signed_and_shaped(tmp_path: Path, receiver: Receiver) 
         async with await WsClient.connect(srv.ws_url(srv.token("ann"))) as ws:
             await ws.expect("connection.established")
             msg = await _send(ws, cid, "l1", "hello")
+        # cat is removed once the message's event is out: membership is read when the
+        # event is stamped, a moment after the commit (docs/webhooks.md)
+        await receiver.wait_for(lambda ev: len(ev) >= 3)
         status, _ = await api(
             "DELETE", f"{srv.http_url}/api/conversations/{cid}/members/cat", srv.token("ann")
         )
