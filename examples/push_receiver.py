@@ -10,9 +10,12 @@ For every ``message.created`` it prints one line per offline member::
 and ``listening on http://HOST:PORT/parley`` once it is up. It answers 2xx only after it
 has recorded the event id (in the ``--seen`` SQLite file), so a delivery Parley sends
 again (its retries are at least once) is acknowledged and not printed twice, also after
-this process is killed and started again. A bad or stale signature is 401 and nothing
-is printed. Stops on SIGINT / SIGTERM. Only the standard library and aiohttp: no Parley
-code needed on the receiving side (docs/webhooks.md, "Verifying a delivery").
+this process is killed and started again. (It records before it prints: killed between
+the two, it misses that one notification. A backend that must never miss a push sends
+it first and records after, accepting a rare second push instead.) A bad or stale
+signature is 401 and nothing is printed. Stops on SIGINT / SIGTERM. Only the standard
+library and aiohttp: no Parley code needed on the receiving side (docs/webhooks.md,
+"Verifying a delivery").
 """
 
 from __future__ import annotations
