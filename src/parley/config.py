@@ -111,7 +111,9 @@ class Settings:
     max_conversations_per_hour: int = _s(
         100, "conversations one user may create per hour (429 above)"
     )
-    rest_rate_limit: float = _s(20.0, "REST requests per second per user (429 above; 0: off)")
+    rest_rate_limit: float = _s(
+        20.0, "REST requests per second per user, all nodes together (429 above; 0: off)"
+    )
     rest_rate_burst: float = _s(100.0, "REST token-bucket burst size per user")
     attachment_url_ttl: int = _s(86_400, "seconds a signed attachment URL stays valid")
     shutdown_timeout: float = _s(10.0, "seconds to drain on SIGTERM")
