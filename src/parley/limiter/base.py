@@ -41,8 +41,8 @@ def gcra(tat: float, now: float, interval: float, burst: float) -> tuple[float, 
 class Limiter(Protocol):
     """Each user's request budget (``rate`` a second, ``burst`` at once)."""
 
-    rate: float
-    burst: float
+    # requests this node decided alone because the shared store did not answer
+    fallbacks: int
 
     async def retry_after(self, key: str, now: float) -> float:
         """0.0 when the request may go ahead (and is counted), else seconds to wait.

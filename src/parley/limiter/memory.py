@@ -12,6 +12,8 @@ class MemoryLimiter:
     already past) are dropped, which forgets nothing (an absent key is a full bucket);
     if that is not enough, all are."""
 
+    fallbacks = 0  # nothing shared to fall back from
+
     def __init__(self, rate: float, burst: float, *, keys_max: int = _KEYS_MAX) -> None:
         self.rate = rate
         self.burst = max(1.0, burst)

@@ -42,16 +42,13 @@ if stored then tat = tonumber(stored) end
 local start = math.max(math.min(tat, now + burst * interval), now)
 local moved = start + interval
 local wait = moved - now - burst * interval
-if wait > slack then
-    if stored and start ~= tat then
-        local back = math.ceil((start - now) * 1000) + 1000
-        redis.call('SET', KEYS[1], string.format('%.17g', start), 'PX', string.format('%d', back))
-    end
-    return string.format('%.17g', wait)
+local new = moved
+if wait > slack then new = start else wait = 0 end
+if new ~= tat or not stored then
+    local ttl = math.ceil((new - now) * 1000) + 1000
+    redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', string.format('%d', ttl))
 end
-local ttl = math.ceil((moved - now) * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.17g', moved), 'PX', string.format('%d', ttl))
-return '0'
+return string.format('%.17g', wait)
 """
 
 
@@ -69,14 +66,12 @@ class RedisLimiter:
         retry_interval: float = 1.0,
     ) -> None:
         self.local = MemoryLimiter(rate, burst)
-        self.rate = self.local.rate
-        self.burst = self.local.burst
         self.fallbacks = 0
         self._key_prefix = f"{prefix}:limit:rest:"
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._down_until = -math.inf  # monotonic time before which Redis is not asked
-        self._args = (repr(self.local.interval), repr(self.burst), repr(SLACK))
+        self._args = (repr(self.local.interval), repr(self.local.burst), repr(SLACK))
         self._client = Redis.from_url(
             url,
             client_name="parley-limiter",
@@ -88,7 +83,7 @@ class RedisLimiter:
         self._script = self._client.register_script(_SCRIPT)
 
     async def retry_after(self, key: str, now: float) -> float:
-        if self.rate <= 0:
+        if self.local.rate <= 0:
             return 0.0
         if time.monotonic() >= self._down_until:
             try:

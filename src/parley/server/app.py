@@ -193,7 +193,7 @@ def build_app(
     limiter = open_limiter(
         settings.redis, rate=settings.rest_rate_limit, burst=settings.rest_rate_burst
     )
-    metrics.rest_limit_local = lambda: int(getattr(limiter, "fallbacks", 0))
+    metrics.rest_limit_local = lambda: limiter.fallbacks
     rest = Rest(settings, service, verifier, limiter)
     health = Health(settings, service, verifier, metrics)
 

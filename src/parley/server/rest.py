@@ -22,7 +22,6 @@ from parley.auth import AuthError, Identity, TokenVerifier
 from parley.codes import ErrorCode
 from parley.config import Settings
 from parley.limiter import Limiter
-from parley.limiter.memory import MemoryLimiter
 from parley.service import ChatService, ServiceError
 from parley.service.rules import strict_int
 
@@ -79,12 +78,12 @@ class Rest:
         settings: Settings,
         service: ChatService,
         verifier: TokenVerifier,
-        limiter: Limiter | None = None,
+        limiter: Limiter,
     ) -> None:
         self.settings = settings
         self.service = service
         self.verifier = verifier
-        self.limiter = limiter or MemoryLimiter(settings.rest_rate_limit, settings.rest_rate_burst)
+        self.limiter = limiter
         self.demo_users: dict[str, None] = {}
 
     def routes(self) -> list[web.RouteDef]:
